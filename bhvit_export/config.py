@@ -1,0 +1,216 @@
+"""The BHViT architecture description, inferred from a state_dict's key set and shapes.
+
+The official checkpoints carry no reliable config (``args`` names a config folder on the trainer's
+disk), but every graph-changing flag leaves a trace in the keys, so we read the architecture off the
+weights and, when the user passes the official ``config.json``, check the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError, UnsupportedVariantError
+
+IMAGE_SIZE = 224
+PATCH_SIZE = 4
+WINDOW = 7
+STEM_CHANNELS = 64
+
+#: The paper's two configurations (configs/BHViT_tiny and configs/BHViT).
+PAPER_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {"depths": [2, 2, 6, 2]},
+    "small": {"depths": [3, 4, 8, 4]},
+}
+PAPER_HIDDEN = [64, 128, 256, 512]
+PAPER_HEADS = [1, 1, 4, 8]
+PAPER_INTERMEDIATE = [512, 1024, 1024, 2048]
+
+
+@dataclass(frozen=True)
+class BHViTConfig:
+    """Everything that shapes the inference graph of one BHViT."""
+
+    hidden_sizes: tuple[int, ...] = tuple(PAPER_HIDDEN)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = tuple(PAPER_HEADS)
+    intermediate_sizes: tuple[int, ...] = tuple(PAPER_INTERMEDIATE)
+    num_labels: int = 1000
+    norm: str = "batchnorm"  # "batchnorm" (--replace-ln-bn) or "layernorm"
+    shift3: bool = True
+    shift5: bool = True
+    binary_downsample: bool = False  # False: --some-fp (the paper's dagger models)
+    layerscale: bool = True
+    layer_norm_eps: float = 1e-5
+    image_size: int = IMAGE_SIZE
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def num_layers_a(self) -> int:
+        return self.depths[0] + self.depths[1]
+
+    @property
+    def num_layers_b(self) -> int:
+        return self.depths[2] + self.depths[3]
+
+    def resolutions(self) -> list[int]:
+        base = self.image_size // PATCH_SIZE
+        return [base >> i for i in range(4)]
+
+    def paper_name(self) -> str | None:
+        """'tiny'/'small' (with a dagger when downsampling is full precision) or None."""
+        if (
+            list(self.hidden_sizes) != PAPER_HIDDEN
+            or list(self.num_heads) != PAPER_HEADS
+            or list(self.intermediate_sizes) != PAPER_INTERMEDIATE
+        ):
+            return None
+        for name, cfg in PAPER_CONFIGS.items():
+            if list(self.depths) == cfg["depths"]:
+                return name
+        return None
+
+    def describe(self) -> str:
+        parts = [
+            f"depths={list(self.depths)}",
+            f"hidden={list(self.hidden_sizes)}",
+            f"heads={list(self.num_heads)}",
+            f"intermediate={list(self.intermediate_sizes)}",
+            f"classes={self.num_labels}",
+            f"norm={self.norm}",
+            f"shift3={self.shift3}",
+            f"shift5={self.shift5}",
+            f"downsampling={'binary' if self.binary_downsample else 'full-precision'}",
+            f"layerscale={self.layerscale}",
+        ]
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in sd[key].shape)
+
+
+def _count(sd: Mapping[str, Any], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    idx = {int(m.group(1)) for k in sd if (m := pat.match(k))}
+    if idx and idx != set(range(max(idx) + 1)):
+        raise ConfigError(f"layer indices under '{prefix}' are not contiguous: {sorted(idx)}")
+    return len(idx)
+
+
+def infer_config(sd: Mapping[str, Any]) -> BHViTConfig:
+    """Read the architecture off a (prefix-stripped) state_dict.
+
+    Raises ConfigError/UnsupportedVariantError naming the key that does not fit; strict key
+    matching against the model built from this config happens afterwards.
+    """
+    if "classifier.weight" not in sd or "vit.embeddings.patch_embeddings.proj.weight" not in sd:
+        missing = [k for k in ("classifier.weight", "vit.embeddings.patch_embeddings.proj.weight") if k not in sd]
+        raise ConfigError(f"not a BHViT state_dict: missing {', '.join(missing)}")
+    for k in sd:
+        if ".att_prob_quantizer." in k and not k.endswith((".alpha", ".zero_point", ".init_state")):
+            raise UnsupportedVariantError(
+                f"unsupported variant: the GSB attention quantizer (--gsb) is not supported (key '{k}')"
+            )
+    n_a = _count(sd, "vit.encoder.layerA")
+    n_b = _count(sd, "vit.encoder.layerB")
+    if n_a == 0 or n_b == 0:
+        raise ConfigError(f"not a BHViT state_dict: found {n_a} layerA and {n_b} layerB blocks")
+    hid_a = [_shape(sd, f"vit.encoder.layerA.{i}.layernorm_before.weight")[0] for i in range(n_a)]
+    hid_b = [_shape(sd, f"vit.encoder.layerB.{i}.layernorm_before.weight")[0] for i in range(n_b)]
+    stem = _shape(sd, "vit.embeddings.patch_embeddings.proj.weight")
+    if stem[0] != STEM_CHANNELS or stem[1] != 3:
+        raise ConfigError(f"stem conv has shape {list(stem)}, expected [64, 3, 4, 4]")
+    hidden = [STEM_CHANNELS * (1 << s) for s in range(4)]
+    depths = [hid_a.count(hidden[0]), hid_a.count(hidden[1]), hid_b.count(hidden[2]), hid_b.count(hidden[3])]
+    if hid_a != [hidden[0]] * depths[0] + [hidden[1]] * depths[1] or hid_b != [hidden[2]] * depths[2] + [
+        hidden[3]
+    ] * depths[3]:
+        raise ConfigError(f"block widths {hid_a + hid_b} do not follow 64/128/256/512 by stage")
+    if 0 in depths:
+        raise ConfigError(f"every stage needs at least one block, got depths {depths}")
+
+    def first(stage: int) -> str:
+        return f"vit.encoder.layerA.{sum(depths[:stage])}" if stage < 2 else f"vit.encoder.layerB.{sum(depths[:stage]) - n_a}"
+
+    inter = [_shape(sd, f"{first(s)}.intermediate.dense.weight")[0] for s in range(4)]
+    for s in range(4):
+        if inter[s] % hidden[s]:
+            raise ConfigError(f"intermediate size {inter[s]} of stage {s + 1} is not a multiple of {hidden[s]}")
+    heads = [1, 1] + [
+        _shape(sd, f"{first(s)}.attention.attention.att_prob_quantizer.alpha")[0] for s in (2, 3)
+    ]
+    for s in (2, 3):
+        if hidden[s] % heads[s]:
+            raise ConfigError(f"{heads[s]} heads do not divide hidden size {hidden[s]} in stage {s + 1}")
+    norm = "batchnorm" if "vit.encoder.layerA.0.layernorm_before.running_mean" in sd else "layernorm"
+    cfg = BHViTConfig(
+        hidden_sizes=tuple(hidden),
+        depths=tuple(depths),
+        num_heads=tuple(heads),
+        intermediate_sizes=tuple(inter),
+        num_labels=_shape(sd, "classifier.weight")[0],
+        norm=norm,
+        # Without LayerScale the shift branches have no parameters: config_from_args decides then.
+        shift3="vit.encoder.layerA.0.layerscale_h3.alpha" in sd,
+        shift5="vit.encoder.layerA.0.layerscale_h5.alpha" in sd,
+        binary_downsample="vit.encoder.patch_embed1.move" in sd,
+        layerscale="vit.encoder.layerA.0.output.layerscale.alpha" in sd,
+    )
+    return cfg
+
+
+def config_from_args(args: Any, cfg: BHViTConfig) -> BHViTConfig:
+    """Apply the training flags stored in a checkpoint's ``args`` (refusing unsupported ones)."""
+    get = (lambda k, d=None: getattr(args, k, d)) if not isinstance(args, Mapping) else args.get
+    if get("gsb", False):
+        raise UnsupportedVariantError("unsupported variant: the GSB attention quantizer (--gsb) is not supported")
+    for flag in ("weight_bits", "input_bits"):
+        v = get(flag, 1)
+        if v is not None and int(v) != 1:
+            raise UnsupportedVariantError(f"unsupported variant: --{flag.replace('_', '-')}={v} (only 1-bit is exported)")
+    for flag in ("enable_cls_token", "recu", "avg_res3", "avg_res5"):
+        if get(flag, False):
+            raise UnsupportedVariantError(f"unsupported variant: --{flag.replace('_', '-')} is not supported")
+    if not cfg.layerscale:
+        # shift flags cannot be read off the keys without LayerScale: take them from args.
+        from dataclasses import replace
+
+        cfg = replace(cfg, shift3=bool(get("shift3", False)), shift5=bool(get("shift5", False)))
+    return cfg
+
+
+def check_config_json(path: str | Path, cfg: BHViTConfig) -> None:
+    """Compare an official config.json with what the weights say; raise on any disagreement."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config: {path} is not a readable JSON file ({e.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} does not hold a JSON object")
+    checks = {
+        "hidden_size": list(cfg.hidden_sizes),
+        "depths": list(cfg.depths),
+        "num_attention_heads": list(cfg.num_heads),
+        "intermediate_size": list(cfg.intermediate_sizes),
+        "image_size": cfg.image_size,
+        "patch_size": PATCH_SIZE,
+        "num_channels": 3,
+    }
+    bad = [
+        f"{k}: config says {data[k]}, weights say {v}" for k, v in checks.items() if k in data and data[k] != v
+    ]
+    if "layer_norm_eps" in data and abs(float(data["layer_norm_eps"]) - cfg.layer_norm_eps) > 1e-12:
+        bad.append(f"layer_norm_eps: config says {data['layer_norm_eps']}, this tool supports 1e-05")
+    if bad:
+        raise ConfigError(f"--config {path} disagrees with the weights: " + "; ".join(bad))
