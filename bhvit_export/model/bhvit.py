@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import PATCH_SIZE, STEM_CHANNELS, BHViTConfig
 from .blocks import Block, PatchEmbed
-from .layers import image, make_norm, tokens
+from .layers import FrozenMixin, image, make_norm, tokens
 
 
 class PatchEmbeddings(nn.Module):
@@ -84,6 +84,14 @@ class BHViT(nn.Module):
         self.config = cfg
         self.vit = ViT(cfg)
         self.classifier = nn.Linear(cfg.hidden_sizes[-1], cfg.num_labels)
+
+    def freeze(self) -> "BHViT":
+        """Eval mode with binarized weights and folded norms computed once (inference and export)."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, FrozenMixin):
+                m.freeze()
+        return self
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.vit(pixel_values).mean(dim=1))

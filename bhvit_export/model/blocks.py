@@ -19,6 +19,7 @@ from .layers import (
     QuantizeLinear,
     RPReLU,
     channel_mix,
+    dim,
     image,
     make_layerscale,
     make_norm,
@@ -40,7 +41,7 @@ class GC(nn.Module):
         self.norm = make_norm(cfg.norm, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
+        h, w = dim(x, 2), dim(x, 3)
         x = self.move(x)
         y = self.act1(tokens(self.cov1(x))) + self.act2(tokens(self.cov2(x))) + self.act3(tokens(self.cov3(x)))
         return image(self.norm(y), h, w)
@@ -76,7 +77,7 @@ class Output(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.dense(x + self.move))
-        pooled = x.reshape(x.shape[0], x.shape[1], -1, self.ratio).mean(dim=-1)
+        pooled = x.reshape(-1, dim(x, 1), dim(x, 2) // self.ratio, self.ratio).mean(dim=-1)
         return self.layerscale(self.rprelu(y + pooled))
 
 
@@ -146,7 +147,7 @@ class SelfAttention(nn.Module):
         return mixed, torch.sign(mixed + getattr(self, f"move{p}2"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, h, w = x.shape[1], x.shape[2], x.shape[3]
+        c, h, w = dim(x, 1), dim(x, 2), dim(x, 3)
         nh, nw = h // WINDOW, w // WINDOW
         n_win = nh * nw
         win = x.reshape(-1, c, nh, WINDOW, nw, WINDOW).permute(0, 2, 4, 3, 5, 1).reshape(-1, WINDOW * WINDOW, c)
@@ -155,10 +156,10 @@ class SelfAttention(nn.Module):
         av = F.avg_pool2d(x, WINDOW, WINDOW, pad, count_include_pad=True)
         a1 = self.token_FA.a1
         pooled = a1 * tokens(mx) + (1 - a1) * tokens(av)  # (B, nM, C)
-        n_m = pooled.shape[1]
+        n_m = dim(pooled, 1)
         pooled = pooled.unsqueeze(1).repeat(1, n_win, 1, 1).reshape(-1, n_m, c)
         z = self.token_FA.norm(torch.cat([win, pooled], dim=1))
-        n_tok = z.shape[1]
+        n_tok = dim(z, 1)
 
         mq, q = self._project(z, "q", self.query)
         mk, k = self._project(z, "k", self.key)
@@ -176,7 +177,7 @@ class SelfAttention(nn.Module):
         out_win = ctx[:, : WINDOW * WINDOW].reshape(-1, nh, nw, WINDOW, WINDOW, c)
         out_win = out_win.permute(0, 5, 1, 3, 2, 4).reshape(-1, c, h, w)
         glob = ctx[:, WINDOW * WINDOW :].reshape(-1, n_win, nh, nw, c).mean(dim=1).permute(0, 3, 1, 2)
-        up = glob.repeat_interleave(WINDOW, dim=2).repeat_interleave(WINDOW, dim=3)
+        up = F.interpolate(glob, scale_factor=float(WINDOW), mode="nearest")
         return out_win * self.parm + up * (1 - self.parm)
 
 
@@ -213,7 +214,7 @@ class Block(nn.Module):
             setattr(self, f"layerscale_{s}", make_layerscale(cfg.layerscale, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
+        h, w = dim(x, 2), dim(x, 3)
         t = tokens(x)
         n1 = self.layernorm_before(t)
         if self.is_attention:
@@ -254,7 +255,7 @@ class PatchEmbed(nn.Module):
             self.proj = nn.Conv2d(dim, 2 * dim, 2, stride=2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
+        h, w = dim(x, 2), dim(x, 3)
         n = image(self.norm0(tokens(x)), h, w)
         if self.binary:
             r = tokens(F.avg_pool2d(n, 2, 2))

@@ -23,31 +23,74 @@ def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     return scale * torch.sign(centered)
 
 
-class QuantizeLinear(nn.Linear):
+class FrozenMixin:
+    """Modules whose forward uses constants derived from their parameters.
+
+    ``freeze()`` computes them once (inference weights never change), which also makes the ONNX
+    exporter write them as initializers instead of re-deriving them in the graph.
+    """
+
+    _frozen: tuple[torch.Tensor, ...] | None = None
+
+    def derived(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def constants(self) -> tuple[torch.Tensor, ...]:
+        return self._frozen if self._frozen is not None else self.derived()
+
+    def freeze(self) -> None:
+        with torch.no_grad():
+            self._frozen = tuple(t.detach().clone() for t in self.derived())
+
+
+class QuantizeLinear(FrozenMixin, nn.Linear):
     """Binary linear: ``sign(x) @ (s * sign(R))^T`` (no bias in BHViT)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
 
+    def derived(self) -> tuple[torch.Tensor, ...]:
+        return (binarize_weight(self.weight),)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(torch.sign(x), binarize_weight(self.weight))
+        return F.linear(torch.sign(x), self.constants()[0])
 
 
-class QuantizeConv2d(nn.Conv2d):
+class QuantizeConv2d(FrozenMixin, nn.Conv2d):
     """Binary conv: zero padding enters *after* the sign (border taps contribute 0)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            torch.sign(x), binarize_weight(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
-
-
-class BatchNormT(nn.BatchNorm1d):
-    """Eval-mode batch norm over the last (channel) dim of tokens ``(B, N, C)``."""
+    def derived(self) -> tuple[torch.Tensor, ...]:
+        return (binarize_weight(self.weight),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight / torch.sqrt(self.running_var + self.eps)
-        return (x - self.running_mean) * scale + self.bias
+        w = self.constants()[0]
+        return F.conv2d(torch.sign(x), w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class BatchNormT(FrozenMixin, nn.BatchNorm1d):
+    """Eval-mode batch norm over the last (channel) dim of tokens ``(B, N, C)``.
+
+    Written ``(x - mean) * scale + bias`` (not ``x*a + b``): folding the mean into the shift moves
+    the last bit, and sign flips downstream turn that into visible logit differences.
+    """
+
+    def derived(self) -> tuple[torch.Tensor, ...]:
+        return (self.weight / torch.sqrt(self.running_var + self.eps),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.running_mean) * self.constants()[0] + self.bias
+
+
+class _PReluLastDim(torch.autograd.Function):
+    """PReLU with a per-channel slope on the *last* dim; exported as one ONNX ``PRelu``."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.where(x >= 0, x, x * slope)
+
+    @staticmethod
+    def symbolic(g: object, x: object, slope: object) -> object:
+        return g.op("PRelu", x, slope)  # type: ignore[attr-defined]
 
 
 def make_norm(kind: str, dim: int, eps: float = BN_EPS) -> nn.Module:
@@ -65,9 +108,7 @@ class RPReLU(nn.Module):
         self.move2 = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x - self.move1
-        y = torch.where(y >= 0, y, y * self.prelu.weight)
-        return y + self.move2
+        return _PReluLastDim.apply(x - self.move1, self.prelu.weight) + self.move2
 
 
 class LayerScale(nn.Module):
@@ -97,37 +138,42 @@ class LearnableBias(nn.Module):
         return x + self.bias
 
 
+def dim(x: torch.Tensor, i: int) -> int:
+    """A static (non-batch) size as a Python int, so traced graphs hold constants, not Shape ops."""
+    return int(x.shape[i])
+
+
 def tokens(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W) -> (B, H*W, C)``."""
-    return x.flatten(2).transpose(1, 2)
+    return x.reshape(-1, dim(x, 1), dim(x, 2) * dim(x, 3)).transpose(1, 2)
 
 
 def image(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``(B, H*W, C) -> (B, C, H, W)``."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+    return x.transpose(1, 2).reshape(-1, dim(x, 2), h, w)
 
 
-def roll(x: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
+def roll(x: torch.Tensor, shift: int, axis: int) -> torch.Tensor:
     """Circular roll written as slices + concat (exports to plain ONNX Slice/Concat)."""
-    n = x.shape[dim]
+    n = dim(x, axis)
     s = shift % n
     if s == 0:
         return x
-    return torch.cat([x.narrow(dim, n - s, s), x.narrow(dim, 0, n - s)], dim=dim)
+    return torch.cat([x.narrow(axis, n - s, s), x.narrow(axis, 0, n - s)], dim=axis)
 
 
-def shift3(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``Shift``: mean of x and its +-1 circular rolls along ``dim``."""
-    return (x + roll(x, 1, dim) + roll(x, -1, dim)) / 3
+def shift3(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """``Shift``: mean of x and its +-1 circular rolls along ``axis``."""
+    return (x + roll(x, 1, axis) + roll(x, -1, axis)) / 3
 
 
-def shift5(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``Shift2``: mean of x and its +-1, +-2 circular rolls along ``dim``."""
-    return (x + roll(x, 1, dim) + roll(x, -1, dim) + roll(x, 2, dim) + roll(x, -2, dim)) / 5
+def shift5(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """``Shift2``: mean of x and its +-1, +-2 circular rolls along ``axis``."""
+    return (x + roll(x, 1, axis) + roll(x, -1, axis) + roll(x, 2, axis) + roll(x, -2, axis)) / 5
 
 
 def channel_mix(x: torch.Tensor, s: int) -> torch.Tensor:
     """``Shift_channel_mix``: 4 channel chunks rolled +s/-s along H, then +s/-s along W."""
-    c = x.shape[1] // 4
+    c = dim(x, 1) // 4
     a, b, d, e = (x[:, i * c : (i + 1) * c] for i in range(4))
     return torch.cat([roll(a, s, 2), roll(b, -s, 2), roll(d, s, 3), roll(e, -s, 3)], dim=1)
