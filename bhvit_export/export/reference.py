@@ -17,7 +17,7 @@ import torch
 from ..errors import ExportError
 from ..model import BHViT
 
-OPSET = 17
+OPSET = 18
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 

@@ -1,0 +1,1 @@
+"""ONNX graph passes: the float reference graph -> packed-bit ``bhvit`` ops (see pipeline.py)."""

@@ -1,0 +1,92 @@
+"""Small onnx-graphsurgeon helpers shared by the passes: constants, producers, consumers."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def const_value(t: gs.Tensor) -> np.ndarray | None:
+    """The value of a tensor that is a gs.Constant or the output of an ONNX ``Constant`` node."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant":
+        v = t.inputs[0].attrs.get("value")
+        if isinstance(v, gs.Constant):
+            return np.asarray(v.values)
+        if v is not None and hasattr(v, "values"):
+            return np.asarray(v.values)
+    return None
+
+
+def producer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
+    """The node that writes ``t`` (only if its op is ``op``, when given)."""
+    if isinstance(t, gs.Constant) or len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    return node if op is None or node.op == op else None
+
+
+def only_consumer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
+    """The single node reading ``t`` (None if several read it, or it is a graph output)."""
+    if len(t.outputs) != 1:
+        return None
+    node = t.outputs[0]
+    return node if op is None or node.op == op else None
+
+
+def split_const_operand(node: gs.Node) -> tuple[gs.Tensor, np.ndarray] | None:
+    """For a binary op with one constant operand: (the variable operand, the constant value)."""
+    if len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    vb, va = const_value(b), const_value(a)
+    if vb is not None and va is None:
+        return a, vb
+    if va is not None and vb is None:
+        return b, va
+    return None
+
+
+def sign_source(t: gs.Tensor, shift_shape: Sequence[int]) -> tuple[gs.Tensor, np.ndarray] | None:
+    """If ``t = Sign(x + shift)`` (or ``Sign(x)``), return ``(x, shift)`` with shift in ``shift_shape``.
+
+    The shift (a constant ``move`` added right before the sign) becomes an input of the fused op,
+    which binarizes ``x + shift`` itself; other readers of the Add keep it.
+    """
+    sign = producer(t, "Sign")
+    if sign is None:
+        return None
+    x = sign.inputs[0]
+    add = producer(x, "Add")
+    if add is not None and (split := split_const_operand(add)) is not None:
+        var, c = split
+        if c.size == int(np.prod(shift_shape)) or c.size == 1:
+            return var, np.broadcast_to(c.astype(np.float32).reshape(-1), (int(np.prod(shift_shape)),)).reshape(
+                shift_shape
+            ).copy()
+    return x, np.zeros(shift_shape, dtype=np.float32)
+
+
+def binary_weight_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Split ``w [O, ...]`` into per-row scale ``s`` and signs if every entry is exactly ``+-s_o``.
+
+    Returns None (the layer is not binary, or a row holds an exact 0 that one bit cannot encode).
+    """
+    rows = w.reshape(w.shape[0], -1).astype(np.float32)
+    scale = np.abs(rows).max(axis=1)
+    if not np.all(np.abs(rows) == scale[:, None]) or np.any(scale == 0):
+        return None
+    return scale, rows
+
+
+def fresh_name(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name derived from ``base`` that the graph does not use yet."""
+    used = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    name, i = base, 0
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    return name

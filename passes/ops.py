@@ -1,0 +1,205 @@
+"""The ``bhvit`` op domain: fused packed-bit ops and their ONNX function bodies.
+
+Each op's function body states its exact semantics in standard ONNX ops (opset 18: BitShift and
+BitwiseAnd unpack the uint64 words), so onnxruntime and Netron run and show a fused model unchanged,
+and the function body is the executable spec that the TVM kernels are tested against. The bit
+convention is in ``docs/packing.md``: bit 1 means -1, ``sign(0) = +1``, uint64 words, little-endian
+bit order, zero padding bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+
+DOMAIN = "bhvit"
+DOMAIN_VERSION = 1
+ONNX_OPSET = 18
+WORD = 64
+
+_HEADER = f'<domain: "{DOMAIN}", opset_import: ["" : {ONNX_OPSET}]>'
+_SHIFTS = "{" + ",".join(str(i) for i in range(WORD)) + "}"
+
+# Shared fragments: +-1 from a float (bit = x < 0), and +-1 rows unpacked from uint64 words.
+_SIGN = """
+   {out}_z = Constant <value_float = 0.0> ()
+   {out}_neg = Less({x}, {out}_z)
+   {out}_m1 = Constant <value_float = -1.0> ()
+   {out}_p1 = Constant <value_float = 1.0> ()
+   {out} = Where({out}_neg, {out}_m1, {out}_p1)
+"""
+
+
+def _sign(out: str, x: str) -> str:
+    return _SIGN.replace("{out}", out).replace("{x}", x)
+
+
+_UNPACK = f"""
+   u_ax = Constant <value_ints = [-1]> ()
+   u_w3 = Unsqueeze(w_bits, u_ax)
+   u_sh = Constant <value = uint64[{WORD}] {_SHIFTS}> ()
+   u_bits = BitShift <direction = "RIGHT"> (u_w3, u_sh)
+   u_one = Constant <value = uint64[1] {{1}}> ()
+   u_b = BitwiseAnd(u_bits, u_one)
+   u_shp = Constant <value_ints = [0, -1]> ()
+   u_flat = Reshape(u_b, u_shp)
+   u_k = Constant <value_int: int = @in_features> ()
+   u_zax = Constant <value_ints = [0]> ()
+   u_k1 = Unsqueeze(u_k, u_zax)
+   u_st = Constant <value_ints = [0]> ()
+   u_a1 = Constant <value_ints = [1]> ()
+   u_kb = Slice(u_flat, u_st, u_k1, u_a1)
+   u_kf = Cast <to = 1> (u_kb)
+   u_m2 = Constant <value_float = -2.0> ()
+   u_t = Mul(u_kf, u_m2)
+   u_p1 = Constant <value_float = 1.0> ()
+   w_pm = Add(u_t, u_p1)
+"""
+
+BINARY_LINEAR = (
+    _HEADER
+    + """
+BinaryLinear <in_features> (x, shift, w_bits, scale, bias) => (y) {
+   xs = Add(x, shift)
+"""
+    + _sign("a", "xs")
+    + _UNPACK
+    + """
+   wt = Transpose(w_pm)
+   d = MatMul(a, wt)
+   ds = Mul(d, scale)
+   y = Add(ds, bias)
+}
+"""
+)
+
+BINARY_CONV2D = (
+    _HEADER
+    + """
+BinaryConv2d <kernel_shape, strides, pads, dilations, group, in_features> (x, shift, w_bits, scale, bias) => (y) {
+   xs = Add(x, shift)
+"""
+    + _sign("a", "xs")
+    + _UNPACK
+    + """
+   lead = Constant <value_ints = [0, -1]> ()
+   ks = Constant <value_ints: ints = @kernel_shape> ()
+   wshape = Concat <axis = 0> (lead, ks)
+   w4 = Reshape(w_pm, wshape)
+   c = Conv <strides: ints = @strides, pads: ints = @pads, dilations: ints = @dilations, group: int = @group> (a, w4)
+   hw = Constant <value_ints = [1, 2]> ()
+   s3 = Unsqueeze(scale, hw)
+   b3 = Unsqueeze(bias, hw)
+   cs = Mul(c, s3)
+   y = Add(cs, b3)
+}
+"""
+)
+
+BINARY_ATTENTION_SCORES = (
+    _HEADER
+    + """
+BinaryAttentionScores <num_heads, scale> (q, k, q_shift, k_shift) => (scores) {
+   qs = Add(q, q_shift)
+   ks = Add(k, k_shift)
+"""
+    + _sign("qb", "qs")
+    + _sign("kb", "ks")
+    + """
+   h = Constant <value_int: int = @num_heads> ()
+   zax = Constant <value_ints = [0]> ()
+   h1 = Unsqueeze(h, zax)
+   lead = Constant <value_ints = [0, 0]> ()
+   rest = Constant <value_ints = [-1]> ()
+   shp = Concat <axis = 0> (lead, h1, rest)
+   q4 = Reshape(qb, shp)
+   k4 = Reshape(kb, shp)
+   qh = Transpose <perm = [0, 2, 1, 3]> (q4)
+   kt = Transpose <perm = [0, 2, 3, 1]> (k4)
+   dot = MatMul(qh, kt)
+   sc = Constant <value_float: float = @scale> ()
+   scores = Div(dot, sc)
+}
+"""
+)
+
+QD_ATTENTION_CONTEXT = (
+    _HEADER
+    + """
+QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
+   vs = Add(v, v_shift)
+"""
+    + _sign("vb", "vs")
+    + """
+   h = Constant <value_int: int = @num_heads> ()
+   zax = Constant <value_ints = [0]> ()
+   h1 = Unsqueeze(h, zax)
+   lead = Constant <value_ints = [0, 0]> ()
+   rest = Constant <value_ints = [-1]> ()
+   shp = Concat <axis = 0> (lead, h1, rest)
+   v4 = Reshape(vb, shp)
+   vh = Transpose <perm = [0, 2, 1, 3]> (v4)
+   tt = Transpose <perm = [1, 0]> (thresholds)
+   tax = Constant <value_ints = [1, 3, 4]> ()
+   t5 = Unsqueeze(tt, tax)
+   p5 = Unsqueeze(p, zax)
+   ge = GreaterOrEqual(p5, t5)
+   gf = Cast <to = 1> (ge)
+   lv = ReduceSum <keepdims = 0> (gf, zax)
+   pv = MatMul(lv, vh)
+   aax = Constant <value_ints = [0, 2, 3]> ()
+   a4 = Unsqueeze(alpha, aax)
+   pa = Mul(pv, a4)
+   pt = Transpose <perm = [0, 2, 1, 3]> (pa)
+   oshp = Constant <value_ints = [0, 0, -1]> ()
+   ctx = Reshape(pt, oshp)
+}
+"""
+)
+
+_SOURCES = {
+    "BinaryLinear": BINARY_LINEAR,
+    "BinaryConv2d": BINARY_CONV2D,
+    "BinaryAttentionScores": BINARY_ATTENTION_SCORES,
+    "QDAttentionContext": QD_ATTENTION_CONTEXT,
+}
+OP_TYPES = tuple(_SOURCES)
+
+
+def function_protos(used: set[str] | None = None) -> list[onnx.FunctionProto]:
+    """Parsed function bodies (of the ops in ``used``, or all), ready for ``model.functions``."""
+    return [onnx.parser.parse_function(src) for name, src in _SOURCES.items() if used is None or name in used]
+
+
+def pack_bits(values: np.ndarray) -> np.ndarray:
+    """Pack the last axis of a float array: bit = value < 0, uint64 words, little-endian bits."""
+    values = np.asarray(values)
+    k = values.shape[-1]
+    kw = -(-k // WORD)
+    bits = np.zeros(values.shape[:-1] + (kw * WORD,), dtype=np.uint8)
+    bits[..., :k] = values < 0
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<u8").reshape(values.shape[:-1] + (kw,))
+
+
+def unpack_bits(words: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: +-1 float32 of length ``k`` on the last axis."""
+    words = np.ascontiguousarray(words, dtype="<u8")
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")[..., :k]
+    return (1.0 - 2.0 * bits).astype(np.float32)
+
+
+def qd_thresholds(alpha: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """Per-head thresholds ``t_hj`` on softmax probabilities for the three QD masks ``L >= j``.
+
+    The official level is ``clamp(round(3p/alpha + zp), 0, 3)`` with round-half-to-even, so
+    ``L >= j`` iff ``3p/alpha + zp > j - 0.5`` (odd j) or ``>= j - 0.5`` (even j, the tie rounds
+    up). For alpha > 0 that is ``p >= t_j`` with ``t_j = alpha (j - 0.5 - zp) / 3``, moved one ulp
+    up for odd j to make the compare strict.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    zp = np.asarray(zero_point, dtype=np.float64)
+    t = np.stack([alpha * (j - 0.5 - zp) / 3.0 for j in (1, 2, 3)], axis=-1).astype(np.float32)
+    t[:, 0::2] = np.nextafter(t[:, 0::2], np.float32(np.inf))
+    return t
