@@ -47,7 +47,20 @@ def export_reference(model: BHViT, *, opset: int = OPSET) -> onnx.ModelProto:
     proto = onnx.load_from_string(buf.getvalue())
     proto.producer_name = "bhvit-export"
     proto.doc_string = "BHViT float reference graph: " + model.config.describe()
+    onnx.helper.set_model_props(proto, model_metadata(model))
     return finalize(proto)
+
+
+def model_metadata(model: BHViT) -> dict[str, str]:
+    """Metadata every later stage reads: the architecture, and which paper row it is (if any)."""
+    import json
+
+    cfg = model.config
+    meta = {"bhvit.config": json.dumps(cfg.to_json(), sort_keys=True)}
+    name = cfg.paper_name()
+    if name:
+        meta["bhvit.paper_config"] = name if cfg.binary_downsample else f"{name}-fp-downsampling"
+    return meta
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:

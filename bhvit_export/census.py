@@ -1,0 +1,200 @@
+"""Op census and cost of an ONNX model: what ``bhvit-export inspect`` reports.
+
+Costs follow the paper's Table 2 convention (from ReActNet): ``OPs = BOPs / 64 + FLOPs`` where
+FLOPs are the multiply-accumulates of the float Conv/MatMul/Gemm layers and BOPs the binary
+multiply-accumulates. Counted for one 224x224 image. QD's ``P.V`` counts as three binary products
+(one per mask) and the attention-score ``Q.K^T`` as one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from .errors import ModelFileError
+
+BINARY_DOMAIN = "bhvit"
+FLOAT_MAC_OPS = ("Conv", "MatMul", "Gemm")
+
+#: The paper's Table 2 (ImageNet-1K): size in MB and OPs, for the configs it reports.
+PAPER_TABLE2: dict[str, dict[str, float | None]] = {
+    "tiny-fp-downsampling": {"size_mb": 2.5, "ops": 1.1e8},
+    "small-fp-downsampling": {"size_mb": 3.5, "ops": 1.5e8},
+    "tiny": {"size_mb": None, "ops": 0.5e8},
+    "small": {"size_mb": None, "ops": 0.8e8},
+}
+
+
+@dataclass
+class Census:
+    """Everything ``inspect`` prints."""
+
+    file_bytes: int
+    ops: dict[str, int]
+    binary_ops: dict[str, int]
+    bops: int
+    flops: int
+    other_float_elementwise: int
+    binary_params: int
+    float_params: int
+    per_op_cost: list[dict[str, Any]] = field(default_factory=list)
+    paper: dict[str, Any] | None = None
+
+    @property
+    def total_ops(self) -> float:
+        return self.bops / 64 + self.flops
+
+    @property
+    def packed_bytes(self) -> int:
+        """Size of the weights as deployed: 1 bit per binary weight, 4 bytes per float."""
+        return self.binary_params // 8 + 4 * self.float_params
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_ops"] = self.total_ops
+        d["packed_bytes"] = self.packed_bytes
+        return d
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX file, mapping every failure to one ModelFileError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"no such file: {p}")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf raises DecodeError and others
+        raise ModelFileError(f"{p} is not an ONNX model ({e.__class__.__name__})") from None
+    if not model.graph.node:
+        raise ModelFileError(f"{p} is not an ONNX model (no graph nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ModelFileError(f"{p} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def _static_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    return shape_inference.infer_shapes(m, data_prop=True)
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = tuple(d.dim_value for d in dims)
+    for init in model.graph.initializer:
+        out[init.name] = tuple(init.dims)
+    return out
+
+
+def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
+    """Count ops, BOPs, FLOPs and parameters of ``model`` at batch 1."""
+    m = _static_batch(model)
+    shapes = _shapes(m)
+    inits = {i.name: i for i in m.graph.initializer}
+    ops = Counter(n.op_type for n in m.graph.node)
+    binary_ops = Counter(n.op_type for n in m.graph.node if n.domain == BINARY_DOMAIN)
+    bops = flops = other = 0
+    binary_params = 0
+    binary_inputs: set[str] = set()
+    per_op: list[dict[str, Any]] = []
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in shapes:
+            raise ModelFileError(f"cannot infer the shape of '{name}': is the input 1x3x224x224?")
+        return shapes[name]
+
+    for n in m.graph.node:
+        cost_b = cost_f = 0
+        if n.domain == BINARY_DOMAIN:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            if n.op_type in ("BinaryLinear", "BinaryConv2d"):
+                k = int(attrs["in_features"])
+                out = shape(n.output[0])
+                n_out = shape(n.input[2])[0]
+                cost_b = int(np.prod(out)) * k
+                binary_params += n_out * k
+                binary_inputs.add(n.input[2])
+            elif n.op_type == "BinaryAttentionScores":
+                b, h, t, _ = shape(n.output[0])
+                cost_b = b * h * t * t * (shape(n.input[0])[-1] // h)
+            elif n.op_type == "QDAttentionContext":
+                b, h, t, _ = shape(n.input[0])
+                cost_b = 3 * b * h * t * t * (shape(n.input[1])[-1] // h)
+        elif n.op_type in FLOAT_MAC_OPS:
+            out = shape(n.output[0])
+            w = shape(n.input[1])
+            if n.op_type == "Conv":
+                k = int(np.prod(w[1:]))
+            elif n.op_type == "Gemm":
+                trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+                k = w[1] if trans_b else w[0]
+            else:
+                k = shape(n.input[0])[-1]
+            cost_f = int(np.prod(out)) * k
+        elif n.op_type not in ("Constant", "Reshape", "Transpose", "Slice", "Concat", "Unsqueeze", "Shape"):
+            if n.output and n.output[0] in shapes:
+                other += int(np.prod(shapes[n.output[0]]))
+        if cost_b or cost_f:
+            per_op.append({"node": n.name, "op": n.op_type, "bops": cost_b, "flops": cost_f})
+        bops += cost_b
+        flops += cost_f
+    float_params = sum(
+        int(np.prod(i.dims)) for name, i in inits.items()
+        if name not in binary_inputs and i.data_type == onnx.TensorProto.FLOAT
+    )
+    # The torch exporter writes folded weights as Constant nodes rather than initializers.
+    for n in m.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
+                    float_params += int(np.prod(a.t.dims))
+    return Census(
+        file_bytes=file_bytes,
+        ops=dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        binary_ops=dict(binary_ops),
+        bops=bops,
+        flops=flops,
+        other_float_elementwise=other,
+        binary_params=binary_params,
+        float_params=float_params,
+        per_op_cost=per_op,
+    )
+
+
+def paper_row(model: onnx.ModelProto) -> str | None:
+    """Which Table 2 row this model is, read from the metadata ``to-onnx`` writes."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta.get("bhvit.paper_config")
+
+
+def inspect_file(path: str | Path) -> Census:
+    model = load_onnx(path)
+    c = census(model, Path(path).stat().st_size)
+    row = paper_row(model)
+    if row in PAPER_TABLE2:
+        ref = PAPER_TABLE2[row]
+        c.paper = {
+            "row": row,
+            "paper_size_mb": ref["size_mb"],
+            "paper_ops": ref["ops"],
+            "ours_size_mb": c.packed_bytes / 1e6,
+            "ours_ops": c.total_ops,
+        }
+    return c

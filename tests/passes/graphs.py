@@ -1,0 +1,124 @@
+"""Tiny reference graphs built in code, shaped like what the torch exporter writes for BHViT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.ops import ONNX_OPSET
+
+F = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, F, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, F, None) for n in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=10)
+
+
+def binary_weight(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """``s_o * sign(R)`` with a random positive scale per output row (axis 0)."""
+    s = rng.uniform(0.1, 2.0, size=(shape[0],) + (1,) * (len(shape) - 1))
+    return (s * np.where(rng.standard_normal(shape) < 0, -1.0, 1.0)).astype(np.float32)
+
+
+def linear_graph(rng: np.random.Generator, k: int, n: int, *, bn: bool = True, weight=None) -> onnx.ModelProto:
+    """x[2,3,K] ──Add(shift)──Sign──MatMul(W[K,N])──[Sub(m)──Mul(a)──Add(b)]──> y"""
+    w = binary_weight(rng, (n, k)).T if weight is None else weight
+    inits = {"shift": rng.standard_normal(k).astype(np.float32) * 0.1, "W": np.ascontiguousarray(w)}
+    nodes = [
+        helper.make_node("Add", ["x", "shift"], ["xs"]),
+        helper.make_node("Sign", ["xs"], ["sx"]),
+        helper.make_node("MatMul", ["sx", "W"], ["mm" if bn else "y"]),
+    ]
+    if bn:
+        inits |= {
+            "m": rng.standard_normal(n).astype(np.float32),
+            "a": rng.uniform(0.5, 2, n).astype(np.float32),
+            "b": rng.standard_normal(n).astype(np.float32),
+        }
+        nodes += [
+            helper.make_node("Sub", ["mm", "m"], ["t1"]),
+            helper.make_node("Mul", ["t1", "a"], ["t2"]),
+            helper.make_node("Add", ["t2", "b"], ["y"]),
+        ]
+    return _model(nodes, [("x", [2, 3, k])], ["y"], inits)
+
+
+def conv_graph(
+    rng: np.random.Generator, c: int, o: int, group: int, k: int, dil: int, stride: int, pad: int, hw: int
+) -> onnx.ModelProto:
+    """x[1,C,H,W] ──Add(shift[1,C,1,1])──Sign──Conv(W[O,C/g,k,k], b; zero pads)──> y"""
+    inits = {
+        "shift": rng.standard_normal((1, c, 1, 1)).astype(np.float32) * 0.1,
+        "W": binary_weight(rng, (o, c // group, k, k)),
+        "B": rng.standard_normal(o).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Add", ["x", "shift"], ["xs"]),
+        helper.make_node("Sign", ["xs"], ["sx"]),
+        helper.make_node(
+            "Conv",
+            ["sx", "W", "B"],
+            ["y"],
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            dilations=[dil, dil],
+            pads=[pad] * 4,
+            group=group,
+        ),
+    ]
+    return _model(nodes, [("x", [1, c, hw, hw])], ["y"], inits)
+
+
+def attention_graph(
+    rng: np.random.Generator, n: int, heads: int, d: int, alpha: np.ndarray, zp: np.ndarray
+) -> onnx.ModelProto:
+    """Binary attention of one window batch, as BHViT's SelfAttention exports it:
+
+    q,k,v[2,N,C] ──Add(move2)──Sign──Reshape[.,N,h,d]──Transpose──┐
+    q.k^T ──Div(sqrt d)──Softmax──Mul(3)──Div(a)──Add(zp)──Round──Clip(0,3)──Mul(a)──MatMul(v)
+          ──Transpose──Reshape[.,N,C]──> ctx
+    """
+    c = heads * d
+    inits = {
+        f"s{p}": rng.standard_normal(c).astype(np.float32) * 0.1 for p in "qkv"
+    } | {
+        "hshape": np.array([-1, n, heads, d], dtype=np.int64),
+        "oshape": np.array([-1, n, c], dtype=np.int64),
+        "sqrtd": np.array(np.sqrt(d), dtype=np.float32),
+        "three": np.array(3.0, dtype=np.float32),
+        "alpha": alpha.reshape(1, heads, 1, 1).astype(np.float32),
+        "zp": zp.reshape(1, heads, 1, 1).astype(np.float32),
+        "lo": np.array(0.0, dtype=np.float32),
+        "hi": np.array(3.0, dtype=np.float32),
+    }
+    nodes = []
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [
+            helper.make_node("Add", [p, f"s{p}"], [f"{p}s"]),
+            helper.make_node("Sign", [f"{p}s"], [f"{p}b"]),
+            helper.make_node("Reshape", [f"{p}b", "hshape"], [f"{p}4"]),
+            helper.make_node("Transpose", [f"{p}4"], [f"{p}h"], perm=perm),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["qh", "kh"], ["dot"]),
+        helper.make_node("Div", ["dot", "sqrtd"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("Mul", ["p", "three"], ["p3"]),
+        helper.make_node("Div", ["p3", "alpha"], ["pa"]),
+        helper.make_node("Add", ["pa", "zp"], ["pz"]),
+        helper.make_node("Round", ["pz"], ["pr"]),
+        helper.make_node("Clip", ["pr", "lo", "hi"], ["lv"]),
+        helper.make_node("Mul", ["lv", "alpha"], ["pq"]),
+        helper.make_node("MatMul", ["pq", "vh"], ["ctx4"]),
+        helper.make_node("Transpose", ["ctx4"], ["ctxt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ctxt", "oshape"], ["ctx"]),
+    ]
+    return _model(nodes, [(p, [2, n, c]) for p in "qkv"], ["ctx", "scores"], inits)
