@@ -9,9 +9,14 @@ import onnx_graphsurgeon as gs
 
 
 def const_value(t: gs.Tensor) -> np.ndarray | None:
-    """The value of a tensor that is a gs.Constant or the output of an ONNX ``Constant`` node."""
+    """The value of a gs.Constant, a ``Constant`` node's output, or an ``Identity`` of either.
+
+    (The torch exporter shares equal initializers between layers through Identity nodes.)
+    """
     if isinstance(t, gs.Constant):
         return np.asarray(t.values)
+    if len(t.inputs) == 1 and t.inputs[0].op == "Identity":
+        return const_value(t.inputs[0].inputs[0])
     if len(t.inputs) == 1 and t.inputs[0].op == "Constant":
         v = t.inputs[0].attrs.get("value")
         if isinstance(v, gs.Constant):

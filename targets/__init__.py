@@ -1,0 +1,1 @@
+"""Deployment targets: compute kernels and build helpers for running the packed-bit ops."""

@@ -1,0 +1,31 @@
+"""AND/popcount GEMM: the mask x sign(v) core of ``QDAttentionContext``.
+
+``out[i, j] = popc(m[i] & v[j])`` over packed uint64 rows. With ``v`` packed as ``v >= 0`` bits
+(``vpos``), the QD context is ``2 * out - popc(m)`` per level (``docs/packing.md``); that affine
+part is cheap and stays with the caller, so this kernel returns the exact int32 counts.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import te, tirx
+
+from .popcount_gemm import OUT_BLOCK, popcount_gemm_stages, schedule_popcount_gemm
+from .target_info import TargetLike
+
+
+def make_and_popcount(m: int, n: int, k: int) -> tirx.PrimFunc:
+    """Unscheduled PrimFunc ``(m_bits [M,Kw] u64, v_bits [N,Kw] u64, out [M,N] i32)``."""
+    a, v, acc = popcount_gemm_stages(m, n, k, lambda x, y: x & y)
+    out = te.compute((m, n), lambda i, j: acc[i, j].astype("int32"), name=OUT_BLOCK)
+    return te.create_prim_func([a, v, out])
+
+
+def schedule_and_popcount(func: tirx.PrimFunc, target: TargetLike, **tiles: int) -> tvm.IRModule:
+    """Target schedule (shared with the XNOR GEMM; ``tiles``: mr/nr)."""
+    return schedule_popcount_gemm(func, target, **tiles)
+
+
+def and_popcount_module(m: int, n: int, k: int, target: TargetLike, **tiles: int) -> tvm.IRModule:
+    """Scheduled module, ready for :func:`build.build_kernel`."""
+    return schedule_and_popcount(make_and_popcount(m, n, k), target, **tiles)

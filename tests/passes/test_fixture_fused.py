@@ -1,0 +1,85 @@
+"""The fused model on the official fixtures: census, and logits vs reference and official."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bhvit_export.census import census
+from bhvit_export.config import BHViTConfig
+from bhvit_export.export.reference import export_reference
+from bhvit_export.model import BHViT
+from passes.pipeline import FuseReport, fuse_model
+from tests.passes.util import run
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official"
+
+
+def _end_to_end(got: np.ndarray, ref: np.ndarray) -> None:
+    cos = float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref))
+    assert cos >= 0.9995, cos
+    assert np.abs(got - ref).max() <= 0.05 * ref.std()
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.fixture(scope="module", params=["micro", "micro-binary-embed"])
+def fixture(request: pytest.FixtureRequest) -> tuple[Path, onnx.ModelProto, onnx.ModelProto, FuseReport]:
+    d = FIXTURES / request.param
+    if not d.is_dir():
+        pytest.skip(f"official fixtures not found at {d}")
+    from bhvit_export.checkpoint import load_checkpoint
+
+    ref = export_reference(load_checkpoint(d / "checkpoint.pth").model)
+    rep = FuseReport()
+    return d, ref, fuse_model(ref, rep), rep
+
+
+def test_every_binary_layer_is_packed(fixture) -> None:
+    d, ref, fused, rep = fixture
+    cfg = BHViTConfig(depths=(1, 1, 2, 1), num_labels=10)
+    n_attn = cfg.num_layers_b
+    ops = Counter(n.op_type for n in fused.graph.node)
+    # 2 dense per MLP + 4 (q,k,v,out) per attention block; 3 GC convs per conv block.
+    assert ops["BinaryLinear"] == 2 * sum(cfg.depths) + 4 * n_attn
+    binary_embed = "binary-embed" in d.name
+    assert ops["BinaryConv2d"] == 3 * cfg.num_layers_a + (3 if binary_embed else 0)
+    assert ops["BinaryAttentionScores"] == n_attn and ops["QDAttentionContext"] == n_attn
+    assert "Sign" not in ops and "Round" not in ops
+    # The float remainder: the stem (+ full-precision downsampling) and the classifier.
+    assert ops["Conv"] == (1 if binary_embed else 4) and ops["Gemm"] == 1 and ops["MatMul"] == 0
+    assert rep.counts["fold_epilogue"] > 0
+
+
+def test_fused_matches_reference_and_official(fixture) -> None:
+    d, ref, fused, _ = fixture
+    x = np.load(d / "inputs.npy")
+    official = np.load(d / "logits.npy")
+    got = run(fused, {"pixel_values": x})[0]
+    _end_to_end(got, official)
+    _end_to_end(got, run(ref, {"pixel_values": x})[0])
+
+
+def test_census_counts_binary_and_float_work(fixture) -> None:
+    _, ref, fused, _ = fixture
+    c_ref, c_fused = census(ref), census(fused)
+    assert c_ref.bops == 0 and c_fused.bops > 0
+    # Binarizing moves MACs from FLOPs to BOPs one for one (QD counts 3 products per P.V).
+    qd = sum(o["bops"] for o in c_fused.per_op_cost if o["op"] == "QDAttentionContext")
+    assert c_ref.flops == c_fused.flops + c_fused.bops - qd + qd // 3
+    assert c_fused.binary_params > 0 and c_fused.float_params < c_ref.float_params
+
+
+def test_tiny_fused_file_is_at_most_a_fifth_of_the_reference() -> None:
+    torch.manual_seed(0)
+    model = BHViT(BHViTConfig())  # the paper's Tiny, full-precision downsampling (Tiny dagger)
+    ref = export_reference(model)
+    fused = fuse_model(ref)
+    ratio = ref.ByteSize() / fused.ByteSize()
+    assert ratio >= 5, ratio
+    c = census(fused)
+    assert 1.0e8 <= c.total_ops <= 1.4e8  # Table 2: 1.1e8 (see docs/inspect.md for the gap)

@@ -1,0 +1,210 @@
+"""Packed-bit TVM kernels vs the numpy references, plus checks that the vector popcount is emitted.
+
+Property tests draw small shapes (K includes non-multiples of 64, so padding bits are exercised)
+and compare bit-exactly; compiled kernels are cached per shape because building dominates runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("tvm")
+
+import tvm  # noqa: E402
+
+from targets.kernels import and_popcount, bgemm, pack  # noqa: E402
+from targets.kernels import reference as ref  # noqa: E402
+from targets.kernels.build import assembly, build_kernel  # noqa: E402
+from targets.kernels.target_info import (  # noqa: E402
+    AARCH64_CORTEX_A72,
+    X86_AVX2,
+    X86_SAPPHIRERAPIDS,
+    has_vector_popcount,
+    host_target,
+    u64_lanes,
+)
+
+HOST = X86_SAPPHIRERAPIDS
+DIM = st.integers(1, 40)
+KDIM = st.one_of(st.integers(1, 300), st.sampled_from([1, 63, 64, 65, 128, 192, 256, 300]))
+SEED = st.integers(0, 2**32 - 1)
+PROPS = settings(max_examples=15, deadline=None)
+
+host_only = pytest.mark.skipif(
+    not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _pack_fn(m: int, k: int, shift: bool) -> tvm.runtime.Module:
+    return build_kernel(pack.pack_module(m, k, HOST, shift=shift), HOST)
+
+
+@functools.lru_cache(maxsize=None)
+def _bgemm_fn(m: int, n: int, k: int, out_dtype: str) -> tvm.runtime.Module:
+    return build_kernel(bgemm.bgemm_module(m, n, k, HOST, out_dtype=out_dtype), HOST)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=None)
+def _and_fn(m: int, n: int, k: int) -> tvm.runtime.Module:
+    return build_kernel(and_popcount.and_popcount_module(m, n, k, HOST), HOST)
+
+
+def _run(lib: tvm.runtime.Module, *arrays: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Call ``main(*arrays, out)`` and return the output as numpy."""
+    dev = tvm.cpu()
+    out_t = tvm.runtime.tensor(out, dev)
+    lib["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays), out_t)
+    return out_t.numpy()
+
+
+def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Float data with exact zeros, -0.0 and NaN sprinkled in (they must all pack as +1)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    specials = np.array([0.0, -0.0, np.nan], np.float32)
+    hit = rng.random(shape) < 0.05
+    x[hit] = rng.choice(specials, size=int(hit.sum()))
+    return x
+
+
+def _packed(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
+    return ref.pack_bits(rng.standard_normal((rows, k)))
+
+
+# --- numpy references ---------------------------------------------------------------------------
+
+
+def test_pack_bits_convention() -> None:
+    x = np.ones(70, np.float32)
+    x[[0, 5, 64, 69]] = -1.0
+    words = ref.pack_bits(x)
+    assert words.dtype == np.uint64 and words.shape == (2,)
+    assert words[0] == (1 << 0) | (1 << 5)
+    assert words[1] == (1 << 0) | (1 << 5)  # k=64 -> word 1 bit 0; k=69 -> bit 5; padding 0
+    assert ref.pack_bits(np.array([0.0, -0.0, np.nan, -1e-30], np.float32))[0] == 0b1000
+
+
+@PROPS
+@given(m=DIM, n=DIM, k=KDIM, seed=SEED)
+def test_references_match_float_math(m: int, n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, w = _packed(rng, m, k), _packed(rng, n, k)
+    sa, sw = ref.unpack_bits(a, k), ref.unpack_bits(w, k)
+    np.testing.assert_array_equal(ref.pack_bits(sa), a)
+    np.testing.assert_array_equal(ref.binary_gemm_ref(a, w, k), (sa @ sw.T).astype(np.int32))
+    mask_dot = ((sa < 0).astype(np.int64) @ (sw < 0).astype(np.int64).T).astype(np.int32)
+    np.testing.assert_array_equal(ref.and_popcount_ref(a, w), mask_dot)
+
+
+# --- TVM kernels vs references ------------------------------------------------------------------
+
+
+@host_only
+@PROPS
+@given(m=DIM, k=KDIM, shift=st.booleans(), seed=SEED)
+def test_pack_kernel_bit_exact(m: int, k: int, shift: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = _signs(rng, (m, k))
+    out = np.zeros((m, ref.num_words(k)), np.uint64)
+    if shift:
+        sh = rng.standard_normal(k).astype(np.float32)
+        got = _run(_pack_fn(m, k, True), x, sh, out=out)
+        want = ref.pack_bits(x + sh)
+    else:
+        got = _run(_pack_fn(m, k, False), x, out=out)
+        want = ref.pack_bits(x)
+    np.testing.assert_array_equal(got, want)
+
+
+@host_only
+@PROPS
+@given(m=DIM, n=DIM, k=KDIM, seed=SEED)
+def test_bgemm_int32_bit_exact(m: int, n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, w = _packed(rng, m, k), _packed(rng, n, k)
+    got = _run(_bgemm_fn(m, n, k, "int32"), a, w, out=np.zeros((m, n), np.int32))
+    np.testing.assert_array_equal(got, ref.binary_gemm_ref(a, w, k))
+
+
+@host_only
+@PROPS
+@given(m=DIM, n=DIM, k=KDIM, seed=SEED)
+def test_bgemm_float_epilogue(m: int, n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, w = _packed(rng, m, k), _packed(rng, n, k)
+    scale = rng.uniform(0.01, 2.0, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = _run(_bgemm_fn(m, n, k, "float32"), a, w, scale, bias, out=np.zeros((m, n), np.float32))
+    want = ref.binary_linear_ref(a, w, k, scale, bias)
+    # Relative 1e-5 of the magnitudes involved: the float32 FMA may round once where numpy's
+    # float64 reference does not, and outputs near 0 come from cancelling |dot*scale| and |bias|.
+    magnitude = np.abs(ref.binary_gemm_ref(a, w, k) * scale[None, :]) + np.abs(bias)[None, :]
+    assert np.all(np.abs(got - want) <= 1e-5 * magnitude + 1e-30)
+
+
+@host_only
+@PROPS
+@given(m=DIM, n=DIM, k=KDIM, seed=SEED)
+def test_and_popcount_bit_exact(m: int, n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    masks, v = _packed(rng, m, k), _packed(rng, n, k)
+    got = _run(_and_fn(m, n, k), masks, v, out=np.zeros((m, n), np.int32))
+    np.testing.assert_array_equal(got, ref.and_popcount_ref(masks, v))
+
+
+@host_only
+@pytest.mark.parametrize("mr,nr", [(1, 1), (8, 8), (3, 2)])
+def test_bgemm_explicit_tiles(mr: int, nr: int) -> None:
+    m, n, k = 11, 24, 200
+    rng = np.random.default_rng(7)
+    a, w = _packed(rng, m, k), _packed(rng, n, k)
+    mod = bgemm.bgemm_module(m, n, k, HOST, out_dtype="int32", mr=mr, nr=nr)
+    got = _run(build_kernel(mod, HOST), a, w, out=np.zeros((m, n), np.int32))
+    np.testing.assert_array_equal(got, ref.binary_gemm_ref(a, w, k))
+
+
+# --- machine code -------------------------------------------------------------------------------
+
+
+def _mnemonics(asm: str) -> set[str]:
+    return set(re.findall(r"^\s+([a-z][a-z0-9.]*)\s", asm, re.MULTILINE))
+
+
+@pytest.mark.parametrize("kernel", ["bgemm", "and_popcount"])
+def test_x86_sapphirerapids_emits_vpopcnt(kernel: str) -> None:
+    mod = (
+        bgemm.bgemm_module(64, 64, 256, X86_SAPPHIRERAPIDS)
+        if kernel == "bgemm"
+        else and_popcount.and_popcount_module(64, 64, 256, X86_SAPPHIRERAPIDS)
+    )
+    ops = _mnemonics(assembly(mod, X86_SAPPHIRERAPIDS))
+    assert ops & {"vpopcntq", "vpopcntd"}, sorted(ops)
+
+
+def test_x86_avx2_fallback_compiles_without_vpopcnt() -> None:
+    assert u64_lanes(X86_AVX2) == 4
+    ops = _mnemonics(assembly(bgemm.bgemm_module(64, 64, 256, X86_AVX2), X86_AVX2))
+    assert not ops & {"vpopcntq", "vpopcntd"}
+    assert "vpshufb" in ops  # LLVM's nibble-table popcount
+
+
+@pytest.mark.parametrize("kernel", ["bgemm", "and_popcount"])
+def test_aarch64_cortex_a72_emits_cnt(kernel: str) -> None:
+    mod = (
+        bgemm.bgemm_module(64, 64, 256, AARCH64_CORTEX_A72)
+        if kernel == "bgemm"
+        else and_popcount.and_popcount_module(64, 64, 256, AARCH64_CORTEX_A72)
+    )
+    asm = assembly(mod, AARCH64_CORTEX_A72)
+    assert re.search(r"^\s+cnt\s+v\d+\.(8|16)b", asm, re.MULTILINE), "no NEON cnt emitted"
+
+
+def test_aarch64_pack_cross_compiles() -> None:
+    asm = assembly(pack.pack_module(8, 130, AARCH64_CORTEX_A72, shift=True), AARCH64_CORTEX_A72)
+    assert "fcmp" in asm or "fcmgt" in asm or "fcmlt" in asm
