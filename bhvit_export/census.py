@@ -198,3 +198,26 @@ def inspect_file(path: str | Path) -> Census:
             "ours_ops": c.total_ops,
         }
     return c
+
+
+def format_report(c: Census) -> str:
+    """The human table ``inspect`` prints (``--json`` prints ``Census.to_json()`` instead)."""
+    lines = [
+        f"file size        {c.file_bytes / 1e6:10.2f} MB",
+        f"weights packed   {c.packed_bytes / 1e6:10.2f} MB  ({c.binary_params:,} binary weights at 1 bit, "
+        f"{c.float_params:,} float at 4 bytes)",
+        f"BOPs             {c.bops:14.4g}",
+        f"FLOPs            {c.flops:14.4g}  (float Conv/MatMul/Gemm MACs)",
+        f"OPs              {c.total_ops:14.4g}  (BOPs/64 + FLOPs, the paper's measure)",
+        f"other float ops  {c.other_float_elementwise:14.4g}  (elementwise/norm/pool outputs, not in OPs)",
+        "ops              " + ", ".join(f"{k} {v}" for k, v in c.ops.items() if k != "Constant"),
+        "binary ops       " + (", ".join(f"{k} {v}" for k, v in c.binary_ops.items()) or "none (a reference graph)"),
+    ]
+    if c.paper:
+        p = c.paper
+        size = f"{p['paper_size_mb']} MB" if p["paper_size_mb"] is not None else "n/a"
+        lines += [
+            f"paper Table 2    BHViT-{p['row']}: size {size}, OPs {p['paper_ops']:.2g}",
+            f"ours             size {p['ours_size_mb']:.2f} MB, OPs {p['ours_ops']:.3g}  (see docs/inspect.md)",
+        ]
+    return "\n".join(lines)
