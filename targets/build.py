@@ -1,0 +1,70 @@
+"""Compile an imported Relax module for a CPU target and run it.
+
+The pipeline is TVM 0.27's default CPU Relax pipeline (what ``tvm.compile`` runs for ``llvm``:
+library dispatch, ``LegalizeOps``, op-pattern annotation, constant folding, ``FuseOps``/``FuseTIR``,
+dataflow lowering, memory planning, VM lowering), with the dlight CPU rules (GEMV, Reduction)
+applied to the legalized, fused PrimFuncs before the VM lowering. Our pre-scheduled packed kernels
+carry ``tirx.is_scheduled`` and ``op_pattern = opaque``, so neither fusion nor dlight touches them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from targets.kernels.target_info import TargetLike, as_target, host_target
+
+
+def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.s_tir import dlight
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu.library_dispatch_passes(target)
+                + cpu.legalize_passes(target)
+                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+                + cpu.dataflow_lower_passes(target)
+                + cpu.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _run
+
+
+def build(mod: tvm.IRModule, target: TargetLike | None = None) -> relax.VMExecutable:
+    """Compile ``mod`` (Relax ``main`` + any PrimFuncs) for ``target`` (default: the host CPU)."""
+    tgt = as_target(target) if target is not None else host_target()
+    if tgt.kind.name != "llvm":
+        from bhvit_export.errors import TargetError
+
+        raise TargetError(f"only llvm CPU targets are built here, got {tgt.kind.name}")
+    return tvm.compile(mod, target=tgt, relax_pipeline=_pipeline(tgt))
+
+
+def vm(ex: relax.VMExecutable) -> relax.VirtualMachine:
+    """A CPU virtual machine for a built executable."""
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def run(ex: Union[relax.VMExecutable, relax.VirtualMachine], x: np.ndarray) -> np.ndarray:
+    """Run ``main`` on one float32 input (its shape must be the static one it was built for)."""
+    machine = ex if isinstance(ex, relax.VirtualMachine) else vm(ex)
+    arr = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), tvm.cpu())
+    out = machine["main"](arr)
+    if not hasattr(out, "numpy"):  # a tuple of outputs: the model has one, logits
+        out = out[0]
+    return out.numpy()
+
+
+def export_library(ex: relax.VMExecutable, path: Union[str, Path]) -> Path:
+    """Write the executable as a shared library loadable with ``tvm.runtime.load_module``."""
+    out = Path(path)
+    ex.export_library(str(out))
+    return out

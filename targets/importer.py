@@ -1,0 +1,166 @@
+"""Fused ``bhvit`` ONNX -> Relax ``IRModule``.
+
+TVM 0.27's Relax ONNX importer (``tvm.relax.frontend.onnx.from_onnx``) has three gaps this module
+closes:
+
+* it dispatches on ``op_type`` only (op domains are ignored) and has no custom-op hook, so the
+  converters of :mod:`targets.converters` are registered by wrapping the module-level
+  ``_get_convert_map`` for the duration of one import (restored afterwards, even on error), and the
+  domains are checked here, before anything is converted;
+* it never reads model-local functions, so the ``bhvit`` function bodies are never used;
+* it needs static shapes: the symbolic batch is fixed, shapes are re-inferred and constant
+  sub-graphs folded (onnx-graphsurgeon) before the import.
+
+Every op that is neither a standard op TVM converts nor one of ours is reported in one
+:class:`~bhvit_export.errors.TargetError` listing them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from typing import Iterator
+
+import onnx
+
+from bhvit_export.errors import TargetError
+from passes.ops import DOMAIN
+
+from . import converters as conv
+
+_STANDARD_DOMAINS = ("", "ai.onnx")
+#: Handled by the importer itself, not through the convert map.
+_DIRECT_OPS = {"Constant", "If"}
+_LOCK = threading.Lock()
+
+
+def _frontend():
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return onnx_frontend
+
+
+@contextlib.contextmanager
+def bhvit_converters(target=None, *, packed: bool = True) -> Iterator[None]:
+    """Temporarily add the ``bhvit`` converters to TVM's ONNX convert map.
+
+    ``target`` is the one the pre-scheduled kernels of ``BinaryLinear`` are scheduled for
+    (default: the host); ``packed=False`` lowers ``BinaryLinear`` with plain Relax ops instead.
+    Imports are serialised: the patched map is module-global state.
+    """
+    from targets.kernels.target_info import as_target, host_target
+
+    fe = _frontend()
+    with _LOCK:
+        original = fe._get_convert_map
+        saved = (conv._Options.target, conv._Options.packed)
+
+        def patched() -> dict:
+            table = dict(original())
+            table.update(conv.CONVERTERS)
+            return table
+
+        fe._get_convert_map = patched
+        conv._Options.target = as_target(target) if target is not None else host_target()
+        conv._Options.packed = packed
+        try:
+            yield
+        finally:
+            fe._get_convert_map = original
+            conv._Options.target, conv._Options.packed = saved
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """Every node type (``domain.op_type``) this importer cannot lower, sorted and deduplicated.
+
+    Standard-domain ops must be in TVM's convert map, ``bhvit`` ops must be ours; our op names in
+    another domain, and any other domain, are unsupported.
+    """
+    standard = set(_frontend()._get_convert_map()) | _DIRECT_OPS
+    bad = set()
+    for node in model.graph.node:
+        if node.domain in _STANDARD_DOMAINS:
+            ok = node.op_type in standard and node.op_type not in conv.CONVERTERS
+        elif node.domain == DOMAIN:
+            ok = node.op_type in conv.CONVERTERS
+        else:
+            ok = False
+        if not ok:
+            bad.add(f"{node.domain}.{node.op_type}" if node.domain else node.op_type)
+    return sorted(bad)
+
+
+def _fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """Copy of ``model`` with every symbolic leading dim of the graph inputs/outputs set to ``batch``
+    and stale intermediate shapes dropped (re-inferred afterwards)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in list(out.graph.input) + list(out.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        for i, d in enumerate(dims):
+            if not d.HasField("dim_value"):
+                if i != 0:
+                    raise TargetError(
+                        f"{vi.name}: only the batch (axis 0) may be symbolic, axis {i} is {d.dim_param!r}"
+                    )
+                d.Clear()
+                d.dim_value = batch
+    del out.graph.value_info[:]
+    return out
+
+
+def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Infer static shapes and fold constant sub-graphs (shape arithmetic, Reshape targets)."""
+    import onnx_graphsurgeon as gs
+
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    graph = gs.import_onnx(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph.fold_constants().cleanup().toposort()
+    folded = gs.export_onnx(graph)
+    del folded.functions[:]
+    folded.functions.extend(model.functions)
+    del folded.opset_import[:]
+    folded.opset_import.extend(model.opset_import)
+    folded.ir_version = model.ir_version
+    return onnx.shape_inference.infer_shapes(folded, data_prop=True)
+
+
+def prepare(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    """The static-shape, folded copy of ``model`` that :func:`import_fused` hands to TVM."""
+    if batch < 1:
+        raise TargetError(f"batch must be >= 1, got {batch}")
+    if len(model.graph.input) != 1:
+        names = [i.name for i in model.graph.input]
+        raise TargetError(f"expected one graph input (pixel_values), got {names}")
+    return _fold(_fix_batch(model, batch))
+
+
+def import_fused(
+    model: onnx.ModelProto,
+    batch: int = 1,
+    *,
+    target=None,
+    packed: bool = True,
+):
+    """Import a fused (or plain reference) BHViT ONNX model as a Relax ``IRModule`` ``main``.
+
+    ``batch`` fixes the symbolic batch; weights become constants (``keep_params_in_input=False``).
+    ``target``/``packed``: see :func:`bhvit_converters`. Raises :class:`TargetError` naming every
+    op that cannot be lowered.
+    """
+    bad = unsupported_ops(model)
+    if bad:
+        raise TargetError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
+    static = prepare(model, batch)
+    from tvm.relax.frontend.onnx import from_onnx
+
+    inp = static.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    with bhvit_converters(target, packed=packed), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnx.checker cannot see the bhvit function bodies' types
+        mod = from_onnx(static, shape_dict={inp.name: shape}, keep_params_in_input=False)
+    return mod
+

@@ -1,0 +1,213 @@
+"""Fused ONNX -> Relax import and host build (``targets/importer.py``, ``converters.py``, ``build.py``).
+
+* each ``bhvit`` op alone, on a tiny graph, against onnxruntime running the op's ONNX function
+  body (the executable spec): teacher-forced, so it must match to float rounding;
+* the official micro fixture, fused, compiled for the host and run image by image at batch 1,
+  against the official logits with the end-to-end tolerances of ``tests/helpers.py``;
+* unsupported ops (unknown names, foreign domains, our names outside ``bhvit``) are all named in
+  one ``TargetError``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("tvm")
+
+from bhvit_export.errors import TargetError  # noqa: E402
+from passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits, qd_thresholds  # noqa: E402
+from targets.build import build, run, vm  # noqa: E402
+from targets.importer import bhvit_converters, import_fused, unsupported_ops  # noqa: E402
+from targets.kernels.target_info import has_vector_popcount, host_target  # noqa: E402
+from tests.helpers import assert_end_to_end  # noqa: E402
+
+host_only = pytest.mark.skipif(
+    not has_vector_popcount(host_target()), reason="host CPU has no vector popcount"
+)
+
+
+def _model(nodes, inputs, outputs, inits, used) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "t", inputs, outputs, initializer=inits)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, 1)],
+        functions=function_protos(used),
+    )
+    model.ir_version = 8
+    return model
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _vi(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _c(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(arr, name)
+
+
+def _single_op_model(op: str, rng: np.random.Generator):
+    """(model, input array): one bhvit op fed from the graph input, random constant operands."""
+    f32 = np.float32
+    if op == "BinaryLinear":
+        n_tok, k, n = 7, 100, 24  # K not a multiple of 64: padding bits
+        shape = ["batch", n_tok, k]
+        x = rng.standard_normal((1, n_tok, k)).astype(f32)
+        inits = [
+            _c("shift", rng.standard_normal(k).astype(f32) * 0.3),
+            _c("w", pack_bits(rng.standard_normal((n, k)))),
+            _c("scale", rng.random(n).astype(f32) + 0.5),
+            _c("bias", rng.standard_normal(n).astype(f32)),
+        ]
+        node = helper.make_node(op, ["x", "shift", "w", "scale", "bias"], ["y"], domain=DOMAIN, in_features=k)
+        out = _vi("y", ["batch", n_tok, n])
+    elif op == "BinaryConv2d":
+        c, o, g, hw = 6, 8, 2, 9
+        kk = (c // g) * 9
+        shape = ["batch", c, hw, hw]
+        x = rng.standard_normal((1, c, hw, hw)).astype(f32)
+        inits = [
+            _c("shift", rng.standard_normal((1, c, 1, 1)).astype(f32) * 0.3),
+            _c("w", pack_bits(rng.standard_normal((o, kk)))),
+            _c("scale", rng.random(o).astype(f32) + 0.5),
+            _c("bias", rng.standard_normal(o).astype(f32)),
+        ]
+        node = helper.make_node(
+            op, ["x", "shift", "w", "scale", "bias"], ["y"], domain=DOMAIN,
+            kernel_shape=[3, 3], strides=[2, 2], pads=[2, 1, 2, 1], dilations=[2, 1], group=g, in_features=kk,
+        )
+        out = _vi("y", None)
+    elif op == "BinaryAttentionScores":
+        n_tok, c, h = 10, 48, 3
+        shape = ["batch", n_tok, c]
+        x = rng.standard_normal((1, n_tok, c)).astype(f32)
+        inits = [
+            _c("kin", rng.standard_normal((1, n_tok, c)).astype(f32)),
+            _c("qs", rng.standard_normal(c).astype(f32) * 0.3),
+            _c("ks", rng.standard_normal(c).astype(f32) * 0.3),
+        ]
+        node = helper.make_node(op, ["x", "kin", "qs", "ks"], ["y"], domain=DOMAIN, num_heads=h, scale=4.0)
+        out = _vi("y", ["batch", h, n_tok, n_tok])
+    else:  # QDAttentionContext
+        n_tok, c, h = 10, 48, 3
+        shape = ["batch", h, n_tok, n_tok]
+        logits = rng.standard_normal((1, h, n_tok, n_tok)) * 2
+        x = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(f32)
+        alpha = (rng.random(h) * 0.5 + 0.2).astype(f32)
+        inits = [
+            _c("v", rng.standard_normal((1, n_tok, c)).astype(f32)),
+            _c("vs", rng.standard_normal(c).astype(f32) * 0.3),
+            _c("t", qd_thresholds(alpha, np.zeros(h, f32))),
+            _c("alpha", alpha),
+        ]
+        node = helper.make_node(op, ["x", "v", "vs", "t", "alpha"], ["y"], domain=DOMAIN, num_heads=h)
+        out = _vi("y", ["batch", n_tok, c])
+    if out.type.tensor_type.elem_type == 0:
+        out = helper.make_empty_tensor_value_info("y")
+    return _model([node], [_vi("x", shape)], [out], inits, {op}), x
+
+
+@host_only
+@pytest.mark.parametrize(
+    ("op", "packed"),
+    [
+        ("BinaryLinear", True),
+        ("BinaryLinear", False),  # the all-Relax fallback lowering
+        ("BinaryConv2d", True),
+        ("BinaryAttentionScores", True),
+        ("QDAttentionContext", True),
+    ],
+)
+def test_single_op_matches_function_body(op: str, packed: bool) -> None:
+    model, x = _single_op_model(op, np.random.default_rng(zlib.crc32(op.encode())))
+    want = _ort(model, {"x": x})
+    got = run(build(import_fused(model, batch=1, packed=packed)), x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.fixture(scope="module")
+def micro_fused():
+    from bhvit_export.checkpoint import load_checkpoint
+    from bhvit_export.export.reference import export_reference
+    from passes.pipeline import fuse_model
+    from tests.conftest import official_path
+
+    path = official_path("micro")
+    return path, fuse_model(export_reference(load_checkpoint(path / "checkpoint.pth").model))
+
+
+@host_only
+def test_micro_fixture_matches_official_logits(micro_fused) -> None:
+    path, fused = micro_fused
+    machine = vm(build(import_fused(fused, batch=1)))
+    inputs = np.load(path / "inputs.npy")
+    official = np.load(path / "logits.npy")
+    got = np.concatenate([run(machine, inputs[i : i + 1]) for i in range(len(inputs))])
+    metrics = assert_end_to_end(got, official)
+    assert metrics["top1_agree"] == 1.0
+
+
+def test_micro_imports_with_packed_kernels(micro_fused) -> None:
+    _, fused = micro_fused
+    mod = import_fused(fused, batch=1)
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    n_linear = sum(n.op_type == "BinaryLinear" for n in fused.graph.node)
+    assert n_linear > 0
+    assert any(n.startswith("bhvit_bgemm_") for n in names)
+    assert any(n.startswith("bhvit_pack_") for n in names)
+
+
+def _tiny(nodes, extra_domains=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "t", [_vi("x", [1, 4])], [_vi("y", [1, 4])])
+    opsets = [helper.make_opsetid("", ONNX_OPSET)] + [helper.make_opsetid(d, 1) for d in extra_domains]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+@pytest.mark.parametrize("domain", [DOMAIN, "com.x"])
+def test_unknown_op_raises_target_error_naming_it(domain: str) -> None:
+    model = _tiny([helper.make_node("Foo", ["x"], ["y"], domain=domain)], [domain])
+    with pytest.raises(TargetError, match=rf"{domain}\.Foo"):
+        import_fused(model)
+
+
+def test_all_unsupported_ops_listed_at_once() -> None:
+    model = _tiny(
+        [
+            helper.make_node("Foo", ["x"], ["a"], domain="com.x"),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("NoSuchStandardOp", ["b"], ["c"]),
+            # one of our op names, but outside the bhvit domain: not ours
+            helper.make_node("BinaryLinear", ["c"], ["y"], domain="com.other"),
+        ],
+        ["com.x", "com.other"],
+    )
+    assert unsupported_ops(model) == ["NoSuchStandardOp", "com.other.BinaryLinear", "com.x.Foo"]
+    with pytest.raises(TargetError) as err:
+        import_fused(model)
+    for name in ("com.x.Foo", "NoSuchStandardOp", "com.other.BinaryLinear"):
+        assert name in str(err.value)
+    assert "Relu" not in str(err.value)
+
+
+def test_convert_map_restored_after_import() -> None:
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    original = fe._get_convert_map
+    with pytest.raises(RuntimeError):
+        with bhvit_converters():
+            assert "BinaryLinear" in fe._get_convert_map()
+            raise RuntimeError("boom")
+    assert fe._get_convert_map is original
+    assert "BinaryLinear" not in fe._get_convert_map()
