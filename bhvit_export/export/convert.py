@@ -1,0 +1,200 @@
+"""Checkpoint -> ONNX file: the one library call behind ``bhvit-export to-onnx``.
+
+Kept apart from :mod:`.reference` (how to trace the model) so that the steps a user waits for --
+load, export, fuse, write -- are timed and reported in one place, and the CLI only prints the report.
+The output is written atomically and is byte-for-byte reproducible: later stages (compile, bundle
+hashes) key on the file's bytes, so the same checkpoint must always give the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import ExportError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ..config import BHViTConfig
+
+Progress = Callable[[str], None]
+#: Fields that torch fills from the environment; pinned so the bytes depend on the weights only.
+PRODUCER_NAME = "bhvit-export"
+#: ONNX LayerNormalization (the attention's token norm) exists from opset 17 on.
+MIN_OPSET = 17
+
+
+@dataclass
+class ConvertReport:
+    """What ``convert_checkpoint`` did, for humans (``lines``) and machines (``to_json``)."""
+
+    checkpoint: str
+    output: str
+    kind: str  # "reference" (float graph) or "fused" (bhvit ops)
+    entry: str
+    inferred: str  # LoadedCheckpoint.summary
+    config: "BHViTConfig"
+    opset: int
+    checkpoint_bytes: int
+    output_bytes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # load, export, fuse, write, total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "output": self.output,
+            "kind": self.kind,
+            "entry": self.entry,
+            "inferred": self.inferred,
+            "config": self.config.to_json(),
+            "paper_name": self.config.paper_name(),
+            "opset": self.opset,
+            "checkpoint_bytes": self.checkpoint_bytes,
+            "output_bytes": self.output_bytes,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+    def lines(self) -> list[str]:
+        s = self.seconds
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k != "total")
+        return [
+            f"inferred: {self.inferred}",
+            f"exported {self.kind} ONNX (opset {self.opset}) in {s.get('total', 0.0):.1f} s ({steps})",
+            f"wrote {self.output} ({_human(self.output_bytes)}; checkpoint {_human(self.checkpoint_bytes)})",
+        ]
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _fuser() -> tuple[Callable[["onnx.ModelProto"], "onnx.ModelProto"], int | None]:
+    """Import ``passes.pipeline.fuse_model`` (and the opset it requires) only for a fused export.
+
+    Looked up before the (slow) checkpoint load so that a build without the passes fails at once.
+    """
+    import importlib
+
+    try:
+        pipeline = importlib.import_module("passes.pipeline")
+        fuse_model = pipeline.fuse_model
+    except (ImportError, AttributeError) as e:
+        name = getattr(e, "name", None)
+        if isinstance(e, AttributeError) or name in (None, "passes", "passes.pipeline"):
+            raise ExportError(
+                "the fused export is unavailable in this build (passes.pipeline.fuse_model not found); "
+                "use --reference for the float reference graph"
+            ) from None
+        raise ExportError(
+            f"the fused export needs the Python package '{name}', which is not installed "
+            "(pip install -e . installs it)"
+        ) from None
+    required = getattr(pipeline, "ONNX_OPSET", None)
+    return fuse_model, int(required) if required is not None else None
+
+
+def _chmod_like_open(path: Path) -> None:
+    """Give the file the mode a plain ``open()`` would (the temp file of atomic_path is 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _pin_metadata(proto: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Make the file depend only on the weights: no torch version, no timestamps or paths."""
+    from .. import __version__
+
+    proto.producer_name = PRODUCER_NAME
+    proto.producer_version = __version__
+    return proto
+
+
+def convert_checkpoint(
+    ckpt_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    reference: bool,
+    entry: str = "auto",
+    config_json: str | os.PathLike[str] | None = None,
+    opset: int | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """Load ``ckpt_path``, export it to ONNX (the float reference, or fused) and write ``out_path``.
+
+    ``opset=None`` picks the reference exporter's opset, or for a fused export the one the passes
+    require (they match ops by their opset's signatures).
+
+    Nothing is written unless every step succeeds (temp name + rename), so a failed or interrupted
+    run never leaves a file that a later ``compile`` would trust.
+    """
+    say = progress or (lambda _msg: None)
+    ckpt, out = Path(ckpt_path), Path(out_path)
+    if out.is_dir():
+        raise ExportError(f"-o {out} is a directory; give the path of the .onnx file to write")
+    if ckpt.exists() and out.exists() and os.path.samefile(ckpt, out):
+        raise ExportError(f"-o {out} is the checkpoint itself; refusing to overwrite the input")
+    fuse, required = (None, None) if reference else _fuser()
+
+    from ..checkpoint import load_checkpoint
+    from ..config import check_config_json
+    from .reference import OPSET, export_reference, save_model
+
+    if opset is None:  # the fused graph's passes pin the opset they were written for
+        opset = required or OPSET
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is too old: the graph needs opset {MIN_OPSET} or newer (LayerNormalization)")
+    if required is not None and opset != required:
+        raise ExportError(f"--opset {opset}: the fused graph is built for opset {required}; omit --opset or use {required}")
+
+    times: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+    say(f"loading {ckpt}")
+    loaded = load_checkpoint(ckpt, entry=entry)
+    if config_json is not None:
+        check_config_json(config_json, loaded.config)
+    times["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("exporting the float reference graph")
+    proto = export_reference(loaded.model, opset=opset)
+    times["export"] = time.perf_counter() - t
+
+    if fuse is not None:
+        t = time.perf_counter()
+        say("fusing binary ops")
+        proto = fuse(proto)
+        times["fuse"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"writing {out}")
+    proto = _pin_metadata(proto)
+    try:
+        size = save_model(proto, out)
+        _chmod_like_open(out)
+    except OSError as e:
+        raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
+    times["write"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t_all
+    return ConvertReport(
+        checkpoint=str(ckpt),
+        output=str(out),
+        kind="reference" if reference else "fused",
+        entry=loaded.entry,
+        inferred=loaded.summary,
+        config=loaded.config,
+        opset=opset,
+        checkpoint_bytes=ckpt.stat().st_size,
+        output_bytes=size,
+        seconds=times,
+    )
+
+
+__all__ = ["ConvertReport", "convert_checkpoint"]

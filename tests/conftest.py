@@ -1,0 +1,68 @@
+"""Shared fixtures: the official BHViT fixtures (``../shared/fixtures/official`` beside the repo),
+loaded once per session because loading and exporting are the slow parts of the suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.helpers import OFFICIAL_NAMES, official_path
+
+
+@pytest.fixture(params=OFFICIAL_NAMES)
+def official(request: pytest.FixtureRequest) -> Path:
+    """Each official fixture folder in turn (checkpoint.pth, inputs.npy, logits.npy, ...)."""
+    return official_path(request.param)
+
+
+@pytest.fixture
+def micro() -> Path:
+    return official_path("micro")
+
+
+@pytest.fixture(scope="session")
+def loaded_official() -> Callable[[str], Any]:
+    """``name -> LoadedCheckpoint`` with a frozen (eval, binarized) model, loaded once."""
+    from bhvit_export.checkpoint import load_checkpoint
+
+    cache: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in cache:
+            loaded = load_checkpoint(official_path(name) / "checkpoint.pth")
+            loaded.model.freeze()
+            cache[name] = loaded
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``name -> path`` of the float reference ONNX of an official fixture, exported once."""
+    from bhvit_export.export.convert import convert_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            out = tmp_path_factory.mktemp("reference") / f"{name}.onnx"
+            convert_checkpoint(official_path(name) / "checkpoint.pth", out, reference=True)
+            cache[name] = out
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint() -> dict[str, Any]:
+    """The micro checkpoint as a dict (safe load), for tests that write damaged variants of it."""
+    import argparse
+
+    import torch
+
+    path = official_path("micro") / "checkpoint.pth"
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
