@@ -78,6 +78,13 @@ def schedule_popcount_gemm(
         nr = _largest_divisor(n, (2 * lanes, lanes, lanes // 2, 2, 1))
     elif n % nr:
         raise ValueError(f"nr={nr} must divide N={n}")
+    if nr == 1:
+        # No vector-width divisor of N (N odd): the register tile degenerates to scalars, and the
+        # local-scope tile miscompiled (wrong sums, heap corruption) for such shapes. Use the plain
+        # row-parallel loop nest instead; BHViT's N are all multiples of 16.
+        sch.parallel(i)
+        sch.parallel(sch.get_loops(out)[0])
+        return sch.mod
     mr = max(1, min(mr, m))
 
     io, ii = sch.split(i, [None, mr])

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("tvm")
@@ -151,6 +151,7 @@ def test_bgemm_float_epilogue(m: int, n: int, k: int, seed: int) -> None:
 @host_only
 @PROPS
 @given(m=DIM, n=DIM, k=KDIM, seed=SEED)
+@example(m=2, n=13, k=129, seed=0)  # odd N: the register tile once miscompiled here
 def test_and_popcount_bit_exact(m: int, n: int, k: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     masks, v = _packed(rng, m, k), _packed(rng, n, k)
