@@ -114,7 +114,18 @@ def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Pat
             click.echo(line)
 
 
-# --- Later commands (inspect, compile, verify, bench) go below, one per stage, each a thin
+@cli.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the census as JSON on stdout (nothing else).")
+def inspect_cmd(model: Path, as_json: bool) -> None:
+    """Op census, BOPs/FLOPs/OPs, parameters and size of MODEL (.onnx), beside the paper's Table 2."""
+    from .census import format_report, inspect_file
+
+    c = inspect_file(model)
+    click.echo(json.dumps(c.to_json(), indent=2, sort_keys=True) if as_json else format_report(c))
+
+
+# --- Later commands (compile, verify, bench) go below, one per stage, each a thin
 # --- wrapper around one library function, following to-onnx: @cli.command("name"), lazy imports.
 
 

@@ -62,6 +62,7 @@ def fuse_model(proto: onnx.ModelProto, report: FuseReport | None = None) -> onnx
     out.ir_version = proto.ir_version
     out.producer_name = proto.producer_name
     out.producer_version = proto.producer_version
+    out.metadata_props.extend(proto.metadata_props)
     out.doc_string = proto.doc_string.replace("float reference graph", "fused packed-bit graph")
     from bhvit_export.export.reference import finalize
 

@@ -151,3 +151,42 @@ def test_fused_export(tmp_path: Path, micro: Path) -> None:
     assert json.loads(result.stdout)["kind"] == "fused"
     proto = onnx.load(str(out))
     assert [i.name for i in proto.graph.input] == ["pixel_values"]
+
+
+def test_inspect_fused_and_reference(tmp_path: Path, micro: Path) -> None:
+    """inspect reads both graphs: the fused one has BOPs, the reference none; --json is one object."""
+    ref, fused = tmp_path / "ref.onnx", tmp_path / "fused.onnx"
+    assert run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(ref), "--reference").exit_code == 0
+    assert run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(fused)).exit_code == 0
+    r, f = (json.loads(run_cli("inspect", str(p), "--json").stdout) for p in (ref, fused))
+    assert r["bops"] == 0 and f["bops"] > 0 and f["flops"] < r["flops"]
+    assert set(f["binary_ops"]) == {"BinaryLinear", "BinaryConv2d", "BinaryAttentionScores", "QDAttentionContext"}
+    assert f["total_ops"] == f["bops"] / 64 + f["flops"]
+    text = run_cli("inspect", str(fused))
+    assert text.exit_code == 0 and "OPs" in text.output and "BinaryLinear" in text.output
+
+
+@pytest.mark.parametrize("content", [b"", b"not onnx at all", b"\x08\x07" * 50])
+def test_inspect_bad_file_is_one_line_exit_2(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    result = run_module("inspect", str(bad))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_inspect_reports_the_paper_row_for_tiny(tmp_path: Path) -> None:
+    """A Tiny-dagger export carries its paper row; inspect puts Table 2 beside our numbers."""
+    import torch
+
+    from bhvit_export.config import BHViTConfig
+    from bhvit_export.export.reference import export_reference, save_model
+    from bhvit_export.model import BHViT
+    from passes.pipeline import fuse_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.onnx"
+    save_model(fuse_model(export_reference(BHViT(BHViTConfig()))), path)
+    out = json.loads(run_cli("inspect", str(path), "--json").stdout)
+    assert out["paper"]["row"] == "tiny-fp-downsampling" and out["paper"]["paper_ops"] == 1.1e8
+    assert 1.0e8 <= out["paper"]["ours_ops"] <= 1.4e8

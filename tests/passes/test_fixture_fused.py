@@ -15,16 +15,10 @@ from bhvit_export.config import BHViTConfig
 from bhvit_export.export.reference import export_reference
 from bhvit_export.model import BHViT
 from passes.pipeline import FuseReport, fuse_model
+from tests.helpers import assert_end_to_end
 from tests.passes.util import run
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "official"
-
-
-def _end_to_end(got: np.ndarray, ref: np.ndarray) -> None:
-    cos = float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref))
-    assert cos >= 0.9995, cos
-    assert np.abs(got - ref).max() <= 0.05 * ref.std()
-    assert (got.argmax(1) == ref.argmax(1)).all()
+from tests.helpers import OFFICIAL as FIXTURES  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["micro", "micro-binary-embed"])
@@ -60,8 +54,8 @@ def test_fused_matches_reference_and_official(fixture) -> None:
     x = np.load(d / "inputs.npy")
     official = np.load(d / "logits.npy")
     got = run(fused, {"pixel_values": x})[0]
-    _end_to_end(got, official)
-    _end_to_end(got, run(ref, {"pixel_values": x})[0])
+    assert_end_to_end(got, official)
+    assert_end_to_end(got, run(ref, {"pixel_values": x})[0])
 
 
 def test_census_counts_binary_and_float_work(fixture) -> None:
