@@ -95,6 +95,8 @@ class BHViTConfig:
 
 
 def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    if key not in sd:
+        raise ConfigError(f"not a BHViT state_dict: missing '{key}'")
     return tuple(int(s) for s in sd[key].shape)
 
 
