@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import binary_weight_rows, const_value, sign_source
-from .ops import DOMAIN, pack_bits
+from .graph_utils import binary_weight_rows, const_value, packed_weight_inputs, sign_source
+from .ops import DOMAIN
 
 
 def fuse_binary_conv(graph: gs.Graph) -> int:
@@ -56,13 +56,7 @@ def fuse_binary_conv(graph: gs.Graph) -> int:
             name=f"{name}/BinaryConv2d",
             domain=DOMAIN,
             attrs=attrs,
-            inputs=[
-                x,
-                gs.Constant(f"{name}/shift", shift.astype(np.float32)),
-                gs.Constant(f"{name}/w_bits", pack_bits(signs)),
-                gs.Constant(f"{name}/scale", scale.astype(np.float32)),
-                gs.Constant(f"{name}/bias", bias),
-            ],
+            inputs=packed_weight_inputs(name, x, shift, signs, scale, bias),
             outputs=list(node.outputs),
         )
         node.outputs.clear()

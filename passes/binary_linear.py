@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import binary_weight_rows, const_value, sign_source
-from .ops import DOMAIN, pack_bits
+from .graph_utils import binary_weight_rows, const_value, packed_weight_inputs, sign_source
+from .ops import DOMAIN
 
 
 def fuse_binary_linear(graph: gs.Graph) -> int:
@@ -38,13 +38,7 @@ def fuse_binary_linear(graph: gs.Graph) -> int:
             name=f"{name}/BinaryLinear",
             domain=DOMAIN,
             attrs={"in_features": int(k)},
-            inputs=[
-                x,
-                gs.Constant(f"{name}/shift", shift.astype(np.float32)),
-                gs.Constant(f"{name}/w_bits", pack_bits(signs)),
-                gs.Constant(f"{name}/scale", scale.astype(np.float32)),
-                gs.Constant(f"{name}/bias", np.zeros(n, dtype=np.float32)),
-            ],
+            inputs=packed_weight_inputs(name, x, shift, signs, scale, np.zeros(n, dtype=np.float32)),
             outputs=list(node.outputs),
         )
         node.outputs.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, only_consumer, split_const_operand
+from .graph_utils import only_consumer, split_const_operand
 
 FOLDABLE_OPS = ("BinaryLinear", "BinaryConv2d")
 
@@ -63,5 +63,3 @@ def fold_epilogue(graph: gs.Graph) -> int:
         scale_t.values, bias_t.values = scale, bias
     return count
 
-
-__all__ = ["fold_epilogue", "const_value"]

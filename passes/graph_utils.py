@@ -87,11 +87,16 @@ def binary_weight_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return scale, rows
 
 
-def fresh_name(graph: gs.Graph, base: str) -> str:
-    """A tensor/node name derived from ``base`` that the graph does not use yet."""
-    used = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-    name, i = base, 0
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    return name
+def packed_weight_inputs(
+    name: str, x: gs.Tensor, shift: np.ndarray, signs: np.ndarray, scale: np.ndarray, bias: np.ndarray
+) -> list[gs.Tensor]:
+    """The inputs ``(x, shift, w_bits, scale, bias)`` shared by BinaryLinear and BinaryConv2d."""
+    from .ops import pack_bits
+
+    return [
+        x,
+        gs.Constant(f"{name}/shift", shift.astype(np.float32)),
+        gs.Constant(f"{name}/w_bits", pack_bits(signs)),
+        gs.Constant(f"{name}/scale", scale.astype(np.float32)),
+        gs.Constant(f"{name}/bias", bias.astype(np.float32)),
+    ]

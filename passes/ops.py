@@ -57,6 +57,16 @@ _UNPACK = f"""
    w_pm = Add(u_t, u_p1)
 """
 
+# The reshape target ``[B, N, h, -1]`` that splits channels into heads (``zax`` is reused after it).
+_HEADS_SHAPE = """
+   h = Constant <value_int: int = @num_heads> ()
+   zax = Constant <value_ints = [0]> ()
+   h1 = Unsqueeze(h, zax)
+   lead = Constant <value_ints = [0, 0]> ()
+   rest = Constant <value_ints = [-1]> ()
+   shp = Concat <axis = 0> (lead, h1, rest)
+"""
+
 BINARY_LINEAR = (
     _HEADER
     + """
@@ -106,13 +116,8 @@ BinaryAttentionScores <num_heads, scale> (q, k, q_shift, k_shift) => (scores) {
 """
     + _sign("qb", "qs")
     + _sign("kb", "ks")
+    + _HEADS_SHAPE
     + """
-   h = Constant <value_int: int = @num_heads> ()
-   zax = Constant <value_ints = [0]> ()
-   h1 = Unsqueeze(h, zax)
-   lead = Constant <value_ints = [0, 0]> ()
-   rest = Constant <value_ints = [-1]> ()
-   shp = Concat <axis = 0> (lead, h1, rest)
    q4 = Reshape(qb, shp)
    k4 = Reshape(kb, shp)
    qh = Transpose <perm = [0, 2, 1, 3]> (q4)
@@ -131,13 +136,8 @@ QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
    vs = Add(v, v_shift)
 """
     + _sign("vb", "vs")
+    + _HEADS_SHAPE
     + """
-   h = Constant <value_int: int = @num_heads> ()
-   zax = Constant <value_ints = [0]> ()
-   h1 = Unsqueeze(h, zax)
-   lead = Constant <value_ints = [0, 0]> ()
-   rest = Constant <value_ints = [-1]> ()
-   shp = Concat <axis = 0> (lead, h1, rest)
    v4 = Reshape(vb, shp)
    vh = Transpose <perm = [0, 2, 1, 3]> (v4)
    tt = Transpose <perm = [1, 0]> (thresholds)

@@ -106,12 +106,16 @@ def _kernel(kind: str, *shape: int) -> tvm.tirx.PrimFunc:
     return _KERNEL_CACHE[key]
 
 
-class BinaryLinear:
-    """``(K - 2 popc(pack(x + shift) ^ w)) * scale + bias`` over the last axis."""
+class _BhvitConverter:
+    """The importer asks each converter class for the ``_impl_vN`` of an opset; the bhvit domain has one."""
 
     @classmethod
     def get_converter(cls, opset: int):  # noqa: ARG003 - one version of the bhvit domain
-        return cls._impl_v1
+        return cls._impl_v1  # type: ignore[attr-defined]
+
+
+class BinaryLinear(_BhvitConverter):
+    """``(K - 2 popc(pack(x + shift) ^ w)) * scale + bias`` over the last axis."""
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
@@ -148,12 +152,8 @@ class BinaryLinear:
         return relax.op.reshape(y, out_shape) if len(xshape) != 2 else y
 
 
-class BinaryConv2d:
+class BinaryConv2d(_BhvitConverter):
     """Conv of ``sign(x + shift)`` (zero padding after the sign) with +-1 weights, ``* scale + bias``."""
-
-    @classmethod
-    def get_converter(cls, opset: int):  # noqa: ARG003
-        return cls._impl_v1
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
@@ -197,12 +197,8 @@ def _heads(bb, t: relax.Expr, b: int, n: int, h: int, perm: list[int]) -> relax.
     return bb.normalize(relax.op.permute_dims(r, perm))
 
 
-class BinaryAttentionScores:
+class BinaryAttentionScores(_BhvitConverter):
     """``(sign(q+qs)_h . sign(k+ks)_h) / scale`` per head: ``[B, h, N, N]``."""
-
-    @classmethod
-    def get_converter(cls, opset: int):  # noqa: ARG003
-        return cls._impl_v1
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
@@ -219,12 +215,8 @@ class BinaryAttentionScores:
         return relax.op.divide(dot, relax.const(scale, "float32"))
 
 
-class QDAttentionContext:
+class QDAttentionContext(_BhvitConverter):
     """Per head ``alpha_h * sum_j (p >= t_hj) @ sign(v + vs)_h``, heads merged: ``[B, N, C]``."""
-
-    @classmethod
-    def get_converter(cls, opset: int):  # noqa: ARG003
-        return cls._impl_v1
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
