@@ -125,8 +125,92 @@ def inspect_cmd(model: Path, as_json: bool) -> None:
     click.echo(json.dumps(c.to_json(), indent=2, sort_keys=True) if as_json else format_report(c))
 
 
-# --- Later commands (compile, verify, bench) go below, one per stage, each a thin
-# --- wrapper around one library function, following to-onnx: @cli.command("name"), lazy imports.
+def _say(as_json: bool):
+    """Progress lines on stderr (stdout stays clean for --json)."""
+    return None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--target",
+    "-t",
+    default="x86_64",
+    show_default=True,
+    help="x86_64 (this CPU unless --mcpu), aarch64 (cortex-a72 unless --mcpu), jetson-orin, a TVM tag "
+    "(raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, ...) or a JSON target (inline or a .json file).",
+)
+@click.option("--mcpu", default=None, help="CPU model for x86_64/aarch64 (e.g. haswell, cortex-a76).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write (or NAME.tar).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="The batch size compiled in.")
+@click.option("--golden-inputs", type=click.Path(path_type=Path, dir_okay=False), help="Own golden inputs (.npy float32 [N,3,S,S]).")
+@click.option("--golden-outputs", type=click.Path(path_type=Path, dir_okay=False), help="Their reference logits (.npy [N,classes]).")
+@click.option("--no-native", is_flag=True, help="Do not add the native C++ runner and the TVM runtime libraries.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress still goes to stderr unless --json).")
+def compile_cmd(model: Path, target: str, mcpu: str | None, out: Path, batch: int, golden_inputs: Path | None,
+                golden_outputs: Path | None, no_native: bool, as_json: bool) -> None:
+    """Compile MODEL (a fused .onnx from to-onnx) with TVM into a deploy bundle for a target."""
+    from .compile import compile_model
+
+    report = compile_model(
+        model, out, target=target, mcpu=mcpu, batch=batch, golden_inputs=golden_inputs,
+        golden_outputs=golden_outputs, native=not no_native, progress=_say(as_json),
+    )
+    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
+
+
+def _tolerance_options(f):
+    f = click.option("--min-cosine", type=float, default=None, help="Pass criterion [bundle: 0.9995].")(f)
+    f = click.option("--max-abs-over-std", type=float, default=None, help="Pass criterion: max |diff| / std(reference) [bundle: 0.05].")(f)
+    f = click.option("--min-top1", type=float, default=None, help="Pass criterion: top-1 agreement fraction [bundle: 1.0].")(f)
+    return f
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runs", type=click.IntRange(min=0), default=20, show_default=True, help="Timed runs (0: accuracy only).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of the TVM runtime (and of PyTorch).")
+@click.option("--rpc", default=None, metavar="HOST:PORT", help="Run on the device serving TVM RPC there (a board, or `bhvit-export emulate`).")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="Get devices from this TVM RPC tracker (needs --key).")
+@click.option("--key", default=None, help="Device key registered with the tracker.")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="With --tracker: how many devices of the key to verify on.")
+@click.option("--native", is_flag=True, help="Use the bundle's C++ runner (under qemu for a foreign arch) instead of Python TVM.")
+@click.option("--profile", is_flag=True, help="Per-function latency of the compiled model (this machine's CPU).")
+@click.option("--no-torch", is_flag=True, help="Do not time the PyTorch reference even if torch is installed.")
+@_tolerance_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: str | None, tracker: str | None,
+               key: str | None, devices: int, native: bool, profile: bool, no_torch: bool, min_cosine: float | None,
+               max_abs_over_std: float | None, min_top1: float | None, as_json: bool) -> None:
+    """Check BUNDLE's files, run its golden inputs and compare with the reference; time it.
+
+    Exit 0 when within the tolerances, 1 when not, 2 for a bad or altered bundle.
+    """
+    from .errors import BundleError, VerificationFailed
+    from .verify.verify import VerifyOptions, verify_bundle
+
+    if sum(bool(v) for v in (rpc, tracker, native)) > 1:
+        raise BundleError("choose one of --rpc, --tracker and --native")
+    tol = {k: v for k, v in (("min_cosine", min_cosine), ("max_abs_over_std", max_abs_over_std),
+                             ("min_top1_agreement", min_top1)) if v is not None}
+    opts = VerifyOptions(runs=runs, warmup=warmup, threads=threads, rpc=rpc, tracker=tracker, key=key,
+                         devices=devices, native=native, tolerances=tol, torch_latency=not no_torch, profile=profile)
+    report = verify_bundle(bundle, opts, progress=_say(as_json))
+    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
+    if not report.passed:
+        raise VerificationFailed("the compiled model's outputs are outside the tolerances")
+
+
+@cli.command("emulate")
+@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True)
+def emulate_cmd(arch: str, host: str, port: int) -> None:
+    """Serve TVM RPC as an emulated ARM device (qemu-user) until stopped (Ctrl-C)."""
+    from targets.emulate import serve
+
+    serve(arch, host, port, on_ready=lambda h, p: click.echo(f"emulated {arch} device serving TVM RPC on {h}:{p} (Ctrl-C stops it)", err=True))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -92,6 +92,16 @@ class BHViTConfig:
         d = asdict(self)
         d.pop("extra")
         return d
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "BHViTConfig":
+        """Inverse of :meth:`to_json` (bundle manifests, ONNX metadata); unknown keys are a ConfigError."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise ConfigError(f"unknown BHViT config keys {unknown}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+        return cls(**kw)
 
 
 def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:

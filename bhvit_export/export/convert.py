@@ -145,6 +145,7 @@ def convert_checkpoint(
 
     from ..checkpoint import load_checkpoint
     from ..config import check_config_json
+    from ..golden import DEFAULT_COUNT, DEFAULT_SEED, METADATA_KEY, pytorch_golden
     from .reference import OPSET, export_reference, save_model
 
     if opset is None:  # the fused graph's passes pin the opset they were written for
@@ -166,6 +167,12 @@ def convert_checkpoint(
     say("exporting the float reference graph")
     proto = export_reference(loaded.model, opset=opset)
     times["export"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"running the PyTorch model on {DEFAULT_COUNT} golden inputs (kept as the reference for verify)")
+    golden = pytorch_golden(loaded.model)
+    proto.metadata_props.add(key=METADATA_KEY, value=golden.to_metadata(DEFAULT_SEED))
+    times["golden"] = time.perf_counter() - t
 
     if fuse is not None:
         t = time.perf_counter()

@@ -1,0 +1,314 @@
+"""ONNX -> deploy bundle: the one library call behind ``bhvit-export compile``.
+
+Steps (each timed and announced, since a Tiny build takes tens of seconds): resolve the target, load
+and check the ONNX, import it into Relax with our converters, build with our schedules, link the
+library (a cross compiler for aarch64 hosts), take the golden inputs and reference outputs, add the
+native runner and the target's TVM runtime where we can build them, write the manifest with the
+SHA-256 of every file, and rename the finished folder into place (or pack it as a ``.tar``).
+Nothing is left at the output path unless every step succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .bundle import manifest as mf
+from .errors import BundleError, ModelFileError, TargetError
+from .golden import Golden, golden_of_model
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CompileReport:
+    """What ``compile_model`` did (``lines`` for humans, ``to_json`` for ``--json``)."""
+
+    model: str
+    output: str
+    target: dict[str, Any]
+    batch: int
+    golden_source: str
+    native: bool
+    bytes: dict[str, int] = field(default_factory=dict)  # per bundle file
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "output": self.output,
+            "target": self.target,
+            "batch": self.batch,
+            "golden_source": self.golden_source,
+            "native_runner": self.native,
+            "bytes": self.bytes,
+            "total_bytes": sum(self.bytes.values()),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "notes": self.notes,
+        }
+
+    def lines(self) -> list[str]:
+        s = self.seconds
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k != "total")
+        lib = self.bytes.get(mf.LIBRARY, 0)
+        out = [
+            f"compiled for {self.target['name']} ({self.target['arch']}, {self.target['device']}) at batch {self.batch} "
+            f"in {s.get('total', 0.0):.1f} s ({steps})",
+            f"wrote {self.output}: library {lib / 2**20:.1f} MiB, bundle {sum(self.bytes.values()) / 2**20:.1f} MiB, "
+            f"golden reference from {self.golden_source}"
+            + ("" if self.native else ", no native runner"),
+        ]
+        return out + [f"note: {n}" for n in self.notes]
+
+
+def _load_golden(
+    model: Any, inputs: Optional[Path], outputs: Optional[Path]
+) -> tuple[Golden, list[str]]:
+    """User-given golden files, else the PyTorch pair recorded by ``to-onnx``, else onnxruntime."""
+    if (inputs is None) != (outputs is None):
+        raise ModelFileError("--golden-inputs and --golden-outputs go together")
+    if inputs is not None and outputs is not None:
+        x, y = (_load_npy(p) for p in (inputs, outputs))
+        if x.shape[0] != y.shape[0]:
+            raise ModelFileError(f"--golden-inputs has {x.shape[0]} rows, --golden-outputs {y.shape[0]}")
+        return Golden(x.astype(np.float32), y.astype(np.float32), "user"), []
+    golden = golden_of_model(model)
+    if golden is not None:
+        return golden, []
+    return _ort_golden(model), [
+        "the ONNX has no PyTorch reference (bhvit.golden metadata; re-export it with to-onnx): "
+        "the golden outputs come from onnxruntime on this same ONNX"
+    ]
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: not a readable .npy array ({e})") from None
+    if arr.dtype.kind != "f" or arr.ndim < 2:
+        raise ModelFileError(f"{path}: expected a float array [N, ...], got {arr.dtype}{list(arr.shape)}")
+    return arr
+
+
+def _ort_golden(model: Any) -> Golden:
+    """Fallback reference: onnxruntime on the model itself (the bhvit function bodies run as ONNX)."""
+    import onnxruntime as ort
+
+    from .golden import DEFAULT_COUNT, golden_inputs
+
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    size = dims[-1].dim_value or 224
+    x = golden_inputs(DEFAULT_COUNT, int(size))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    y = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+    return Golden(x, y.astype(np.float32), "onnxruntime")
+
+
+def _fit_batch(g: Golden, batch: int) -> Golden:
+    """Repeat rows so the count is a multiple of the compiled batch (the runner feeds whole batches)."""
+    count = -(-len(g.inputs) // batch) * batch
+    if count == len(g.inputs):
+        return g
+    idx = np.arange(count) % len(g.inputs)
+    return Golden(g.inputs[idx], g.outputs[idx], g.source)
+
+
+def _linker(spec: Any) -> Optional[Callable[..., Any]]:
+    """``fcompile`` for ``export_library``: None (TVM's default, the host g++) or a cross compiler."""
+    from targets.target_spec import host_arch
+
+    if spec.arch == host_arch():
+        return None
+    from tvm.support import cc
+
+    from targets.toolchain import require
+
+    return cc.cross_compiler(require("aarch64-g++") if spec.arch == "aarch64" else spec.arch)
+
+
+def _export(ex: Any, spec: Any, path: Path) -> None:
+    fcompile = _linker(spec)
+    try:
+        if fcompile is None:
+            ex.export_library(str(path))
+        else:
+            ex.export_library(str(path), fcompile=fcompile)
+    except Exception as e:  # the compiler's stderr is in the message; keep its first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TargetError(f"linking the library for {spec.name} failed: {first}") from None
+
+
+def _add_native(spec: Any, root: Path, say: Progress) -> tuple[Optional[dict[str, Any]], list[str]]:
+    """Put the native runner and the target's TVM runtime libraries in ``runtime/`` (CPU targets)."""
+    if spec.device != "cpu":
+        return None, ["no native runner for CUDA bundles: verify them with the Python runtime"]
+    try:
+        from targets.native_build import build_runner
+        from targets.runtime_libs import runtime_libs
+    except ImportError:
+        return None, ["native runner unavailable in this build"]
+    say(f"adding the native runner and the {spec.arch} TVM runtime")
+    rt = root / mf.RUNTIME_DIR
+    rt.mkdir()
+    try:
+        libs = [Path(p) for p in runtime_libs(spec.arch)]
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = Path(build_runner(spec.arch, Path(tmp)))
+            shutil.copy2(runner, rt / "bhvit-run")
+        for lib in libs:
+            shutil.copy2(lib, rt / lib.name)
+    except TargetError as e:
+        shutil.rmtree(rt)
+        return None, [f"no native runner: {e}"]
+    return {
+        "runner": f"{mf.RUNTIME_DIR}/bhvit-run",
+        "libs": [f"{mf.RUNTIME_DIR}/{lib.name}" for lib in libs],
+    }, []
+
+
+def compile_model(
+    model_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    target: str,
+    mcpu: Optional[str] = None,
+    batch: int = 1,
+    golden_inputs: Optional[Path] = None,
+    golden_outputs: Optional[Path] = None,
+    native: bool = True,
+    progress: Optional[Progress] = None,
+) -> CompileReport:
+    """Compile the (fused) ONNX at ``model_path`` for ``target`` into a bundle at ``out_path``.
+
+    ``out_path`` ending in ``.tar`` writes the archive form. Raises BhvitError subclasses (exit 2)
+    for bad models, targets and missing toolchains; nothing is written unless all steps succeed.
+    """
+    from . import __version__
+    from .atomic import atomic_path
+    from .bundle import archive
+    from .census import load_onnx
+
+    say = progress or (lambda _msg: None)
+    src, out = Path(model_path), Path(out_path)
+    if batch < 1:
+        raise TargetError(f"--batch must be >= 1, got {batch}")
+    as_tar = out.suffix == ".tar"
+    if out.exists() and not as_tar and not (out / mf.MANIFEST).is_file() and any(out.iterdir()):
+        raise BundleError(f"-o {out} exists and is not a bundle; refusing to replace it")
+    if out.exists() and as_tar and out.is_dir():
+        raise BundleError(f"-o {out} is a directory")
+    times: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+
+    from targets.target_spec import resolve
+
+    spec = resolve(target, mcpu=mcpu)
+    if spec.arch == "aarch64":
+        from targets.toolchain import require
+
+        require("aarch64-g++")  # fail before the long build, with what to install
+    say(f"loading {src}")
+    model = load_onnx(src)
+    golden, notes = _load_golden(model, golden_inputs, golden_outputs)
+    golden = _fit_batch(golden, batch)
+    times["load"] = time.perf_counter() - t
+
+    import tvm
+    import tvm_ffi
+
+    from targets.build import build
+    from targets.importer import import_fused
+
+    t = time.perf_counter()
+    say(f"importing into TVM Relax (batch {batch})")
+    mod = import_fused(model, batch=batch, target=spec.target)
+    in_shape = [batch] + list(golden.inputs.shape[1:])
+    times["import"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"building for {spec.target.kind.name} {spec.name} (this takes a while)")
+    ex = build(mod, spec.target)
+    times["build"] = time.perf_counter() - t
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    cfg = json.loads(meta["bhvit.config"]) if "bhvit.config" in meta else None
+    with atomic_path(out, directory=not as_tar) as tmp_out:
+        root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
+        try:
+            t = time.perf_counter()
+            say(f"linking {mf.LIBRARY}")
+            _export(ex, spec, root / mf.LIBRARY)
+            times["link"] = time.perf_counter() - t
+            (root / "golden").mkdir()
+            np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
+            np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
+            native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
+            notes += native_notes
+            manifest = mf.Manifest(
+                tool_version=__version__,
+                tvm_version=tvm.__version__,
+                tvm_ffi_version=tvm_ffi.__version__,
+                target=spec.to_json(),
+                model={
+                    "source": src.name,
+                    "source_sha256": mf.sha256_file(src),
+                    "config": cfg,
+                    "paper_config": meta.get("bhvit.paper_config"),
+                },
+                input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
+                output={
+                    "name": model.graph.output[0].name,
+                    "shape": [batch] + list(golden.outputs.shape[1:]),
+                    "dtype": "float32",
+                },
+                golden={
+                    "inputs": mf.GOLDEN_INPUTS,
+                    "reference": mf.GOLDEN_REFERENCE,
+                    "source": golden.source,
+                    "count": int(len(golden.inputs)),
+                },
+                native=native_info,
+            )
+            manifest.files = mf.file_entries(root)
+            (root / mf.MANIFEST).write_text(manifest.dumps(), encoding="utf-8")
+            _open_modes(root)
+            if as_tar:
+                archive.pack(root, tmp_out)
+                os.chmod(tmp_out, 0o644)
+        finally:
+            if as_tar:
+                shutil.rmtree(root, ignore_errors=True)
+    times["total"] = time.perf_counter() - t_all
+    return CompileReport(
+        model=str(src),
+        output=str(out),
+        target=spec.to_json(),
+        batch=batch,
+        golden_source=golden.source,
+        native=native_info is not None,
+        bytes={k: v["bytes"] for k, v in manifest.files.items()},
+        seconds=times,
+        notes=notes,
+    )
+
+
+def _open_modes(root: Path) -> None:
+    """mkdtemp makes 0700 folders; a bundle is meant to be copied and read by others."""
+    os.chmod(root, 0o755)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(Path(dirpath) / d, 0o755)
+        for f in filenames:
+            p = Path(dirpath) / f
+            os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)

@@ -1,0 +1,117 @@
+"""Golden inputs and the PyTorch reference outputs that travel with a model to the device.
+
+``verify`` must compare the compiled model against the *PyTorch* model, but a bundle is compiled
+from an ONNX file and verified on a device without torch. So ``to-onnx`` runs the PyTorch model on a
+few deterministic inputs and records its logits in the ONNX metadata (``bhvit.golden``, a few KB); the
+inputs themselves are not stored: they are regenerated from the recorded seed, and their SHA-256 is
+stored too, so a numpy that generated other numbers is caught instead of silently comparing wrong
+pairs. ``compile`` copies both into the bundle as ``.npy`` files.
+
+The inputs look like normalised images (uniform pixels in [0, 1] through the ImageNet mean/std of the
+official training), not like N(0, 1) noise, so the activations stay in the range the model was trained on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import ModelFileError
+
+METADATA_KEY = "bhvit.golden"
+RECIPE = "uniform01-imagenet-normalized/v1"
+DEFAULT_SEED = 20250611
+DEFAULT_COUNT = 4
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float64)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
+
+
+def golden_inputs(count: int, image_size: int, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """``[count, 3, S, S]`` float32 normalised 'images' from ``seed`` (PCG64, platform-independent)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    pixels = rng.random((count, image_size, image_size, 3))  # float64 in [0, 1)
+    x = (pixels - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def sha256_array(a: np.ndarray) -> str:
+    """Digest of an array's dtype, shape and C-order bytes."""
+    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Golden:
+    """Inputs and the reference outputs computed from them, and who computed the outputs."""
+
+    inputs: np.ndarray
+    outputs: np.ndarray
+    source: str  # "pytorch", "onnxruntime", or "user"
+
+    def to_metadata(self, seed: int) -> str:
+        """JSON for ``bhvit.golden``: the recipe + seed (not the inputs) and the outputs."""
+        out = np.ascontiguousarray(self.outputs, dtype="<f4")
+        return json.dumps(
+            {
+                "recipe": RECIPE,
+                "seed": seed,
+                "count": int(self.inputs.shape[0]),
+                "image_size": int(self.inputs.shape[-1]),
+                "inputs_sha256": sha256_array(self.inputs),
+                "outputs_shape": list(out.shape),
+                "outputs_f32le_b64": base64.b64encode(out.tobytes()).decode("ascii"),
+                "source": self.source,
+            },
+            sort_keys=True,
+        )
+
+
+def from_metadata(text: str) -> Golden:
+    """Rebuild the golden pair from ``bhvit.golden``; a damaged entry is a ModelFileError."""
+    try:
+        meta: dict[str, Any] = json.loads(text)
+        if meta.get("recipe") != RECIPE:
+            raise ModelFileError(f"{METADATA_KEY}: unknown input recipe {meta.get('recipe')!r}")
+        x = golden_inputs(int(meta["count"]), int(meta["image_size"]), int(meta["seed"]))
+        raw = base64.b64decode(meta["outputs_f32le_b64"], validate=True)
+        shape = [int(d) for d in meta["outputs_shape"]]
+        y = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{METADATA_KEY} metadata is damaged ({type(e).__name__}: {e})") from None
+    if sha256_array(x) != meta["inputs_sha256"]:
+        raise ModelFileError(
+            f"{METADATA_KEY}: this numpy generates other golden inputs than the one that exported the model "
+            "(pass --golden-inputs/--golden-outputs, or re-export with to-onnx)"
+        )
+    if y.shape[0] != x.shape[0]:
+        raise ModelFileError(f"{METADATA_KEY}: {y.shape[0]} outputs for {x.shape[0]} inputs")
+    return Golden(inputs=x, outputs=y, source=str(meta.get("source", "pytorch")))
+
+
+def pytorch_golden(model: Any, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> Golden:
+    """Run the (frozen, eval) PyTorch model on the golden inputs, one image at a time.
+
+    One at a time so the reference does not depend on the batch size torch would pick kernels for.
+    """
+    import torch
+
+    x = golden_inputs(count, int(model.config.image_size), seed)
+    with torch.no_grad():
+        ys = [model(torch.from_numpy(x[i : i + 1])).numpy() for i in range(count)]
+    return Golden(inputs=x, outputs=np.concatenate(ys, axis=0).astype(np.float32), source="pytorch")
+
+
+def golden_of_model(proto: Any) -> Optional[Golden]:
+    """The golden pair recorded in an ONNX ModelProto, or None if it has none."""
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return from_metadata(prop.value)
+    return None

@@ -1,0 +1,201 @@
+"""Where a bundle's library runs during ``verify``: here, on an RPC device, or as the native runner.
+
+Each runner gives the same two calls, ``run(inputs) -> outputs`` (whole batches, in order) and
+``time(runs, warmup) -> [ms]``, so ``verify`` decides pass/fail the same way whichever way the
+library was reached. The TVM ones import TVM lazily: the native runner needs no TVM in Python at all.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+
+from ..bundle import manifest as mf
+from ..errors import BundleError, TargetError
+
+
+class Runner(Protocol):
+    """What ``verify`` needs of a place the library runs."""
+
+    where: str
+
+    def run(self, inputs: np.ndarray) -> np.ndarray: ...
+
+    def time(self, runs: int, warmup: int) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class _VmRunner:
+    """The Relax VM on a (local or remote) device; subclasses say how the module is obtained."""
+
+    where = "?"
+
+    def __init__(self, module, dev, batch: int, input_shape: list[int]):
+        from tvm import runtime
+
+        self.dev = dev
+        self.batch = batch
+        self.input_shape = input_shape
+        try:
+            self.vm = runtime.vm.VirtualMachine(module, dev)
+        except Exception as e:
+            raise BundleError(f"the bundle's library does not load as a Relax VM: {_first_line(e)}") from None
+
+    def _tensor(self, x: np.ndarray):
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(inputs), self.batch):
+            y = self.vm["main"](self._tensor(inputs[i : i + self.batch]))
+            if not hasattr(y, "numpy"):  # a tuple: the model has one output, logits
+                y = y[0]
+            outs.append(y.numpy())
+        return np.concatenate(outs, axis=0)
+
+    def time(self, runs: int, warmup: int) -> list[float]:
+        x = self._tensor(np.zeros(self.input_shape, dtype=np.float32))
+        if warmup:
+            self.vm.time_evaluator("main", self.dev, number=1, repeat=warmup)(x)
+        res = self.vm.time_evaluator("main", self.dev, number=1, repeat=runs)(x)
+        return [float(r) * 1e3 for r in res.results]
+
+    def close(self) -> None:
+        self.vm = None
+
+
+class LocalRunner(_VmRunner):
+    """The library loaded into this process (a bundle built for this machine's arch)."""
+
+    def __init__(self, root: Path, manifest: mf.Manifest, threads: Optional[int] = None):
+        import tvm
+
+        if threads:
+            _set_local_threads(threads)
+        dev = tvm.cuda(0) if manifest.device == "cuda" else tvm.cpu(0)
+        if manifest.device == "cuda" and not dev.exist:
+            raise TargetError("this bundle is for CUDA and this machine has no CUDA device")
+        try:
+            module = tvm.runtime.load_module(str(root / mf.LIBRARY))
+        except Exception as e:
+            raise BundleError(f"cannot load {mf.LIBRARY}: {_first_line(e)}") from None
+        self.where = f"this machine ({manifest.device})"
+        super().__init__(module, dev, manifest.batch, manifest.input["shape"])
+
+
+def _set_local_threads(threads: int) -> None:
+    """TVM's CPU thread pool size (TVM_NUM_THREADS is read when the pool first starts)."""
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+
+
+class RpcRunner(_VmRunner):
+    """The library uploaded to a TVM RPC server (a board, or ``bhvit-export emulate``)."""
+
+    def __init__(self, session, root: Path, manifest: mf.Manifest, where: str, threads: Optional[int] = None):
+        self.session = session
+        try:
+            session.upload(str(root / mf.LIBRARY), "bhvit_model.so")
+            module = session.load_module("bhvit_model.so")
+            if threads:
+                session.get_function("runtime.config_threadpool")(1, threads)
+        except Exception as e:
+            raise TargetError(f"{where}: could not load the library on the device: {_first_line(e)}") from None
+        dev = session.cuda(0) if manifest.device == "cuda" else session.cpu(0)
+        self.where = where
+        super().__init__(module, dev, manifest.batch, manifest.input["shape"])
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); a BhvitError for anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BundleError(f"{what} {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def connect_rpc(text: str, timeout: float = 30.0):
+    """A session with the RPC server at ``HOST:PORT``."""
+    from tvm import rpc
+
+    host, port = parse_hostport(text, "--rpc")
+    try:
+        return rpc.connect(host, port, session_timeout=0)
+    except Exception as e:
+        raise TargetError(f"--rpc {text}: cannot connect ({_first_line(e)}); is the RPC server running?") from None
+
+
+def connect_tracker(text: str, key: str, count: int = 1, timeout: float = 60.0) -> list:
+    """``count`` sessions of devices with ``key`` from the RPC tracker at ``HOST:PORT``."""
+    from tvm import rpc
+
+    host, port = parse_hostport(text, "--tracker")
+    try:
+        tracker = rpc.connect_tracker(host, port)
+        return [tracker.request(key, priority=1, session_timeout=0) for _ in range(count)]
+    except Exception as e:
+        raise TargetError(f"--tracker {text} --key {key}: no device ({_first_line(e)})") from None
+
+
+class NativeRunner:
+    """The C++ runner of the bundle (``runtime/bhvit-run``), under qemu for a foreign arch."""
+
+    def __init__(self, root: Path, manifest: mf.Manifest, threads: Optional[int] = None):
+        if manifest.native is None:
+            raise BundleError(f"{root}: this bundle has no native runner (compile it with the runner)")
+        self.root, self.manifest, self.threads = root, manifest, threads
+        self.where = f"native runner ({manifest.arch}" + (", qemu)" if _foreign(manifest.arch) else ")")
+        self._tmp = tempfile.TemporaryDirectory(prefix="bhvit-verify-")
+
+    def _call(self, inputs: np.ndarray, runs: int, warmup: int) -> tuple[np.ndarray, list[float]]:
+        from targets.native_run import run_native
+
+        x = Path(self._tmp.name) / "inputs.npy"
+        y = Path(self._tmp.name) / "outputs.npy"
+        np.save(x, np.ascontiguousarray(inputs, dtype=np.float32), allow_pickle=False)
+        ms = run_native(
+            self.root / str(self.manifest.native["runner"]),
+            self.root / mf.LIBRARY,
+            x,
+            y,
+            arch=self.manifest.arch,
+            batch=self.manifest.batch,
+            runs=runs,
+            warmup=warmup,
+            threads=self.threads,
+            lib_dir=self.root / mf.RUNTIME_DIR,
+        )
+        return np.load(y, allow_pickle=False), ms
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self._call(inputs, runs=1, warmup=0)[0]
+
+    def time(self, runs: int, warmup: int) -> list[float]:
+        x = np.zeros(self.manifest.input["shape"], dtype=np.float32)
+        return self._call(x, runs=runs, warmup=warmup)[1]
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def _foreign(arch: str) -> bool:
+    """True when ``arch`` is not this machine's (then the runner goes through qemu)."""
+    import platform
+
+    here = platform.machine().lower()
+    return arch != ("aarch64" if here in ("aarch64", "arm64") else here)
+

@@ -1,0 +1,272 @@
+"""The library call behind ``bhvit-export verify``: check, load, run, compare, time.
+
+Order matters for safety: the manifest and every file's SHA-256 are checked before the library is
+opened (opening a shared library runs its code). Then the golden inputs run through the chosen
+runner, the outputs are compared with the stored reference outputs, and latency is measured.
+Exit status: 0 within tolerance, 1 outside (``VerificationFailed``), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from ..bundle import manifest as mf
+from ..errors import BundleError
+from . import latency, runners
+from .metrics import Accuracy, compare
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class VerifyOptions:
+    """What the user chose on the command line (None: the bundle's or the default)."""
+
+    runs: int = 20
+    warmup: int = 3
+    threads: Optional[int] = None
+    rpc: Optional[str] = None
+    tracker: Optional[str] = None
+    key: Optional[str] = None
+    devices: int = 1
+    native: bool = False
+    tolerances: dict[str, float] = field(default_factory=dict)
+    torch_latency: bool = True
+    profile: bool = False
+
+
+@dataclass
+class DeviceResult:
+    """Accuracy and latency of one device (a verify may fan out over several through a tracker)."""
+
+    where: str
+    accuracy: Accuracy
+    passed: bool
+    failures: list[str]
+    latency_ms: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "where": self.where,
+            "passed": self.passed,
+            "failures": self.failures,
+            **self.accuracy.to_json(),
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass
+class VerifyReport:
+    """The verify result: ``passed`` only when every device passed."""
+
+    bundle: str
+    target: dict[str, Any]
+    batch: int
+    golden_source: str
+    tolerances: dict[str, float]
+    devices: list[DeviceResult]
+    notes: list[str] = field(default_factory=list)
+    pytorch_latency_ms: Optional[dict[str, Any]] = None
+    profile: Optional[list[dict[str, Any]]] = None
+
+    @property
+    def passed(self) -> bool:
+        return all(d.passed for d in self.devices)
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.devices[0]
+        return {
+            "passed": self.passed,
+            "bundle": self.bundle,
+            "target": self.target,
+            "batch": self.batch,
+            "reference": self.golden_source,
+            "tolerances": self.tolerances,
+            # the first device's numbers at top level; all of them under "devices"
+            "max_abs_err": first.accuracy.max_abs_err,
+            "max_rel_err": first.accuracy.max_rel_err,
+            "max_abs_over_std": first.accuracy.max_abs_over_std,
+            "cosine": first.accuracy.cosine,
+            "top1_agreement": first.accuracy.top1_agreement,
+            "latency_ms": first.latency_ms,
+            "pytorch_latency_ms": self.pytorch_latency_ms,
+            "devices": [d.to_json() for d in self.devices],
+            "profile": self.profile,
+            "notes": self.notes,
+        }
+
+    def lines(self) -> list[str]:
+        out = [
+            f"bundle {self.bundle}: {self.target['name']} ({self.target['arch']}, {self.target['device']}), "
+            f"batch {self.batch}, reference from {self.golden_source}"
+        ]
+        for d in self.devices:
+            a, lt = d.accuracy, d.latency_ms
+            out.append(
+                f"{d.where}: {'PASS' if d.passed else 'FAIL'}  {a.count} outputs, cosine {a.cosine:.6f}, "
+                f"max |diff| {a.max_abs_err:.4g} ({a.max_abs_over_std:.2%} of std), top-1 agreement {a.top1_agreement:.0%}"
+            )
+            if lt["runs"]:
+                out.append(
+                    f"  latency per batch: min {lt['min']:.2f} ms, median {lt['median']:.2f} ms, p90 {lt['p90']:.2f} ms "
+                    f"({lt['runs']} runs)"
+                )
+            out += [f"  failed: {f}" for f in d.failures]
+        if self.pytorch_latency_ms:
+            p = self.pytorch_latency_ms
+            out.append(f"PyTorch reference (this machine): median {p['median']:.2f} ms, min {p['min']:.2f} ms")
+        if self.profile:
+            out.append("slowest functions (ms per call x calls):")
+            out += [f"  {r['ms']:9.3f} x {r['calls']:3d}  {r['name']}" for r in self.profile[:15]]
+        out += [f"note: {n}" for n in self.notes]
+        out.append("PASSED" if self.passed else "FAILED")
+        return out
+
+
+@contextlib.contextmanager
+def open_bundle(path: Path) -> Iterator[Path]:
+    """The bundle folder (a ``.tar`` is unpacked into a temporary folder for the duration)."""
+    if path.is_file():
+        from ..bundle import archive
+
+        tmp = archive.unpack(path)
+        try:
+            yield Path(tmp.name)
+        finally:
+            tmp.cleanup()
+    else:
+        yield path
+
+
+def _golden(root: Path, manifest: mf.Manifest) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x = np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False)
+        y = np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"golden files unreadable: {e}") from None
+    shape = list(manifest.input["shape"])
+    if x.dtype != np.float32 or list(x.shape[1:]) != shape[1:] or len(x) % manifest.batch or len(x) != len(y):
+        raise BundleError(
+            f"golden inputs {x.dtype}{list(x.shape)} do not match the input spec float32{shape} "
+            f"(or their count is not a multiple of the batch)"
+        )
+    return x, y
+
+
+def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions) -> list[runners.Runner]:
+    if opts.native:
+        return [runners.NativeRunner(root, manifest, opts.threads)]
+    if opts.rpc:
+        return [runners.RpcRunner(runners.connect_rpc(opts.rpc), root, manifest, f"rpc {opts.rpc}", opts.threads)]
+    if opts.tracker:
+        if not opts.key:
+            raise BundleError("--tracker needs --key (the device key registered with the tracker)")
+        sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices)
+        return [
+            runners.RpcRunner(s, root, manifest, f"tracker {opts.tracker} key {opts.key} #{i}", opts.threads)
+            for i, s in enumerate(sessions)
+        ]
+    if manifest.arch != _here_arch():
+        raise BundleError(
+            f"this bundle is for {manifest.arch} and this machine is {_here_arch()}: run verify on the device, "
+            "or use --rpc HOST:PORT (a device or `bhvit-export emulate`), or --native (qemu)"
+        )
+    return [runners.LocalRunner(root, manifest, opts.threads)]
+
+
+def _here_arch() -> str:
+    import platform
+
+    m = platform.machine().lower()
+    return "aarch64" if m in ("aarch64", "arm64") else m
+
+
+def _pytorch_latency(manifest: mf.Manifest, opts: VerifyOptions) -> tuple[Optional[dict[str, Any]], list[str]]:
+    """Time the PyTorch model of the bundle's architecture on this machine, when torch is here.
+
+    Latency does not depend on the weights' values, so a model built from the manifest's config
+    (random weights, frozen like the real one) times what the user's PyTorch model would.
+    """
+    if not opts.torch_latency or manifest.model.get("config") is None:
+        return None, []
+    try:
+        import torch
+    except ImportError:
+        return None, ["torch is not installed here: no PyTorch latency"]
+    from ..config import BHViTConfig
+    from ..model import BHViT
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    model = BHViT(BHViTConfig.from_json(manifest.model["config"])).freeze()
+    x = torch.zeros(manifest.input["shape"])
+    ms = []
+    with torch.no_grad():
+        for i in range(opts.warmup + max(3, opts.runs // 2)):
+            t = time.perf_counter()
+            model(x)
+            if i >= opts.warmup:
+                ms.append((time.perf_counter() - t) * 1e3)
+    return latency.summary(ms), []
+
+
+def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Progress] = None) -> VerifyReport:
+    """Check, run and compare the bundle at ``path``; see the module docstring."""
+    say = progress or (lambda _msg: None)
+    with open_bundle(Path(path)) as root:
+        say("checking the manifest and the SHA-256 of every file")
+        manifest = mf.check_bundle(root)
+        notes = [n.line() for n in mf.version_notes(manifest)]
+        tol = {**manifest.tolerances, **opts.tolerances}
+        x, ref = _golden(root, manifest)
+        results = []
+        for runner in _open_runners(root, manifest, opts):
+            try:
+                say(f"running {len(x)} golden inputs on {runner.where}")
+                got = runner.run(x)
+                if got.shape != ref.shape:
+                    raise BundleError(f"the library returned {list(got.shape)}, the reference is {list(ref.shape)}")
+                acc = compare(got, ref)
+                ok, failed = acc.passes(tol)
+                lat: list[float] = []
+                if opts.runs > 0:
+                    say(f"timing {opts.runs} runs after {opts.warmup} warm-up runs")
+                    lat = runner.time(opts.runs, opts.warmup)
+                results.append(DeviceResult(runner.where, acc, ok, failed, latency.summary(lat)))
+            finally:
+                runner.close()
+        profile = None
+        if opts.profile:
+            profile, pnotes = _profile(root, manifest)
+            notes += pnotes
+        torch_ms, tnotes = _pytorch_latency(manifest, opts) if not opts.rpc and not opts.tracker else (None, [])
+        notes += tnotes
+    return VerifyReport(
+        bundle=str(path),
+        target=manifest.target,
+        batch=manifest.batch,
+        golden_source=str(manifest.golden.get("source", "?")),
+        tolerances=tol,
+        devices=results,
+        notes=notes,
+        pytorch_latency_ms=torch_ms,
+        profile=profile,
+    )
+
+
+def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str, Any]]], list[str]]:
+    """Per-function latency of the compiled model (this machine only)."""
+    if manifest.arch != _here_arch() or manifest.device != "cpu":
+        return None, ["--profile runs on this machine's CPU only"]
+    try:
+        from targets.profile import profile_library
+    except ImportError:
+        return None, ["--profile is unavailable in this build"]
+    rows = profile_library(root / mf.LIBRARY, manifest.input["shape"])
+    return [{"name": n, "ms": round(ms, 4), "calls": c} for n, ms, c in rows], []

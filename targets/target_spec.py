@@ -1,0 +1,160 @@
+"""What ``compile --target`` accepts, resolved to one TVM target plus the facts a bundle needs.
+
+Users name devices (``x86_64``, ``aarch64``, ``jetson-orin``), TVM tags (``raspberry-pi/4b-aarch64``,
+``nvidia/jetson-orin-nano``) or write a TVM target as JSON. Everything downstream (the build, the
+cross compiler that links the library, whether a native runner or qemu is needed, what ``verify``
+checks) only depends on the target's architecture and device kind, so those are decided here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import tvm
+
+from bhvit_export.errors import TargetError
+
+#: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
+ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
+#: CPUs ``--mcpu`` accepts for ``aarch64`` without a warning (what our NEON schedules were checked on).
+ARM_CPUS = ("cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "cortex-a78")
+SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A resolved ``--target``: the TVM target and what the bundle, linker and verify need to know."""
+
+    name: str  # what the user asked for
+    target: tvm.target.Target
+    arch: str  # of the CPU that runs the library: "x86_64" or "aarch64"
+    device: str  # "cpu" or "cuda"
+
+    @property
+    def host(self) -> tvm.target.Target:
+        """The CPU part (the target itself for CPU targets)."""
+        return self.target.host if self.target.host is not None else self.target
+
+    @property
+    def is_cross(self) -> bool:
+        """True when the library cannot be loaded on this machine (other arch, or CUDA)."""
+        return self.arch != host_arch() or self.device != "cpu"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tvm": json.loads(json.dumps(_plain(self.target.export()))),
+            "arch": self.arch,
+            "device": self.device,
+        }
+
+
+def _plain(obj: Any) -> Any:
+    """Target.export() contains tuples and TVM containers; make it JSON-able and stable."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ in ("Array", "List"):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if type(obj).__name__ in ("Map", "Dict"):
+        return {str(k): _plain(v) for k, v in sorted(dict(obj).items())}
+    return str(obj)
+
+
+def host_arch() -> str:
+    """``x86_64`` or ``aarch64`` for this machine."""
+    m = platform.machine().lower()
+    return "aarch64" if m in ("aarch64", "arm64") else m
+
+
+def _arch_of(cpu: tvm.target.Target) -> str:
+    triple = str(cpu.attrs.get("mtriple", "")) if cpu.attrs is not None else ""
+    if triple.startswith(("aarch64", "arm64")) or bool(cpu.attrs.get("feature.is_aarch64", False)):
+        return "aarch64"
+    if triple.startswith(("arm", "thumb")):
+        raise TargetError(f"32-bit Arm ({triple}) is not supported: use an aarch64 target")
+    if triple and not triple.startswith("x86_64"):
+        raise TargetError(f"unsupported CPU triple {triple!r}: x86_64 and aarch64 are supported")
+    return host_arch() if not triple else "x86_64"
+
+
+def _make(obj: Any, what: str) -> tvm.target.Target:
+    try:
+        return tvm.target.Target(obj)
+    except Exception as e:  # TVM raises ValueError / TVMError with long texts
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TargetError(f"{what}: {first}") from None
+
+
+def _json_target(text: str, what: str) -> tvm.target.Target:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TargetError(f"{what}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(obj, dict) or "kind" not in obj:
+        raise TargetError(f"{what}: a JSON target must be an object with a \"kind\"")
+    return _make(obj, what)
+
+
+def _check_supported(tgt: tvm.target.Target, name: str) -> tuple[str, str]:
+    kind = tgt.kind.name
+    if kind == "llvm":
+        return _arch_of(tgt), "cpu"
+    if kind == "cuda":
+        host = tgt.host
+        return (_arch_of(host) if host is not None else host_arch()), "cuda"
+    raise TargetError(f"--target {name}: TVM target kind {kind!r} is not supported (llvm CPUs and cuda are)")
+
+
+def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
+    """Resolve a ``--target`` value (and ``--mcpu``) into a :class:`TargetSpec`.
+
+    Raises :class:`TargetError` (exit 2) for unknown names, bad JSON or unsupported kinds.
+    """
+    from targets.kernels.target_info import host_target
+
+    what = f"--target {name}"
+    if name == "x86_64":
+        if host_arch() != "x86_64" and mcpu is None:
+            raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
+        cpu = mcpu or str(host_target().attrs["mcpu"])
+        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}, f"--mcpu {cpu}")
+    elif name == "aarch64":
+        cpu = mcpu or "cortex-a72"
+        attrs = ["+neon"] + (["+dotprod"] if cpu in ("cortex-a55", "cortex-a76", "cortex-a78") else [])
+        tgt = _make({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": cpu, "mattr": attrs}, f"--mcpu {cpu}")
+    elif name == "jetson-orin":
+        if mcpu is not None:
+            raise TargetError("--mcpu does not apply to jetson-orin (its CPU is cortex-a78)")
+        tgt = _make(tvm.target.Target("nvidia/jetson-orin-nano"), what)
+        tgt = tvm.target.Target(tgt, host=ORIN_HOST)
+    elif name.lstrip().startswith("{"):
+        tgt = _json_target(name, what)
+    elif name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise TargetError(f"{what}: no such file")
+        tgt = _json_target(path.read_text(encoding="utf-8", errors="replace"), what)
+    elif "/" in name:
+        from tvm.target import tag
+
+        if name not in tag.list_tags():
+            raise TargetError(
+                f"{what}: unknown TVM target tag (try {', '.join(SHORT_NAMES)}, "
+                "raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, or a JSON target)"
+            )
+        tgt = _make(name, what)
+    else:
+        raise TargetError(
+            f"{what}: unknown target; use one of {', '.join(SHORT_NAMES)}, a TVM tag such as "
+            "raspberry-pi/4b-aarch64, or a JSON target like '{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}'"
+        )
+    if mcpu is not None and name not in ("x86_64", "aarch64"):
+        raise TargetError(f"--mcpu applies to the x86_64 and aarch64 targets only, not {name}")
+    arch, device = _check_supported(tgt, name)
+    return TargetSpec(name=name, target=tgt, arch=arch, device=device)
