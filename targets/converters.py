@@ -11,10 +11,17 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   (``bgemm``). Both are pre-scheduled for the target and marked opaque + scheduled so the Relax
   pipeline (FuseOps/FuseTIR, dlight) leaves them alone. ``packed=False`` in :func:`converters`
   selects an all-Relax version instead (+-1 weights decoded once at import, float matmul).
-* ``BinaryConv2d``: ``where(x + shift < 0, -1, 1)`` then a float ``conv2d`` with the +-1 weights
-  decoded once at import time (zero padding happens after the sign, as the spec says), then
-  ``* scale + bias`` per output channel.
-* ``BinaryAttentionScores`` / ``QDAttentionContext``: the function bodies transcribed to Relax ops.
+* ``BinaryConv2d`` on llvm targets -> one ``call_tir`` kernel (:mod:`targets.kernels.bconv`):
+  sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
+  epilogue, NCHW out; the zero padding (after the sign) is corrected exactly with a per
+  (border pattern, output channel) table computed here in numpy from the weights.
+* ``BinaryAttentionScores`` / ``QDAttentionContext`` on llvm targets -> one ``call_tir`` kernel
+  each (:mod:`targets.kernels.attention`): per-head XNOR popcount for the scores, the QD levels as
+  two bit planes against packed ``v >= 0`` (AND/popcount) for the context.
+* Other targets (cuda, ...) and ``packed=False`` keep the float Relax lowerings: for the conv,
+  ``where(x + shift < 0, -1, 1)`` then ``conv2d`` with the +-1 weights decoded once at import
+  (zero padding after the sign, as the spec says) and ``* scale + bias``; for attention, the
+  function bodies transcribed to Relax ops.
 
 All products are of +-1 (or 0..3 levels) values in float32, so every partial sum is an integer
 below 2^24 and the float path is bit-exact with the packed popcount arithmetic.
@@ -88,22 +95,48 @@ def _mark_kernel(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
 _KERNEL_CACHE: dict[tuple, tvm.tirx.PrimFunc] = {}
 
 
-def _kernel(kind: str, *shape: int) -> tvm.tirx.PrimFunc:
-    """Scheduled pack/bgemm PrimFunc for one static shape on the import's target (memoised)."""
+def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
+    """Scheduled PrimFunc of one packed kernel for one static shape on the import's target (memoised).
+
+    ``kind``: ``pack``/``bgemm`` (BinaryLinear), ``bconv`` (shape: a ``ConvGeometry``), ``scores``
+    (b, n, c, h, scale), ``qd_context`` (b, n, c, h).
+    """
     target = _Options.target
     key = (kind, shape, str(target))
     if key not in _KERNEL_CACHE:
-        from targets.kernels import bgemm, pack
+        from targets.kernels import attention, bconv, bgemm, pack
 
-        if kind == "pack":
-            mod = pack.pack_module(*shape, target, shift=True)
-        else:
-            mod = bgemm.bgemm_module(*shape, target)
-        func = mod["main"]
+        builders = {
+            "pack": lambda: pack.pack_module(*shape, target, shift=True),
+            "bgemm": lambda: bgemm.bgemm_module(*shape, target),
+            "bconv": lambda: bconv.bconv_module(*shape, target),
+            "scores": lambda: attention.scores_module(*shape, target),
+            "qd_context": lambda: attention.qd_context_module(*shape, target),
+        }
+        func = builders[kind]()["main"]
         attrs = dict(func.attrs) if func.attrs is not None else {}
         func = func.without_attr("global_symbol") if "global_symbol" in attrs else func
         _KERNEL_CACHE[key] = _mark_kernel(func)
     return _KERNEL_CACHE[key]
+
+
+def _packed_cpu() -> bool:
+    """The conv/attention kernels are scheduled for CPUs only: other targets keep the Relax path."""
+    target = _Options.target
+    return _Options.packed and target is not None and target.kind.name == "llvm"
+
+
+def _vector(bb: relax.BlockBuilder, t: relax.Expr, size: int, what: str) -> relax.Expr:
+    """A float32 per-channel operand (``[C]``, ``[1, C, 1, 1]``, ...) as ``[size]`` (a free reshape)."""
+    shape = _shape(t, what)
+    if int(np.prod(shape, dtype=np.int64)) != size or t.ty.dtype != "float32" or sum(d != 1 for d in shape) > 1:
+        raise TargetError(f"{what}: expected float32 with {size} per-channel values, got {t.ty}")
+    return t if shape == [size] else bb.normalize(relax.op.reshape(t, [size]))
+
+
+def _f32(t: relax.Expr, what: str) -> None:
+    if t.ty.dtype != "float32":
+        raise TargetError(f"{what}: expected float32, got {t.ty.dtype}")
 
 
 class _BhvitConverter:
@@ -167,10 +200,12 @@ class BinaryConv2d(_BhvitConverter):
         k = int(attr.get("in_features", (c // group) * kh * kw))
         if k != (c // group) * kh * kw:
             raise TargetError(f"{what}: in_features={k} != C/g*kh*kw = {(c // group) * kh * kw}")
+        pads = [int(p) for p in attr.get("pads", (0, 0, 0, 0))]
+        if _packed_cpu():
+            return cls._packed(bb, x, shift, w_bits, scale, bias, attr, pads, what)
         w_pm = _decode_weights(w_bits, k, what)
         o = w_pm.shape[0]
         w4 = w_pm.reshape(o, c // group, kh, kw)
-        pads = [int(p) for p in attr.get("pads", (0, 0, 0, 0))]
         a = _sign(bb, x, shift)
         conv = bb.normalize(
             relax.op.nn.conv2d(
@@ -189,6 +224,45 @@ class BinaryConv2d(_BhvitConverter):
         s4 = relax.op.reshape(scale, [1, o, 1, 1])
         b4 = relax.op.reshape(bias, [1, o, 1, 1])
         return relax.op.add(relax.op.multiply(conv, s4), b4)
+
+    @staticmethod
+    def _packed(bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
+        """One ``call_tir`` of :mod:`targets.kernels.bconv`, output reshaped (free) to NCHW."""
+        from targets.kernels.bconv import ConvGeometry, border_correction
+
+        b, c, hgt, wid = _shape(x, f"{what}: x")
+        _f32(x, f"{what}: x")
+        words = _const_array(w_bits, f"{what}: w_bits")
+        if len(pads) != 4:
+            raise TargetError(f"{what}: pads must be [top, left, bottom, right], got {pads}")
+        try:
+            geom = ConvGeometry(
+                b, c, hgt, wid, int(words.shape[0]),
+                kernel=tuple(int(v) for v in attr["kernel_shape"]),  # type: ignore[arg-type]
+                strides=tuple(int(v) for v in attr.get("strides", (1, 1))),  # type: ignore[arg-type]
+                pads=tuple(pads),  # type: ignore[arg-type]
+                dilations=tuple(int(v) for v in attr.get("dilations", (1, 1))),  # type: ignore[arg-type]
+                group=int(attr.get("group", 1)),
+            )
+        except (ValueError, TypeError) as err:
+            raise TargetError(f"{what}: {err}") from err
+        if words.dtype != np.uint64 or words.shape != (geom.out_channels, -(-geom.k // 64)):
+            raise TargetError(f"{what}: w_bits must be uint64 [O, ceil({geom.k}/64)], got {words.dtype}{list(words.shape)}")
+        pat, corr = border_correction(geom, words)
+        o = geom.out_channels
+        args = [
+            x,
+            _vector(bb, shift, c, f"{what}: shift"),
+            w_bits,
+            relax.const(pat),
+            relax.const(corr),
+            _vector(bb, scale, o, f"{what}: scale"),
+            _vector(bb, bias, o, f"{what}: bias"),
+        ]
+        hw = geom.out_h * geom.out_w
+        gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{c}x{hgt}x{wid}_{o}_g{geom.group}_d{geom.dilations[0]}")
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, o, hw], "float32")))
+        return relax.op.reshape(y, [b, o, geom.out_h, geom.out_w])
 
 
 def _heads(bb, t: relax.Expr, b: int, n: int, h: int, perm: list[int]) -> relax.Expr:
@@ -209,6 +283,15 @@ class BinaryAttentionScores(_BhvitConverter):
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
         scale = float(attr.get("scale", float(np.sqrt(c // h))))
+        if _packed_cpu():
+            _f32(q, f"{what}: q")
+            if _shape(k, f"{what}: k") != [b, n, c]:
+                raise TargetError(f"{what}: k must have q's shape {[b, n, c]}")
+            _f32(k, f"{what}: k")
+            args = [q, k, _vector(bb, q_shift, c, f"{what}: q_shift"), _vector(bb, k_shift, c, f"{what}: k_shift")]
+            gv = bb.add_func(_kernel("scores", b, n, c, h, scale), f"bhvit_scores_{b}x{n}x{c}_h{h}")
+            y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b * h, n, n], "float32")))
+            return relax.op.reshape(y, [b, h, n, n])
         qh = _heads(bb, _sign(bb, q, q_shift), b, n, h, [0, 2, 1, 3])
         kt = _heads(bb, _sign(bb, k, k_shift), b, n, h, [0, 2, 3, 1])
         dot = bb.normalize(relax.op.matmul(qh, kt))
@@ -224,6 +307,16 @@ class QDAttentionContext(_BhvitConverter):
         p, v, v_shift, thresholds, alpha = (inputs[i] for i in range(5))
         b, n, c = _shape(v, f"{what}: v")
         h = int(attr.get("num_heads", _shape(alpha, f"{what}: alpha")[0]))
+        if c % h:
+            raise TargetError(f"{what}: {c} channels do not split into {h} heads")
+        if _packed_cpu():
+            if _shape(p, f"{what}: p") != [b, h, n, n] or _shape(thresholds, f"{what}: thresholds") != [h, 3]:
+                raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}] and thresholds [{h}, 3]")
+            for t, nm in ((p, "p"), (v, "v"), (thresholds, "thresholds")):
+                _f32(t, f"{what}: {nm}")
+            args = [p, v, _vector(bb, v_shift, c, f"{what}: v_shift"), thresholds, _vector(bb, alpha, h, f"{what}: alpha")]
+            gv = bb.add_func(_kernel("qd_context", b, n, c, h), f"bhvit_qd_context_{b}x{n}x{c}_h{h}")
+            return bb.emit(relax.call_tir(gv, args, relax.TensorType([b, n, c], "float32")))
         vh = _heads(bb, _sign(bb, v, v_shift), b, n, h, [0, 2, 1, 3])
         # thresholds [h, 3] -> [3, 1, h, 1, 1] against p [1, B, h, N, N]; levels = sum of compares.
         t5 = bb.normalize(relax.op.reshape(relax.op.permute_dims(thresholds, [1, 0]), [3, 1, h, 1, 1]))

@@ -80,3 +80,80 @@ def binary_linear_ref(
     """Float epilogue of the XNOR GEMM, in float64 so float32 kernels can be compared against it."""
     dots = binary_gemm_ref(a_bits, w_bits, k).astype(np.float64)
     return dots * np.asarray(scale, np.float64)[None, :] + np.asarray(bias, np.float64)[None, :]
+
+
+def _signs(x: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """+-1 integers of a float array with the packing convention (``x < 0`` is -1; 0, NaN are +1)."""
+    return np.where(np.asarray(x, dtype=np.float32) < 0, -1, 1).astype(np.int64)
+
+
+def binary_conv2d_ref(
+    x: npt.ArrayLike,
+    shift: npt.ArrayLike,
+    w_bits: npt.ArrayLike,
+    kernel: tuple[int, int],
+    strides: tuple[int, int] = (1, 1),
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+    dilations: tuple[int, int] = (1, 1),
+    group: int = 1,
+) -> npt.NDArray[np.int32]:
+    """Integer ``BinaryConv2d`` before scale/bias: ``[B, O, Ho, Wo]`` int32.
+
+    ``sign(x + shift)`` per channel (``shift`` broadcast as ``[C]``), **then** zero padding (ONNX
+    pads ``[top, left, bottom, right]``), then a grouped, strided, dilated conv with the +-1 weights
+    unpacked from ``w_bits [O, ceil(K/64)]`` in ``(c, i, j)`` order; one tap at a time, plain numpy.
+    """
+    xf = np.asarray(x, dtype=np.float32)
+    b, c, _, _ = xf.shape
+    kh, kw = kernel
+    cg = c // group
+    s = _signs(xf + np.asarray(shift, np.float32).reshape(1, c, 1, 1))
+    sp = np.pad(s, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    words = np.asarray(w_bits, dtype=np.uint64)
+    o = words.shape[0]
+    og = o // group
+    w = unpack_bits(words, cg * kh * kw).astype(np.int64).reshape(o, cg, kh, kw)
+    ho = (sp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (sp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.zeros((b, o, ho, wo), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilations[0], j * dilations[1]
+            tap = sp[:, :, y0 : y0 + (ho - 1) * strides[0] + 1 : strides[0], x0 : x0 + (wo - 1) * strides[1] + 1 : strides[1]]
+            for g in range(group):
+                out[:, g * og : (g + 1) * og] += np.einsum(
+                    "bchw,oc->bohw", tap[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og, :, i, j]
+                )
+    return out.astype(np.int32)
+
+
+def _heads(t: npt.NDArray[np.int64], h: int) -> npt.NDArray[np.int64]:
+    """``[B, N, C] -> [B, h, N, C/h]``."""
+    b, n, c = t.shape
+    return t.reshape(b, n, h, c // h).transpose(0, 2, 1, 3)
+
+
+def attention_scores_ref(
+    q: npt.ArrayLike, k: npt.ArrayLike, q_shift: npt.ArrayLike, k_shift: npt.ArrayLike, num_heads: int
+) -> npt.NDArray[np.int32]:
+    """Integer ``BinaryAttentionScores`` before ``/ scale``: ``sign(q+qs)_h . sign(k+ks)_h``, ``[B, h, N, N]``."""
+    qh = _heads(_signs(np.asarray(q, np.float32) + np.asarray(q_shift, np.float32)), num_heads)
+    kh = _heads(_signs(np.asarray(k, np.float32) + np.asarray(k_shift, np.float32)), num_heads)
+    return np.matmul(qh, kh.transpose(0, 1, 3, 2)).astype(np.int32)
+
+
+def qd_levels_ref(p: npt.ArrayLike, thresholds: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """QD levels ``L = sum_j [p >= t_hj]`` (0..3) of ``p [B, h, N, N]`` with ``thresholds [h, 3]``."""
+    pf = np.asarray(p, np.float32)
+    t = np.asarray(thresholds, np.float32)
+    return sum((pf >= t[None, :, j, None, None]).astype(np.int64) for j in range(t.shape[1]))
+
+
+def qd_context_ref(
+    p: npt.ArrayLike, v: npt.ArrayLike, v_shift: npt.ArrayLike, thresholds: npt.ArrayLike, num_heads: int
+) -> npt.NDArray[np.int32]:
+    """Integer ``QDAttentionContext`` before ``* alpha``: ``L_h @ sign(v + vs)_h``, heads merged, ``[B, N, C]``."""
+    vh = _heads(_signs(np.asarray(v, np.float32) + np.asarray(v_shift, np.float32)), num_heads)
+    ctx = np.matmul(qd_levels_ref(p, thresholds), vh)  # [B, h, N, d]
+    b, h, n, d = ctx.shape
+    return ctx.transpose(0, 2, 1, 3).reshape(b, n, h * d).astype(np.int32)
