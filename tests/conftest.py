@@ -66,3 +66,38 @@ def micro_checkpoint() -> dict[str, Any]:
     path = official_path("micro") / "checkpoint.pth"
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def fused_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``name -> path`` of the fused ONNX of an official fixture (with its golden metadata), exported once."""
+    from bhvit_export.export.convert import convert_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            out = tmp_path_factory.mktemp("fused") / f"{name}.onnx"
+            convert_checkpoint(official_path(name) / "checkpoint.pth", out, reference=False)
+            cache[name] = out
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def micro_bundle(tmp_path_factory: pytest.TempPathFactory, fused_onnx: Callable[[str], Path]) -> Path:
+    """The micro fixture compiled for this host (x86_64), golden = the official inputs and logits.
+
+    Read-only for tests: copy it (``shutil.copytree``) before altering anything.
+    """
+    pytest.importorskip("tvm")
+    from bhvit_export.compile import compile_model
+
+    src = official_path("micro")
+    out = tmp_path_factory.mktemp("bundles") / "micro-x86_64"
+    compile_model(
+        fused_onnx("micro"), out, target="x86_64",
+        golden_inputs=src / "inputs.npy", golden_outputs=src / "logits.npy",
+    )
+    return out
