@@ -39,12 +39,20 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def build(mod: tvm.IRModule, target: TargetLike | None = None) -> relax.VMExecutable:
-    """Compile ``mod`` (Relax ``main`` + any PrimFuncs) for ``target`` (default: the host CPU)."""
+    """Compile ``mod`` (Relax ``main`` + any PrimFuncs) for ``target`` (default: the host CPU).
+
+    CUDA targets go to :func:`targets.build_cuda.build_cuda` (GPU pipeline, nvcc); import ``mod``
+    with the same target so its packed kernels carry GPU schedules.
+    """
     tgt = as_target(target) if target is not None else host_target()
+    if tgt.kind.name == "cuda":
+        from targets.build_cuda import build_cuda
+
+        return build_cuda(mod, tgt)
     if tgt.kind.name != "llvm":
         from bhvit_export.errors import TargetError
 
-        raise TargetError(f"only llvm CPU targets are built here, got {tgt.kind.name}")
+        raise TargetError(f"only llvm CPU and cuda targets are built here, got {tgt.kind.name}")
     return tvm.compile(mod, target=tgt, relax_pipeline=_pipeline(tgt))
 
 

@@ -49,8 +49,12 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
     """Parallel over rows, bit loop fully unrolled (LLVM turns it into compares + shifts/ors).
 
     The target only matters to LLVM here; the loop structure is the same on x86 and aarch64.
+    CUDA targets get :func:`gpu_schedule.schedule_pack_gpu` instead.
     """
-    del target  # same loop nest everywhere; codegen picks the instructions
+    from .gpu_schedule import is_cuda, schedule_pack_gpu
+
+    if is_cuda(target):
+        return schedule_pack_gpu(func, target)
     sch = tvm.s_tir.Schedule(func)
     blk = sch.get_sblock(PACK_BLOCK)
     i, _, b = sch.get_loops(blk)

@@ -66,7 +66,12 @@ def schedule_popcount_gemm(
     two vectors of ``u64_lanes(target)`` (AVX-512: 16, AVX2: 8, NEON: 4), shrunk to a divisor of N
     so the vector loop never carries a per-lane tail predicate.
     Rows use ``mr`` with a predicate on the last tile: that keeps the vector body intact.
+    CUDA targets get :func:`gpu_schedule.schedule_popcount_gemm_gpu` (``mr``/``nr`` are CPU tiles).
     """
+    from .gpu_schedule import is_cuda, schedule_popcount_gemm_gpu
+
+    if is_cuda(target):
+        return schedule_popcount_gemm_gpu(func, target)
     lanes = u64_lanes(target)
     sch = tvm.s_tir.Schedule(func)
     acc = sch.get_sblock(ACC_BLOCK)
