@@ -91,3 +91,22 @@ def qemu_command(arch: str) -> list[str]:
             )
         return [qemu, "-L", str(AARCH64_SYSROOT)]
     raise TargetError(f"cannot emulate {arch} on a {host_arch()} host")
+
+
+#: ELF ``e_machine`` values of the architectures above.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
+
+
+def elf_arch(path: Path | str) -> str | None:
+    """Architecture an ELF file (library or program) is built for; None if not a known ELF.
+
+    Used to turn "cannot open shared object file" from a wrong-arch dlopen into a clear message.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[5] != 1:  # little-endian only
+        return None
+    return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little"))
