@@ -11,6 +11,7 @@ and ``golden/reference.npy``. The compiled batch is read from ``manifest.json`` 
 when there is one, else ``--batch`` (default 1). Tolerances are the spec's end-to-end ones (or the
 manifest's): worst-row cosine >= 0.9995, max |diff| <= 5% of the reference's std, same top-1.
 The exit status is 0 when they hold, 1 when not, 2 when the bundle cannot be run.
+``--device cpu`` runs a bundle built for the host CPU the same way (a dry run of this script).
 
 No torch and nothing of this repository is imported, so the script can be copied alone.
 """
@@ -60,7 +61,10 @@ def _manifest(bundle: Path) -> Optional[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run(bundle: Path, batch: Optional[int], repeats: int, warmup: int) -> dict[str, Any]:
+def run(
+    bundle: Path, batch: Optional[int], repeats: int, warmup: int, device: str = "cuda"
+) -> dict[str, Any]:
+    """Load, run every golden input, time one batch; ``device="cpu"`` dry-runs a CPU bundle."""
     import tvm
     from tvm import relax
 
@@ -76,9 +80,9 @@ def run(bundle: Path, batch: Optional[int], repeats: int, warmup: int) -> dict[s
     if len(inputs) % batch:
         raise ValueError(f"{len(inputs)} golden inputs do not split into batches of {batch}")
 
-    dev = tvm.cuda(0)
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
     if not dev.exist:
-        raise RuntimeError("no CUDA device visible to TVM")
+        raise RuntimeError(f"no {device.upper()} device visible to TVM")
     t0 = time.perf_counter()
     lib = tvm.runtime.load_module(str(bundle / "model.so"))
     machine = relax.VirtualMachine(lib, dev)
@@ -104,8 +108,8 @@ def run(bundle: Path, batch: Optional[int], repeats: int, warmup: int) -> dict[s
         times.append(time.perf_counter() - t)
     return {
         "bundle": str(bundle),
-        "device": str(getattr(dev, "device_name", "cuda")),
-        "compute_version": str(getattr(dev, "compute_version", "")),
+        "device": str(dev.device_name) if device == "cuda" else "cpu",
+        "compute_version": str(dev.compute_version) if device == "cuda" else "",
         "tvm": tvm.__version__,
         "batch": batch,
         "images": int(len(inputs)),
@@ -125,9 +129,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="compiled batch (default: manifest, else 1)")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: dry run of a CPU bundle")
     args = p.parse_args(argv)
     try:
-        report = run(args.bundle, args.batch, args.repeats, args.warmup)
+        report = run(args.bundle, args.batch, args.repeats, args.warmup, args.device)
     except Exception as err:  # one line for the caller, whatever failed (load, CUDA, shapes)
         print(json.dumps({"bundle": str(args.bundle), "error": f"{type(err).__name__}: {err}"}))
         return 2

@@ -327,3 +327,28 @@ def test_device_check_reports_a_missing_gpu_as_exit_2(tmp_path: Path, capsys) ->
     np.save(tmp_path / "golden" / "reference.npy", np.zeros((2, 3), np.float32))
     assert _device_check().main([str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_device_check_dry_run_on_a_cpu_bundle(tmp_path: Path, capsys) -> None:
+    """The script's whole flow (load, VM calls per batch, metrics, timing) on a host-CPU bundle of
+    one BinaryLinear, with the reference from onnxruntime; then a wrong reference fails it."""
+    import json
+
+    from targets.build import build, export_library
+    from targets.importer import import_fused
+    from tests.targets.test_import import _ort, _single_op_model
+
+    model, x = _single_op_model("BinaryLinear", np.random.default_rng(zlib.crc32(b"BinaryLinear")))
+    export_library(build(import_fused(model, batch=1, packed=False), {"kind": "llvm"}), tmp_path / "model.so")
+    inputs = np.concatenate([x, x * -0.5, x + 0.25])
+    reference = np.concatenate([_ort(model, {"x": inputs[i : i + 1]}) for i in range(3)])
+    (tmp_path / "golden").mkdir()
+    np.save(tmp_path / "golden" / "inputs.npy", inputs)
+    np.save(tmp_path / "golden" / "reference.npy", reference.reshape(3, -1))
+    dc = _device_check()
+    assert dc.main([str(tmp_path), "--device", "cpu", "--repeats", "3", "--warmup", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pass"] and report["images"] == 3 and report["cosine"] > 0.99999
+    assert report["latency_ms_median"] > 0
+    np.save(tmp_path / "golden" / "reference.npy", -reference.reshape(3, -1))
+    assert dc.main([str(tmp_path), "--device", "cpu", "--repeats", "1", "--warmup", "0"]) == 1
