@@ -213,6 +213,29 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
     serve(arch, host, port, on_ready=lambda h, p: click.echo(f"emulated {arch} device serving TVM RPC on {h}:{p} (Ctrl-C stops it)", err=True))
 
 
+@cli.command("bench")
+@click.option("--model", "models", multiple=True, type=click.Choice(["tiny", "small"]), help="Model size(s) [default: tiny and small].")
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), help="Batch size(s) [default: 1 and 8].")
+@click.option("--threads", "threads", multiple=True, type=click.IntRange(min=1), help="Thread count(s) [default: 1 and 2].")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True, help="Interleaved timed rounds per configuration.")
+@click.option("--system", "include", multiple=True, type=click.Choice(["bhvit", "onnxruntime_fp32", "tvm_fp32", "pytorch"]), help="Systems to time [default: all four].")
+@click.option("--kernels", is_flag=True, help="Also the kernel table: binary GEMM shapes vs the popcount roofline and onnxruntime fp32.")
+@click.option("--breakdown", is_flag=True, help="Also the per-function time of our compiled model (first configuration).")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
+@click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plot, cache, as_json) -> None:
+    """Time PyTorch, onnxruntime fp32, TVM fp32 and our bundle side by side, interleaved, on this machine."""
+    from benchmarks.report import run_bench
+
+    report = run_bench(
+        models=models or ("tiny", "small"), batches=batches or (1, 8), threads=threads or (1, 2),
+        rounds=rounds, include=include or None, kernels=kernels, breakdown=breakdown, plot=plot, cache=cache,
+        say=_say(as_json) or (lambda _m: None),
+    )
+    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else report.text())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``bhvit-export``) and ``python -m bhvit_export``."""
     cli.main(args=argv, prog_name="bhvit-export")

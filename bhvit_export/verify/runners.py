@@ -82,8 +82,7 @@ class LocalRunner(_VmRunner):
     def __init__(self, root: Path, manifest: mf.Manifest, threads: Optional[int] = None):
         import tvm
 
-        if threads:
-            _set_local_threads(threads)
+        _set_local_threads(threads or len(os.sched_getaffinity(0)))
         dev = tvm.cuda(0) if manifest.device == "cuda" else tvm.cpu(0)
         if manifest.device == "cuda" and not dev.exist:
             raise TargetError("this bundle is for CUDA and this machine has no CUDA device")
@@ -96,7 +95,11 @@ class LocalRunner(_VmRunner):
 
 
 def _set_local_threads(threads: int) -> None:
-    """TVM's CPU thread pool size (TVM_NUM_THREADS is read when the pool first starts)."""
+    """TVM's CPU thread pool size.
+
+    The pool is sized once, lazily, from ``TVM_NUM_THREADS`` (without it x86 assumes
+    hyper-threading and uses half the CPUs), and ``runtime.config_threadpool`` can only shrink it.
+    """
     import tvm
 
     os.environ["TVM_NUM_THREADS"] = str(threads)

@@ -265,8 +265,11 @@ def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str,
     if manifest.arch != _here_arch() or manifest.device != "cpu":
         return None, ["--profile runs on this machine's CPU only"]
     try:
-        from targets.profile import profile_library
+        import tvm
+
+        from targets.profile import profile_functions
     except ImportError:
         return None, ["--profile is unavailable in this build"]
-    rows = profile_library(root / mf.LIBRARY, manifest.input["shape"])
+    lib = tvm.runtime.load_module(str(root / mf.LIBRARY))
+    rows = profile_functions(lib, np.zeros(manifest.input["shape"], dtype=np.float32))
     return [{"name": n, "ms": round(ms, 4), "calls": c} for n, ms, c in rows], []
