@@ -6,11 +6,14 @@ popcount GEMM ``d - 2 popc(q ^ k)`` vectorised along keys, divided by ``scale`` 
 
 Context, per (batch, head): the QD levels ``L = sum_j [p >= t_hj]`` (0..3) are written as two bit
 planes, ``L = L0 + 2 L1`` (``L0 = L & 1``, ``L1 = L >> 1``; exact for any thresholds, no ordering
-assumed), each packed along keys ``m``. ``v`` is packed as ``vpos = (v + shift >= 0)`` along ``m``,
-transposed to ``[B*h, ceil(N/64), d]`` so the GEMM vectorises along features. With
-``mask . sign(v) = 2 popc(mask & vpos) - popc(mask)`` per plane (``docs/packing.md``):
+assumed), each packed along keys ``m``. ``v`` is sign-packed as usual, ``vneg = (v + shift < 0)``,
+along ``m``, transposed to ``[B*h, ceil(N/64), d]`` so the GEMM vectorises along features. The
+identity of ``docs/packing.md``, ``mask . sign(v) = 2 popc(mask & vpos) - popc(mask)``, is used in
+the equivalent form ``popc(mask) - 2 popc(mask & vneg)`` (mask padding bits are 0, so no validity
+mask is needed; and ``vpos = NOT(v < 0)`` would be rewritten by TVM's simplifier to ``v >= 0``,
+which is wrong for NaN, that must pack as +1):
 
-    sum_m L[n, m] sign(v)[m, e] = sum_planes w_P (2 popc(P & vpos_e) - popc(P)),  w_L0 = 1, w_L1 = 2
+    sum_m L[n, m] sign(v)[m, e] = sum_planes w_P (popc(P) - 2 popc(P & vneg_e)),  w_L0 = 1, w_L1 = 2
 
 one AND/popcount accumulator per output, and ``alpha_h`` times that in the epilogue, written
 straight into the merged-heads layout ``[B, N, C]``. Both GEMMs share the batched register-tiled
@@ -135,26 +138,24 @@ def make_qd_context(b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "fl
     )
     v_bits = te.compute(
         (b * h, nw, d),
-        lambda bh, w, e: _packed_word(
-            n, w, lambda m: tirx.Not(v[bh // h, m, (bh % h) * d + e] + vs[(bh % h) * d + e] < _ZERO)
-        ),
+        lambda bh, w, e: _packed_word(n, w, lambda m: v[bh // h, m, (bh % h) * d + e] + vs[(bh % h) * d + e] < _ZERO),
         name=V_BLOCK,
     )
     r = te.reduce_axis((0, nw), name="r")
 
     def count(bi, i, ch):  # noqa: ANN001, ANN202
-        # Per word: 2 popc(L0 & vpos) - popc(L0) + 2 (2 popc(L1 & vpos) - popc(L1)). The row terms
+        # Per word: popc(L0) - 2 popc(L0 & vneg) + 2 (popc(L1) - 2 popc(L1 & vneg)). The row terms
         # are in the reduction (not a separate row-sum stage) so the epilogue has no producer
         # outside the register tile. uint64 arithmetic wraps, but the sum is exact mod 2^64 and
         # |sum| <= 3N < 2^31, so the final int32 cast is exact.
         bh, e = bi * h + ch // d, ch % d
-        m0, m1, vp = plane0[bh, i, r], plane1[bh, i, r], v_bits[bh, r, e]
+        m0, m1, vn = plane0[bh, i, r], plane1[bh, i, r], v_bits[bh, r, e]
         u1, u2 = tirx.const(1, "uint64"), tirx.const(2, "uint64")
         word = (
-            (tirx.popcount(m0 & vp) << u1)
-            - tirx.popcount(m0)
-            + (tirx.popcount(m1 & vp) << u2)
-            - (tirx.popcount(m1) << u1)
+            tirx.popcount(m0)
+            - (tirx.popcount(m0 & vn) << u1)
+            + (tirx.popcount(m1) << u1)
+            - (tirx.popcount(m1 & vn) << u2)
         )
         return te.sum(word, axis=r)
 

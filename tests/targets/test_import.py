@@ -125,8 +125,11 @@ def _single_op_model(op: str, rng: np.random.Generator):
         ("BinaryLinear", True),
         ("BinaryLinear", False),  # the all-Relax fallback lowering
         ("BinaryConv2d", True),
+        ("BinaryConv2d", False),
         ("BinaryAttentionScores", True),
+        ("BinaryAttentionScores", False),
         ("QDAttentionContext", True),
+        ("QDAttentionContext", False),
     ],
 )
 def test_single_op_matches_function_body(op: str, packed: bool) -> None:
@@ -137,20 +140,44 @@ def test_single_op_matches_function_body(op: str, packed: bool) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
-@pytest.fixture(scope="module")
-def micro_fused():
+_PACKED_PREFIXES = {
+    "BinaryConv2d": "bhvit_bconv_",
+    "BinaryAttentionScores": "bhvit_scores_",
+    "QDAttentionContext": "bhvit_qd_context_",
+}
+
+
+@pytest.mark.parametrize("op", sorted(_PACKED_PREFIXES))
+@pytest.mark.parametrize("how", ["llvm", "packed=False", "cuda"])
+def test_packed_kernels_only_for_llvm_targets(op: str, how: str) -> None:
+    """conv/attention use the packed kernels on llvm; packed=False and non-CPU targets keep Relax ops."""
+    model, _ = _single_op_model(op, np.random.default_rng(0))
+    target = {"kind": "cuda"} if how == "cuda" else None
+    mod = import_fused(model, batch=1, target=target, packed=how != "packed=False")
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    assert any(n.startswith(_PACKED_PREFIXES[op]) for n in names) == (how == "llvm")
+
+
+def _fused_fixture(name: str):
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
     from passes.pipeline import fuse_model
     from tests.conftest import official_path
 
-    path = official_path("micro")
+    path = official_path(name)
     return path, fuse_model(export_reference(load_checkpoint(path / "checkpoint.pth").model))
 
 
+@pytest.fixture(scope="module")
+def micro_fused():
+    return _fused_fixture("micro")
+
+
 @host_only
-def test_micro_fixture_matches_official_logits(micro_fused) -> None:
-    path, fused = micro_fused
+@pytest.mark.parametrize("name", ["micro", "micro-binary-embed"])
+def test_micro_fixture_matches_official_logits(name: str, micro_fused) -> None:
+    """End to end with every bhvit op on its packed kernel (binary-embed adds 2x2/stride-2 convs)."""
+    path, fused = micro_fused if name == "micro" else _fused_fixture(name)
     machine = vm(build(import_fused(fused, batch=1)))
     inputs = np.load(path / "inputs.npy")
     official = np.load(path / "logits.npy")
@@ -167,6 +194,9 @@ def test_micro_imports_with_packed_kernels(micro_fused) -> None:
     assert n_linear > 0
     assert any(n.startswith("bhvit_bgemm_") for n in names)
     assert any(n.startswith("bhvit_pack_") for n in names)
+    for op, prefix in _PACKED_PREFIXES.items():
+        assert any(n.op_type == op for n in fused.graph.node)
+        assert any(n.startswith(prefix) for n in names), op
 
 
 def _tiny(nodes, extra_domains=()) -> onnx.ModelProto:
