@@ -115,10 +115,7 @@ def serve(
     one). Returns the server's exit status (0 after a clean interrupt); a server that cannot start
     (port in use, missing qemu) is a TargetError.
     """
-    interrupted = threading.Event()
-
-    def _term(signum, _frame):  # SIGTERM: stop like Ctrl-C does
-        interrupted.set()
+    def _term(_signum, _frame):  # SIGTERM: stop like Ctrl-C does
         raise KeyboardInterrupt
 
     in_main = threading.current_thread() is threading.main_thread()

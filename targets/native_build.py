@@ -45,8 +45,9 @@ def _place_libs(libs: list[Path], out_dir: Path) -> None:
     """Copy the runtime libraries beside the binary (atomically, only when they differ)."""
     for lib in libs:
         dest = out_dir / lib.name
-        if dest.exists() and dest.stat().st_size == lib.stat().st_size:
-            continue
+        src = lib.stat()
+        if dest.exists() and (dest.stat().st_size, dest.stat().st_mtime_ns) == (src.st_size, src.st_mtime_ns):
+            continue  # copy2 keeps the mtime: same size and mtime means the same library
         tmp = out_dir / f".{lib.name}.{os.getpid()}.tmp"
         shutil.copy2(lib, tmp)
         os.replace(tmp, dest)

@@ -27,6 +27,8 @@ FFI = "libtvm_ffi.so"
 _IN_WHEEL = {RUNTIME: ("apache-tvm", "tvm/lib/" + RUNTIME), FFI: ("apache-tvm-ffi", "tvm_ffi/lib/" + FFI)}
 #: Wheel platform tag per cross architecture (tvm's aarch64 wheels are manylinux_2_28).
 _PLATFORMS = {"aarch64": "manylinux_2_28_aarch64"}
+#: ~100 MB in all; generous for slow CI links, but never hang forever.
+_DOWNLOAD_TIMEOUT_S = 900
 
 
 def versions() -> tuple[str, str]:
@@ -83,7 +85,10 @@ def _download(arch: str, dest: Path) -> None:
             "--platform", _PLATFORMS[arch], "--python-version", py, "--disable-pip-version-check",
             "-d", str(wheels), f"apache-tvm=={tvm_ver}", f"apache-tvm-ffi=={ffi_ver}",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc = subprocess.CompletedProcess(cmd, 1, "", f"pip download timed out after {_DOWNLOAD_TIMEOUT_S} s")
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise TargetError(

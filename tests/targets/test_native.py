@@ -12,10 +12,12 @@ Tests needing the cross toolchain or qemu skip with the missing tool's message.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +71,26 @@ def matmul_relu(batch: int):
 
 
 @functools.lru_cache(maxsize=None)
-def matmul_lib(batch: int, arch: str, folder: str) -> Path:
+def build_dir() -> Path:
+    """One folder per pytest process for compiled libraries, shared by test_native and test_emulate
+    (the micro model takes minutes to cross-compile on a loaded 2-core machine)."""
+    folder = Path(tempfile.mkdtemp(prefix="bhvit-native-test-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_lib(batch: int, arch: str) -> Path:
     """``matmul_relu(batch)`` built and exported for ``arch`` (cached per test session)."""
     from targets.build import build
     from targets.kernels.target_info import AARCH64_CORTEX_A72
 
     target = AARCH64_CORTEX_A72 if arch == "aarch64" else None
-    return export_library(build(matmul_relu(batch), target), Path(folder) / f"mm_b{batch}_{arch}.so", arch)
+    return export_library(build(matmul_relu(batch), target), build_dir() / f"mm_b{batch}_{arch}.so", arch)
 
 
 @functools.lru_cache(maxsize=None)
-def micro_aarch64(folder: str) -> tuple[Path, Path]:
+def micro_aarch64() -> tuple[Path, Path]:
     """(official micro fixture folder, its fused model built for Cortex-A72 as a .so), built once."""
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
@@ -92,12 +103,7 @@ def micro_aarch64(folder: str) -> tuple[Path, Path]:
     path = official_path("micro")
     fused = fuse_model(export_reference(load_checkpoint(path / "checkpoint.pth").model))
     ex = build(import_fused(fused, batch=1, target=AARCH64_CORTEX_A72), AARCH64_CORTEX_A72)
-    return path, export_library(ex, Path(folder) / "micro_aarch64.so", "aarch64")
-
-
-@pytest.fixture(scope="session")
-def session_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("native"))
+    return path, export_library(ex, build_dir() / "micro_aarch64.so", "aarch64")
 
 
 # --- toolchain ---------------------------------------------------------------------------------
@@ -220,12 +226,12 @@ def test_built_runner_is_cached_and_self_contained(host_runner: Path) -> None:
     seed=st.integers(0, 2**32 - 1),
 )
 def test_host_runner_matches_python_vm_bit_for_bit(
-    host_runner: Path, session_dir: str, tmp_path: Path, batch: int, blocks: int, npy_version, seed: int
+    host_runner: Path, tmp_path: Path, batch: int, blocks: int, npy_version, seed: int
 ) -> None:
     import tvm
     from tvm import relax
 
-    lib = matmul_lib(batch, host_arch(), session_dir)
+    lib = matmul_lib(batch, host_arch())
     x = (np.random.default_rng(seed).standard_normal((batch * blocks, ROWS, K)) * 3).astype(np.float32)
     inp, out = tmp_path / f"x{seed}.npy", tmp_path / f"y{seed}.npy"
     with open(inp, "wb") as f:
@@ -242,8 +248,8 @@ def test_host_runner_matches_python_vm_bit_for_bit(
     np.testing.assert_allclose(got, np.maximum(x @ W, 0), rtol=1e-5, atol=1e-5)
 
 
-def test_runner_prints_one_json_line(host_runner: Path, session_dir: str, tmp_path: Path) -> None:
-    lib = matmul_lib(1, host_arch(), session_dir)
+def test_runner_prints_one_json_line(host_runner: Path, tmp_path: Path) -> None:
+    lib = matmul_lib(1, host_arch())
     np.save(tmp_path / "x.npy", np.ones((2, ROWS, K), np.float32))
     proc = subprocess.run(
         [str(host_runner), str(lib), str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--runs", "4", "--warmup", "0"],
@@ -266,8 +272,8 @@ def test_runner_prints_one_json_line(host_runner: Path, session_dir: str, tmp_pa
         ("missing_lib", "library"),
     ],
 )
-def test_runner_errors_are_one_line(host_runner: Path, session_dir: str, tmp_path: Path, case: str, message: str) -> None:
-    lib = matmul_lib(1, host_arch(), session_dir)
+def test_runner_errors_are_one_line(host_runner: Path, tmp_path: Path, case: str, message: str) -> None:
+    lib = matmul_lib(1, host_arch())
     batch, x = 1, np.zeros((2, ROWS, K), np.float32)
     if case == "float64":
         x = x.astype(np.float64)
@@ -287,21 +293,21 @@ def test_runner_errors_are_one_line(host_runner: Path, session_dir: str, tmp_pat
     assert "\n" not in str(err.value)
 
 
-def test_wrong_arch_library_is_named(host_runner: Path, session_dir: str, tmp_path: Path) -> None:
+def test_wrong_arch_library_is_named(host_runner: Path, tmp_path: Path) -> None:
     need("aarch64-g++")
-    lib = matmul_lib(1, "aarch64", session_dir)
+    lib = matmul_lib(1, "aarch64")
     np.save(tmp_path / "x.npy", np.zeros((1, ROWS, K), np.float32))
     with pytest.raises(TargetError, match="built for aarch64, not x86_64"):
         run_native(host_runner, lib, tmp_path / "x.npy", tmp_path / "y.npy", arch="x86_64")
 
 
-def test_runner_finds_libs_through_lib_dir(host_runner: Path, session_dir: str, tmp_path: Path) -> None:
+def test_runner_finds_libs_through_lib_dir(host_runner: Path, tmp_path: Path) -> None:
     """A runner moved away from its libraries still runs when ``lib_dir`` points at them."""
     lonely = tmp_path / "bin" / "bhvit-run"
     lonely.parent.mkdir()
     shutil.copy2(host_runner, lonely)
     np.save(tmp_path / "x.npy", np.ones((1, ROWS, K), np.float32))
-    args = (matmul_lib(1, host_arch(), session_dir), tmp_path / "x.npy", tmp_path / "y.npy")
+    args = (matmul_lib(1, host_arch()), tmp_path / "x.npy", tmp_path / "y.npy")
     with pytest.raises(TargetError, match="libtvm"):
         run_native(lonely, *args, arch=host_arch())
     assert len(run_native(lonely, *args, arch=host_arch(), lib_dir=host_runner.parent, runs=1)) == 1
@@ -323,8 +329,8 @@ def test_aarch64_runner_and_server_binaries(aarch64_runner: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_aarch64_runner_under_qemu_matches_numpy(aarch64_runner: Path, session_dir: str, tmp_path: Path, batch: int) -> None:
-    lib = matmul_lib(batch, "aarch64", session_dir)
+def test_aarch64_runner_under_qemu_matches_numpy(aarch64_runner: Path, tmp_path: Path, batch: int) -> None:
+    lib = matmul_lib(batch, "aarch64")
     assert elf_arch(lib) == "aarch64"
     x = np.random.default_rng(batch).standard_normal((2 * batch, ROWS, K)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -334,9 +340,9 @@ def test_aarch64_runner_under_qemu_matches_numpy(aarch64_runner: Path, session_d
 
 
 def test_aarch64_micro_fixture_under_qemu_matches_official_logits(
-    aarch64_runner: Path, session_dir: str, tmp_path: Path
+    aarch64_runner: Path, tmp_path: Path
 ) -> None:
-    path, lib = micro_aarch64(session_dir)
+    path, lib = micro_aarch64()
     lat = run_native(aarch64_runner, lib, path / "inputs.npy", tmp_path / "logits.npy", arch="aarch64", runs=3, warmup=1)
     metrics = assert_end_to_end(np.load(tmp_path / "logits.npy"), np.load(path / "logits.npy"))
     assert metrics["top1_agree"] == 1.0
