@@ -101,3 +101,29 @@ def micro_bundle(tmp_path_factory: pytest.TempPathFactory, fused_onnx: Callable[
         golden_inputs=src / "inputs.npy", golden_outputs=src / "logits.npy",
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_bundle_aarch64(tmp_path_factory: pytest.TempPathFactory, fused_onnx: Callable[[str], Path]) -> Path:
+    """The micro fixture compiled for aarch64 (Cortex-A72) with the native runner; golden = official.
+
+    Skips (with the install hint) where the cross compiler or the aarch64 runtime is missing.
+    """
+    pytest.importorskip("tvm")
+    from bhvit_export.compile import compile_model
+    from bhvit_export.errors import TargetError
+    from targets.runtime_libs import runtime_libs
+    from targets.toolchain import require
+
+    try:
+        require("aarch64-g++")
+        runtime_libs("aarch64")
+    except TargetError as e:
+        pytest.skip(str(e))
+    src = official_path("micro")
+    out = tmp_path_factory.mktemp("bundles") / "micro-aarch64"
+    compile_model(
+        fused_onnx("micro"), out, target="aarch64",
+        golden_inputs=src / "inputs.npy", golden_outputs=src / "logits.npy",
+    )
+    return out
