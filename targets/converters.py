@@ -15,9 +15,13 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
   epilogue, NCHW out; the zero padding (after the sign) is corrected exactly with a per
   (border pattern, output channel) table computed here in numpy from the weights.
-* ``BinaryAttentionScores`` / ``QDAttentionContext`` on llvm targets -> one ``call_tir`` kernel
-  each (:mod:`targets.kernels.attention`): per-head XNOR popcount for the scores, the QD levels as
-  two bit planes against packed ``v >= 0`` (AND/popcount) for the context.
+* ``BinaryAttentionScores`` on llvm targets -> one ``call_tir`` kernel
+  (:mod:`targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
+* ``QDAttentionContext`` keeps the float Relax lowering on every target by default: measured
+  single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
+  packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
+  for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
+  The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`.
 * Other targets (cuda, ...) and ``packed=False`` keep the float Relax lowerings: for the conv,
   ``where(x + shift < 0, -1, 1)`` then ``conv2d`` with the +-1 weights decoded once at import
   (zero padding after the sign, as the spec says) and ``* scale + bias``; for attention, the
@@ -118,6 +122,12 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
         func = func.without_attr("global_symbol") if "global_symbol" in attrs else func
         _KERNEL_CACHE[key] = _mark_kernel(func)
     return _KERNEL_CACHE[key]
+
+
+#: Lower ``QDAttentionContext`` with the packed kernel on llvm targets. Off: the float lowering
+#: measured faster on this CPU at Tiny sizes (module docstring); the bit-plane packing of the
+#: probabilities (scalar, 3 compares per element) costs more than the float matmul it replaces.
+PACKED_QD_CONTEXT = False
 
 
 def _packed_cpu() -> bool:
@@ -309,7 +319,7 @@ class QDAttentionContext(_BhvitConverter):
         h = int(attr.get("num_heads", _shape(alpha, f"{what}: alpha")[0]))
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
-        if _packed_cpu():
+        if _packed_cpu() and PACKED_QD_CONTEXT:
             if _shape(p, f"{what}: p") != [b, h, n, n] or _shape(thresholds, f"{what}: thresholds") != [h, 3]:
                 raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}] and thresholds [{h}, 3]")
             for t, nm in ((p, "p"), (v, "v"), (thresholds, "thresholds")):
