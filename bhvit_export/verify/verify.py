@@ -39,6 +39,9 @@ class VerifyOptions:
     tolerances: dict[str, float] = field(default_factory=dict)
     torch_latency: bool = True
     profile: bool = False
+    images: Optional[Path] = None
+    images_limit: Optional[int] = None
+    reference: Optional[Path] = None  # for --images: the reference .onnx or checkpoint
 
 
 @dataclass
@@ -74,6 +77,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     pytorch_latency_ms: Optional[dict[str, Any]] = None
     profile: Optional[list[dict[str, Any]]] = None
+    images: Optional[dict[str, Any]] = None
 
     @property
     def passed(self) -> bool:
@@ -98,6 +102,7 @@ class VerifyReport:
             "pytorch_latency_ms": self.pytorch_latency_ms,
             "devices": [d.to_json() for d in self.devices],
             "profile": self.profile,
+            "images": self.images,
             "notes": self.notes,
         }
 
@@ -124,6 +129,12 @@ class VerifyReport:
         if self.profile:
             out.append("slowest functions (ms per call x calls):")
             out += [f"  {r['ms']:9.3f} x {r['calls']:3d}  {r['name']}" for r in self.profile[:15]]
+        if self.images:
+            im = self.images
+            line = f"images: {im['images']} in {im['classes']} classes, top-1 {im['top1']:.2%} (compiled)"
+            if "reference_top1" in im:
+                line += f", {im['reference_top1']:.2%} (reference), agreement {im['agreement']:.2%}"
+            out.append(line)
         out += [f"note: {n}" for n in self.notes]
         out.append("PASSED" if self.passed else "FAILED")
         return out
@@ -226,8 +237,11 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         tol = {**manifest.tolerances, **opts.tolerances}
         x, ref = _golden(root, manifest)
         results = []
-        for runner in _open_runners(root, manifest, opts):
+        images = None
+        for i, runner in enumerate(_open_runners(root, manifest, opts)):
             try:
+                if i == 0 and opts.images is not None:
+                    images = _images(runner, manifest, opts, say)
                 say(f"running {len(x)} golden inputs on {runner.where}")
                 got = runner.run(x)
                 if got.shape != ref.shape:
@@ -257,7 +271,18 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         notes=notes,
         pytorch_latency_ms=torch_ms,
         profile=profile,
+        images=images,
     )
+
+
+def _images(runner: runners.Runner, manifest: mf.Manifest, opts: VerifyOptions, say: Progress) -> dict[str, Any]:
+    """Top-1 on ``--images`` through ``runner`` (and the ``--reference`` model, if given)."""
+    from .images import accuracy_on_images, reference_runner
+
+    assert opts.images is not None
+    ref = reference_runner(opts.reference) if opts.reference is not None else None
+    size = int(manifest.input["shape"][-1])
+    return accuracy_on_images(opts.images, runner.run, manifest.batch, size, ref, opts.images_limit, say)
 
 
 def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str, Any]]], list[str]]:

@@ -1,0 +1,134 @@
+"""``verify --images DIR``: top-1 accuracy on real labeled images, compiled model vs reference.
+
+Layout: torchvision's ``ImageFolder`` (``DIR/<class>/<image>``; the class index is the position of
+the class folder in sorted order, which is how the official training numbered ImageNet's synsets).
+Preprocessing is the official evaluation transform (``datasets.py: build_transform(is_train=False)``):
+resize the shorter side to ``int(256/224 * S)`` with bicubic interpolation, center-crop ``S``, scale
+to [0, 1], normalise with the ImageNet mean/std. Decoding uses Pillow (the ``images`` extra), which is
+also what torchvision's default loader uses, so the pixels match the training pipeline's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import BundleError
+from ..golden import IMAGENET_MEAN, IMAGENET_STD
+
+#: torchvision.datasets.folder.IMG_EXTENSIONS
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    paths: list[Path]
+    labels: np.ndarray  # int64 class indices
+    classes: list[str]
+
+
+def find_images(root: Path, limit: Optional[int] = None) -> LabeledImages:
+    """The ImageFolder listing of ``root`` (first ``limit`` images in sorted order, if given)."""
+    if not root.is_dir():
+        raise BundleError(f"--images {root}: not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise BundleError(f"--images {root}: no class folders (expected DIR/<class>/<image>)")
+    paths, labels = [], []
+    for idx, name in enumerate(classes):
+        for p in sorted((root / name).rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS:
+                paths.append(p)
+                labels.append(idx)
+    if not paths:
+        raise BundleError(f"--images {root}: no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders")
+    if limit is not None:
+        paths, labels = paths[:limit], labels[:limit]
+    return LabeledImages(paths, np.asarray(labels, dtype=np.int64), classes)
+
+
+def preprocess(path: Path, size: int = 224) -> np.ndarray:
+    """One image -> float32 ``[3, size, size]`` exactly as the official evaluation transform."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise BundleError("--images needs Pillow: pip install 'bhvit-export[images]'") from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            short = int(256 / 224 * size)
+            if w <= h:
+                nw, nh = short, int(short * h / w)
+            else:
+                nw, nh = int(short * w / h), short
+            im = im.resize((nw, nh), Image.BICUBIC)
+            top = int(round((nh - size) / 2.0))
+            left = int(round((nw - size) / 2.0))
+            im = im.crop((left, top, left + size, top + size))
+            x = np.asarray(im, dtype=np.float64) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BundleError(f"--images: cannot read {path} as an image ({type(e).__name__})") from None
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def reference_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The reference model for ``--reference``: an .onnx (onnxruntime) or a checkpoint (PyTorch)."""
+    if path.suffix == ".onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BundleError("--reference MODEL.onnx needs onnxruntime installed") from None
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+    try:
+        import torch
+    except ImportError:
+        raise BundleError("--reference CHECKPOINT needs torch installed (or pass the reference .onnx)") from None
+    from ..checkpoint import load_checkpoint
+
+    model = load_checkpoint(path).model.freeze()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def accuracy_on_images(
+    root: Path,
+    compiled: Callable[[np.ndarray], np.ndarray],
+    batch: int,
+    size: int,
+    reference: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    limit: Optional[int] = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Top-1 of the compiled model (and of the reference, and their agreement) on ``root``."""
+    data = find_images(root, limit)
+    preds, ref_preds = [], []
+    for i in range(0, len(data.paths), batch):
+        chunk = data.paths[i : i + batch]
+        x = np.stack([preprocess(p, size) for p in chunk])
+        if len(chunk) < batch:  # pad the last batch; the padding's outputs are dropped
+            x = np.concatenate([x, np.repeat(x[-1:], batch - len(chunk), axis=0)])
+        y = compiled(x)[: len(chunk)]
+        if y.shape[-1] < len(data.classes):
+            raise BundleError(f"--images has {len(data.classes)} classes, the model outputs {y.shape[-1]}")
+        preds.append(y.argmax(axis=-1))
+        if reference is not None:
+            ref_preds.append(reference(x[: len(chunk)]).argmax(axis=-1))
+        say(f"images: {min(i + batch, len(data.paths))}/{len(data.paths)}")
+    p = np.concatenate(preds)
+    out: dict[str, Any] = {"images": len(p), "classes": len(data.classes), "top1": float(np.mean(p == data.labels))}
+    if ref_preds:
+        r = np.concatenate(ref_preds)
+        out["reference_top1"] = float(np.mean(r == data.labels))
+        out["agreement"] = float(np.mean(r == p))
+    return out
