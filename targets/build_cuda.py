@@ -12,15 +12,30 @@ Our packed kernels (``targets.kernels``: sign-pack, XNOR popcount GEMM) are impo
 scheduled for the CUDA target (``tirx.is_scheduled``, opaque), so fusion and dlight leave them alone.
 
 Cross-compiling: the device code is compiled by nvcc for the target's ``arch`` (sm_87 on Orin) and
-embedded in the host library; the host part is LLVM code for the target's host (aarch64 for the
-Jetson tag), linked by :func:`export_cuda_library` with the matching cross compiler.
+embedded in the host library as a fatbin; the host part is LLVM code for the target's host (aarch64
+for the Jetson tag), linked by :func:`export_cuda_library` with the matching cross compiler.
+
+Why :func:`_load_cuda_codegen_runtime` exists: TVM 0.27's codegen only compiles CUDA C to a binary
+when its CUDA runtime plugin (``libtvm_runtime_cuda.so``) is loaded, and that plugin links
+``libcuda.so.1``, the driver, which a GPU-less build host does not have. Without it TVM silently
+embeds the CUDA *source*, which the device must then JIT-compile at load time through a Python
+callback (TVM + NVRTC or nvcc on the Jetson; impossible for a C++-only runner). So on such a host we
+load the plugin against a stand-in ``libcuda.so.1`` whose few entry points all report "no device":
+the driver is never called while compiling, and the library gets real sm_XX code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import shutil
+import subprocess
+import tempfile
+import threading
+import zlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import tvm
 from tvm import relax
@@ -120,16 +135,126 @@ def _lowering(target: tvm.target.Target) -> tvm.transform.Pass:
     return _run
 
 
+#: Driver entry points ``libtvm_runtime_cuda.so`` (TVM 0.27) imports; the stand-in defines them all
+#: (``ctypes`` loads with RTLD_NOW, so a missing one fails the load with the symbol's name).
+_DRIVER_SYMBOLS = (
+    "cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGetErrorString", "cuLaunchKernelEx",
+    "cuModuleGetFunction", "cuModuleLoadData", "cuModuleUnload", "cuTensorMapEncodeTiled",
+)
+_CUDA_ERROR_NO_DEVICE = 100
+_LOAD_LOCK = threading.Lock()
+
+
+def _cuda_codegen_available() -> bool:
+    """True when TVM can build real CUDA modules (its CUDA runtime plugin is registered)."""
+    import tvm_ffi
+
+    return tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None
+
+
+def _driver_stand_in() -> Path:
+    """Build (once per user) a ``libcuda.so.1`` whose every entry point returns "no device"."""
+    code = "/* GPU-less build host: lets TVM's CUDA plugin load; never called while compiling. */\n" + "".join(
+        f"int {name}(void) {{ return {_CUDA_ERROR_NO_DEVICE}; }}\n" for name in _DRIVER_SYMBOLS
+    )
+    folder = Path(tempfile.gettempdir()) / f"bhvit-export-nodriver-{os.getuid()}-{zlib.crc32(code.encode()):08x}"
+    lib = folder / "libcuda.so.1"  # the loader matches the plugin's NEEDED entry by SONAME
+    if lib.is_file():
+        return lib
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise TargetError("no C compiler (cc) to build the CUDA driver stand-in: apt-get install gcc")
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "nodriver.c"
+    src.write_text(code)
+    tmp = folder / f"libcuda.so.1.{os.getpid()}"
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp), str(src)], check=True)
+    tmp.replace(lib)  # atomic: concurrent builds never load a half-written file
+    return lib
+
+
+def _load_cuda_codegen_runtime() -> None:
+    """Make TVM compile device code to binaries here (see the module docstring); no-op when the
+    plugin is already loaded (a machine with an NVIDIA driver, or a second build)."""
+    with _LOAD_LOCK:
+        if _cuda_codegen_available():
+            return
+        plugin = Path(tvm.__file__).resolve().parent / "lib" / "libtvm_runtime_cuda.so"
+        if not plugin.is_file():
+            raise TargetError(f"this TVM has no CUDA runtime plugin ({plugin}): install a CUDA-enabled apache-tvm")
+        try:
+            ctypes.CDLL(str(_driver_stand_in()), mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(str(plugin), mode=ctypes.RTLD_LOCAL)
+        except OSError as err:
+            raise TargetError(f"cannot load TVM's CUDA plugin for compiling: {err}") from err
+        if not _cuda_codegen_available():
+            raise TargetError(f"{plugin.name} loaded but registered no CUDA module factory")
+
+
+@contextlib.contextmanager
+def cuda_compile_scope(target: TargetLike) -> Iterator[tvm.target.Target]:
+    """Scope for any ``tvm.compile`` of CUDA code on this host (kernels or whole models).
+
+    Loads the CUDA codegen runtime (device code compiled to binaries, see the module docstring),
+    enters the target (TVM's nvcc callback reads the arch from the current target) and selects
+    nvcc over NVRTC (NVRTC needs the cuda-python package). Once the plugin is loaded, a CUDA
+    ``tvm.compile`` outside this scope fails with "No CUDA architecture was specified".
+    """
+    tgt = cuda_target(target)
+    require_nvcc()
+    _load_cuda_codegen_runtime()
+    key = "TVM_CUDA_COMPILE_MODE"
+    saved = os.environ.get(key)
+    os.environ[key] = "nvcc"
+    try:
+        with tgt:
+            yield tgt
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+
+
 def build_cuda(mod: tvm.IRModule, target: TargetLike) -> relax.VMExecutable:
     """Compile ``mod`` (imported with ``import_fused(..., target=target)``) for a CUDA ``target``.
 
     ``target`` is a tag (:data:`JETSON_ORIN`) or a dict such as :data:`X86_SM90`; a CUDA target
-    without a host gets an x86 LLVM host. nvcc must be installed; no GPU is needed to build.
+    without a host gets an x86 LLVM host. nvcc must be installed; no GPU is needed to build. The
+    device code is compiled here for the target's ``arch`` (see :func:`device_code_format`).
     """
-    tgt = cuda_target(target)
-    require_nvcc()
-    scheduled = schedule_for_cuda(mod, tgt)
-    return tvm.compile(scheduled, target=tgt, relax_pipeline=_lowering(tgt))
+    with cuda_compile_scope(target) as tgt:
+        scheduled = schedule_for_cuda(mod, tgt)
+        return tvm.compile(scheduled, target=tgt, relax_pipeline=_lowering(tgt))
+
+
+def device_code_format(ex: relax.VMExecutable) -> str:
+    """How the device code is held: ``"binary"`` (compiled: fatbin/cubin/ptx) or ``"source"``
+    (CUDA C, JIT-compiled when the library is loaded). Raises ``TargetError`` without CUDA code."""
+    found = []
+
+    def walk(m: tvm.runtime.Module) -> None:
+        for sub in m.imports:
+            if sub.kind == "cuda":
+                found.append(sub)
+            walk(sub)
+
+    walk(ex.mod)
+    if not found:
+        raise TargetError("the executable has no CUDA module")
+    # A source module answers inspect_source("cuda") from its code; a compiled one from its
+    # in-memory source map; only the compiled one has non-empty code under another format name.
+    compiled = [m for m in found if not _is_source_module(m)]
+    return "binary" if len(compiled) == len(found) else "source"
+
+
+def _is_source_module(m: tvm.runtime.Module) -> bool:
+    try:
+        return len(m.inspect_source("ptx")) == 0 and len(m.inspect_source("fatbin")) == 0 and len(
+            m.inspect_source("cubin")
+        ) == 0
+    except UnicodeDecodeError:  # binary code returned as text: it is compiled
+        return False
 
 
 def export_cuda_library(

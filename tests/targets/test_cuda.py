@@ -38,6 +38,8 @@ from targets.build_cuda import (  # noqa: E402
     JETSON_ORIN,
     X86_SM90,
     build_cuda,
+    cuda_compile_scope,
+    device_code_format,
     export_cuda_library,
     require_gpu_schedules,
     unscheduled_functions,
@@ -185,9 +187,10 @@ def test_gpu_bgemm_explicit_tiles(tiles: GemmTiles) -> None:
 
 
 def _cuda_source(mod: tvm.IRModule, target) -> str:
-    ex = tvm.compile(mod, target=tvm.target.Target(target))
+    with cuda_compile_scope(target) as tgt:
+        ex = tvm.compile(mod, target=tgt)
     (dev,) = [m for m in ex.mod.imports if m.kind == "cuda"]
-    return dev.inspect_source()
+    return dev.inspect_source("cuda")
 
 
 @needs_nvcc
@@ -235,6 +238,13 @@ def _check_model_build(fused, target, host_cc, machine: int, tmp_path: Path) -> 
     ex = build_cuda(mod, target)
     lib = export_cuda_library(ex, tmp_path / "model.so", host_cc)
     assert _elf_machine(lib) == machine
+    # Device code compiled here for the target's arch (a fatbin holding an sm_XX cubin, itself an
+    # ELF), not CUDA source left for the device to JIT at load time.
+    assert device_code_format(ex) == "binary"
+    blob = lib.read_bytes()
+    arch = str(tvm.target.Target(target).attrs["arch"]).encode()
+    assert blob.count(b"\x7fELF") >= 2 and arch in blob
+    assert b"__popcll(" not in blob and b"__global__" not in blob
     cuda_mods = []
 
     def collect(m) -> None:
