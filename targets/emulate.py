@@ -96,6 +96,7 @@ class _Server:
                 self.proc.wait()
         with contextlib.suppress(ProcessLookupError):  # sessions forked by the server
             os.killpg(self.proc.pid, signal.SIGKILL)
+        self._pump.join(timeout=5)  # stderr reaches EOF once every process of the group is gone
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
