@@ -1,8 +1,8 @@
 """The emulated RPC device (``targets/emulate.py``, ``native/rpc_server.cc``).
 
 An unmodified ``tvm.rpc.connect`` talks to the native server (on the host, and as aarch64 under
-qemu): upload, ``load_module``, a Relax VM on ``remote.cpu()``, ``time_evaluator``; the official
-micro fixture cross-compiled for Cortex-A72 matches the official logits over RPC. The server is
+qemu): upload, ``load_module``, a Relax VM on ``remote.cpu()``, ``time_evaluator`` (the official micro
+fixture's aarch64 bundle over RPC against the official logits: ``tests/test_bundle_aarch64.py``). The server is
 always killed (``emulator`` exit, SIGTERM to ``serve``), a busy port or a missing qemu is one
 TargetError line, and a wrong RPC key is refused without killing the server.
 """
@@ -26,7 +26,7 @@ from bhvit_export.errors import TargetError  # noqa: E402
 from targets.emulate import emulator  # noqa: E402
 from targets.toolchain import host_arch  # noqa: E402
 from tests.helpers import REPO, assert_end_to_end  # noqa: E402
-from tests.targets.test_native import K, ROWS, W, aarch64_libs, matmul_lib, micro_aarch64, need  # noqa: E402
+from tests.targets.test_native import K, ROWS, W, aarch64_libs, matmul_lib, need  # noqa: E402
 
 
 def _answers(host: str, port: int) -> bool:
@@ -70,18 +70,6 @@ def test_rpc_matmul_matches_numpy(arch: str) -> None:
     np.testing.assert_allclose(got, np.maximum(x @ W, 0), rtol=1e-5, atol=1e-5)
     assert np.array_equal(got, again) and ms > 0
     print(f"\n{arch} RPC server ready in {started:.2f} s (build cached); matmul main {ms:.3f} ms")
-
-
-def test_rpc_micro_fixture_on_emulated_aarch64() -> None:
-    need("aarch64-g++", "qemu-aarch64")
-    aarch64_libs()
-    path, lib = micro_aarch64()
-    x = np.load(path / "inputs.npy")
-    with emulator("aarch64") as (host, port):
-        got, ms = _run_remote(host, port, lib, x, batch=1)
-    metrics = assert_end_to_end(got, np.load(path / "logits.npy"))
-    assert metrics["top1_agree"] == 1.0
-    print(f"\nmicro aarch64 under qemu over RPC: min {ms:.1f} ms/image; {metrics}")
 
 
 def test_wrong_key_is_refused_and_server_survives() -> None:

@@ -4,8 +4,8 @@
 * missing tools (empty PATH) are one TargetError line naming the apt package;
 * the x86_64 runner, on random batches/blocks/values, gives bit for bit what python's Relax VM
   gives on the same library (same machine code), including .npy v2 inputs; bad inputs are one line;
-* the aarch64 runner under qemu matches numpy on a matmul + relu, and on the official micro
-  fixture (fused, cross-compiled for Cortex-A72) matches the official logits end to end.
+* the aarch64 runner under qemu matches numpy on a matmul + relu (the official micro fixture's
+  aarch64 bundle through this runner, against the official logits: ``tests/test_bundle_aarch64.py``).
 
 Tests needing the cross toolchain or qemu skip with the missing tool's message.
 """
@@ -87,23 +87,6 @@ def matmul_lib(batch: int, arch: str) -> Path:
 
     target = AARCH64_CORTEX_A72 if arch == "aarch64" else None
     return export_library(build(matmul_relu(batch), target), build_dir() / f"mm_b{batch}_{arch}.so", arch)
-
-
-@functools.lru_cache(maxsize=None)
-def micro_aarch64() -> tuple[Path, Path]:
-    """(official micro fixture folder, its fused model built for Cortex-A72 as a .so), built once."""
-    from bhvit_export.checkpoint import load_checkpoint
-    from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
-    from targets.build import build
-    from targets.importer import import_fused
-    from targets.kernels.target_info import AARCH64_CORTEX_A72
-    from tests.helpers import official_path
-
-    path = official_path("micro")
-    fused = fuse_model(export_reference(load_checkpoint(path / "checkpoint.pth").model))
-    ex = build(import_fused(fused, batch=1, target=AARCH64_CORTEX_A72), AARCH64_CORTEX_A72)
-    return path, export_library(ex, build_dir() / "micro_aarch64.so", "aarch64")
 
 
 # --- toolchain ---------------------------------------------------------------------------------
@@ -337,13 +320,3 @@ def test_aarch64_runner_under_qemu_matches_numpy(aarch64_runner: Path, tmp_path:
     lat = run_native(aarch64_runner, lib, tmp_path / "x.npy", tmp_path / "y.npy", arch="aarch64", batch=batch, runs=2)
     assert len(lat) == 2
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.maximum(x @ W, 0), rtol=1e-5, atol=1e-5)
-
-
-def test_aarch64_micro_fixture_under_qemu_matches_official_logits(
-    aarch64_runner: Path, tmp_path: Path
-) -> None:
-    path, lib = micro_aarch64()
-    lat = run_native(aarch64_runner, lib, path / "inputs.npy", tmp_path / "logits.npy", arch="aarch64", runs=3, warmup=1)
-    metrics = assert_end_to_end(np.load(tmp_path / "logits.npy"), np.load(path / "logits.npy"))
-    assert metrics["top1_agree"] == 1.0
-    print(f"\nmicro aarch64 under qemu, native runner: min {min(lat):.1f} ms/image; {metrics}")
