@@ -12,7 +12,7 @@ K = in_features), times the group count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import onnx

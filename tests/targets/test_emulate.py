@@ -25,7 +25,7 @@ pytest.importorskip("tvm")
 from bhvit_export.errors import TargetError  # noqa: E402
 from targets.emulate import emulator  # noqa: E402
 from targets.toolchain import host_arch  # noqa: E402
-from tests.helpers import REPO, assert_end_to_end  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
 from tests.targets.test_native import K, ROWS, W, aarch64_libs, matmul_lib, need  # noqa: E402
 
 

@@ -33,7 +33,6 @@ from targets.native_build import build_rpc_server, build_runner, export_library 
 from targets.native_run import run_native  # noqa: E402
 from targets.runtime_libs import include_dirs, runtime_libs  # noqa: E402
 from targets.toolchain import elf_arch, host_arch, qemu_command, require  # noqa: E402
-from tests.helpers import assert_end_to_end  # noqa: E402
 
 K, N, ROWS = 16, 8, 2  # matmul: input [B, ROWS, K] @ [K, N] -> relu -> [B, ROWS, N]
 W = np.random.default_rng(7).standard_normal((K, N)).astype(np.float32)
