@@ -2,9 +2,10 @@
 
 The pipeline is TVM 0.27's default CPU Relax pipeline (what ``tvm.compile`` runs for ``llvm``:
 library dispatch, ``LegalizeOps``, op-pattern annotation, constant folding, ``FuseOps``/``FuseTIR``,
-dataflow lowering, memory planning, VM lowering), with the dlight CPU rules (GEMV, Reduction)
-applied to the legalized, fused PrimFuncs before the VM lowering. Our pre-scheduled packed kernels
-carry ``tirx.is_scheduled`` and ``op_pattern = opaque``, so neither fusion nor dlight touches them.
+dataflow lowering, memory planning, VM lowering), with the CPU schedule rules of
+:mod:`targets.schedules` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
+PrimFuncs before the VM lowering. Our pre-scheduled packed kernels carry ``tirx.is_scheduled`` and
+``op_pattern = opaque``, so neither fusion nor the rules touch them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from targets.kernels.target_info import TargetLike, as_target, host_target
 
 
 def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with our schedule rules (:mod:`targets.schedules`) after fusion.
+
+    Every legalised PrimFunc that is not one of our pre-scheduled kernels gets a parallel,
+    vectorised schedule there; without it most of them compile to serial scalar loops.
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.s_tir import dlight
+
+    from targets.schedules import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -29,7 +36,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             seq = tvm.transform.Sequential(
                 cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
-                + [dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+                + [apply_schedules(target)]
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
             )

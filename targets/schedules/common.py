@@ -1,0 +1,184 @@
+"""Facts and loop transformations every CPU rule of :mod:`targets.schedules` shares.
+
+The rules follow dlight's shape (a :class:`ScheduleRule` returns a ``Schedule`` or ``None``), but a
+rule that raises while scheduling must not break the build: :class:`SafeRule` turns any schedule
+error into "not applicable", so the next rule (at worst the fallback) gets the function.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from targets.kernels.target_info import u64_lanes
+
+LoopRV = s_tir.schedule.LoopRV
+SBlockRV = s_tir.schedule.SBlockRV
+
+#: Below this many loop iterations (spatial x reduction) a nest runs serially: a parallel launch of
+#: TVM's thread pool costs a few microseconds, more than the work itself. The test that every
+#: function is scheduled uses the same bound.
+PARALLEL_MIN_WORK = 16384
+
+
+def f32_lanes(target: Target) -> int:
+    """float32 lanes in one SIMD register of ``target`` (16 on AVX-512, 8 on AVX2, 4 on NEON)."""
+    return 2 * u64_lanes(target)
+
+
+def extent(sch: s_tir.Schedule, loop: LoopRV) -> Optional[int]:
+    """The loop's constant extent, or ``None`` where it is symbolic."""
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, tirx.IntImm) else None
+
+
+def pow2_divisor(n: int, cap: int) -> int:
+    """Largest power of two ``<= cap`` dividing ``n`` (1 if ``n`` is odd)."""
+    v = 1
+    while v * 2 <= cap and n % (v * 2) == 0:
+        v *= 2
+    return v
+
+
+def best_divisor(n: int, cap: int) -> int:
+    """Largest divisor of ``n`` that is ``<= cap`` (a register tile that needs no tail predicate)."""
+    for d in range(min(n, cap), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def block_infos(sch: s_tir.Schedule) -> Optional[list[SBlockInfo]]:
+    """dlight's normalised block list (``None`` for functions it cannot normalise)."""
+    return normalize_prim_func(sch)
+
+
+def has_if_then_else(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """True for padding-style blocks (their value is an ``if_then_else``)."""
+    return bool(tvm_ffi.get_global_func("s_tir.schedule.HasIfThenElse")(sch.get(block)))
+
+
+def vars_in(exprs: Sequence[tirx.PrimExpr]) -> set[str]:
+    """Names of the variables used in ``exprs`` (names: ``==`` on a ``Var`` builds an expression,
+    and block iterator names are unique within a block)."""
+    found: set[str] = set()
+
+    def _add(v: tirx.Var) -> None:
+        found.add(v.name)
+
+    for e in exprs:
+        tvm_ffi.structural_walk(e, (tirx.Var, _add), order="post")
+    return found
+
+
+def inline_spatial(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> list[SBlockInfo]:
+    """Inline injective blocks into their consumers (or producers) where the schedule allows.
+
+    *Conditional* blocks (an ``if_then_else`` value: padding, concatenation) stay their own stage
+    and nothing is inlined into them. Inlined, their condition depends on the vector lane, which
+    makes TVM scalarise the whole vector loop (and LLVM lower each ``if_then_else`` to branches);
+    worse, a consumer that reads the value several times (PReLU's ``Select``) duplicates the
+    branch chain. Materialised, they cost one extra pass over memory.
+    """
+    remaining = list(infos)
+    progress = True
+    while progress:
+        progress = False
+        for info in list(remaining):
+            if not info.is_injective() or has_if_then_else(sch, info.block_rv):
+                continue
+            candidates = [sch.compute_inline]
+            if not any(has_if_then_else(sch, p) for p in sch.get_producers(info.block_rv)):
+                candidates.append(sch.reverse_compute_inline)
+            for inline in candidates:
+                try:
+                    inline(info.block_rv)
+                except Exception:  # noqa: BLE001 - a refusal of the primitive means "cannot inline"
+                    continue
+                remaining.remove(info)
+                progress = True
+                break
+    return remaining
+
+
+def work(sch: s_tir.Schedule, block: SBlockRV) -> int:
+    """Iterations of all loops above ``block`` (its total scalar work, up to a constant)."""
+    total = 1
+    for loop in sch.get_loops(block):
+        ext = extent(sch, loop)
+        total *= ext if ext is not None else 1024
+    return total
+
+
+def schedule_spatial(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
+    """Fuse, parallelise and vectorise a block whose loops are all spatial.
+
+    The innermost loops (at least ``lanes`` iterations, the contiguous end of the output) become
+    one loop split by the largest power-of-two vector width that divides it, so no tail predicate
+    scalarises the vector loop; everything outside becomes one parallel loop if the nest is big
+    enough to pay for the thread launch.
+    """
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    big = work(sch, block) >= PARALLEL_MIN_WORK
+    exts = [extent(sch, lp) for lp in loops]
+    k = len(loops) - 1
+    inner_ext = exts[k] or 1
+    while inner_ext < lanes and k > 0 and exts[k - 1] is not None:
+        k -= 1
+        inner_ext *= exts[k]
+    inner = sch.fuse(*loops[k:]) if k < len(loops) - 1 else loops[-1]
+    outer_loops = list(loops[:k])
+    v = pow2_divisor(inner_ext, lanes) if exts[-1] is not None else 1
+    if v >= 2:
+        rest, vec = sch.split(inner, factors=[None, v])
+        sch.vectorize(vec)
+        outer_loops.append(rest)
+    else:
+        outer_loops.append(inner)
+    outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    if big:
+        sch.parallel(outer)
+
+
+class SafeRule(ScheduleRule):
+    """A CPU rule whose schedule errors mean "not applicable" (see the module docstring)."""
+
+    name = "rule"
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> Optional[s_tir.Schedule]:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self.schedule(s_tir.Schedule(func), target)
+        except Exception:  # noqa: BLE001 - any primitive refusal: let the next rule try
+            return None
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> Optional[s_tir.Schedule]:
+        """Schedule ``sch`` in place and return it, or ``None`` if the rule does not apply."""
+        raise NotImplementedError
+
+
+__all__ = [
+    "PARALLEL_MIN_WORK",
+    "SafeRule",
+    "best_divisor",
+    "block_infos",
+    "extent",
+    "f32_lanes",
+    "has_if_then_else",
+    "inline_spatial",
+    "pow2_divisor",
+    "schedule_spatial",
+    "vars_in",
+    "work",
+]

@@ -1,0 +1,142 @@
+"""Two-operand contractions: matmul / dense / batch matmul and direct NCHW convolutions.
+
+One register-tiled schedule serves both, because after legalisation both are a block
+``C[s...] += A[...] * B[...]`` with spatial and reduction iterators:
+
+* the *vector axis* ``j`` is the spatial iterator of the output's innermost (contiguous)
+  dimension: N of a matmul, the output column of a convolution;
+* the *register axis* ``i`` is a spatial iterator the operand indexed by ``j`` does not use, so one
+  vector load of that operand is reused ``i_tile`` times: M of a matmul, the output channel of a
+  convolution (the other operand, broadcast, is a scalar load per ``i``);
+* an ``i_tile x j_tile`` accumulator lives in a local cache (``cache_write``) that stays in vector
+  registers across the reduction loops and is written back once, with the epilogue (bias, scale,
+  activation) inlined into the write-back;
+* the remaining spatial loops and the tile loops are fused into one parallel loop.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from .common import (
+    PARALLEL_MIN_WORK,
+    SafeRule,
+    best_divisor,
+    block_infos,
+    extent,
+    f32_lanes,
+    inline_spatial,
+    schedule_spatial,
+    vars_in,
+    work,
+)
+
+#: Rows of the register tile (vector accumulators per column vector); 8 x 2 vectors of 16 lanes
+#: fills half of the 32 AVX-512 registers, leaving room for the operand loads.
+I_TILE = 8
+
+
+def _region_vars(region) -> set[str]:
+    return vars_in([r.min for r in region.region])
+
+
+class Contraction(SafeRule):
+    """Register-tiled, vectorised, parallel schedule for matmuls and direct convolutions."""
+
+    name = "contraction"
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> Optional[s_tir.Schedule]:
+        infos = block_infos(sch)
+        if not infos:
+            return None
+        reductions = [b for b in infos if not b.is_injective()]
+        if len(reductions) != 1:
+            return None
+        main = reductions[0]
+        kinds = main.dom_kind()
+        if "O" in kinds or kinds.count("S") < 2 or not kinds.endswith("R"):
+            return None
+        stmt = sch.get(main.block_rv)
+        out_buf = stmt.writes[0].source
+        operands = [r for r in stmt.reads if not r.source.same_as(out_buf)]
+        if len(operands) != 2 or len(stmt.writes) != 1:
+            return None
+        iter_vars = [iv.var.name for iv in stmt.iter_vars]
+        s_vars = [v for v, k in zip(iter_vars, kinds) if k == "S"]
+        # j: the spatial iterator of the output's last dimension.
+        last = vars_in([stmt.writes[0].region[-1].min])
+        j_cands = [v for v in s_vars if v in last]
+        if len(j_cands) != 1:
+            return None
+        j_var = j_cands[0]
+        vec_ops = [op for op in operands if j_var in _region_vars(op)]
+        if len(vec_ops) != 1:
+            return None
+        vec_used = _region_vars(vec_ops[0])
+        lanes = f32_lanes(target)
+        loops = sch.get_loops(main.block_rv)
+        by_var = dict(zip(iter_vars, loops))
+        exts = {v: extent(sch, by_var[v]) for v in iter_vars}
+        if any(e is None for e in exts.values()):
+            return None
+        i_cands = [v for v in s_vars if v != j_var and v not in vec_used and exts[v] > 1]
+        if not i_cands:
+            # Grouped convolution: the output channel also picks the input group (``ff // opg``);
+            # tiling it still reuses each vector load within a group.
+            other_used = set().union(*(_region_vars(op) for op in operands if op is not vec_ops[0]))
+            i_cands = [v for v in s_vars if v != j_var and v in other_used and exts[v] > 1]
+        if not i_cands:
+            return None
+        i_var = i_cands[-1]
+        # Everything but the contraction itself: inline what can be inlined (padding stays a
+        # separate copy: inlined, its if_then_else would scalarise the vector loop).
+        others = inline_spatial(sch, [b for b in infos if b is not main])
+        self._tile(sch, main.block_rv, iter_vars, kinds, i_var, j_var, exts, lanes)
+        for info in others:
+            try:
+                sch.get(info.block_rv)
+            except Exception:  # noqa: BLE001 - folded into the accumulator write-back
+                continue
+            schedule_spatial(sch, info.block_rv, lanes)
+        return sch
+
+    @staticmethod
+    def _tile(sch, block, iter_vars, kinds, i_var, j_var, exts, lanes) -> None:
+        """Split, reorder, cache the accumulator, vectorise and parallelise the main block."""
+        big = work(sch, block) >= PARALLEL_MIN_WORK
+        loops = dict(zip(iter_vars, sch.get_loops(block)))
+        j_ext, i_ext = exts[j_var], exts[i_var]
+        j_tile = best_divisor(j_ext, 2 * lanes)
+        if j_tile < lanes // 2 and j_ext > 2 * lanes:
+            j_tile = lanes  # no good divisor: accept a predicated tail rather than scalar tiles
+        i_tile = best_divisor(i_ext, I_TILE)
+        i_o, i_i = sch.split(loops[i_var], factors=[None, i_tile])
+        j_o, j_i = sch.split(loops[j_var], factors=[None, j_tile])
+        other_s = [loops[v] for v, k in zip(iter_vars, kinds) if k == "S" and v not in (i_var, j_var)]
+        r_loops = [loops[v] for v, k in zip(iter_vars, kinds) if k == "R"]
+        sch.reorder(*other_s, i_o, j_o, *r_loops, i_i, j_i)
+        acc = sch.cache_write(block, 0, "local")
+        # The epilogue reads the output once per element: fold it into the write-back.
+        for consumer in sch.get_consumers(acc):
+            try:
+                sch.reverse_compute_inline(consumer)
+            except Exception:  # noqa: BLE001 - a non-inlinable consumer stays its own stage
+                pass
+        sch.reverse_compute_at(acc, j_o, preserve_unit_loops=True)
+        # Annotate while the block still has its init (an update block alone has no compact
+        # dataflow, and vectorize/parallel refuse it), then split the init off the reduction loops.
+        sch.unroll(i_i)
+        sch.vectorize(j_i)
+        sch.vectorize(sch.get_loops(acc)[-1])
+        for r in r_loops[1:]:
+            ext = extent(sch, r)
+            if ext is not None and ext <= 4:
+                sch.unroll(r)
+        outer = sch.fuse(*other_s, i_o, j_o)
+        if big:
+            sch.parallel(outer)
+        init = sch.decompose_reduction(block, r_loops[0])
+        sch.vectorize(sch.get_loops(init)[-1])
