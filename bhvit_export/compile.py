@@ -23,9 +23,12 @@ import numpy as np
 
 from .bundle import manifest as mf
 from .errors import BundleError, ModelFileError, TargetError
-from .golden import Golden, golden_of_model
+from .golden import MAX_GOLDEN_COUNT, MAX_IMAGE_SIZE, Golden, golden_of_model
 
 Progress = Callable[[str], None]
+#: Largest compiled input batch, float32 [batch, 3, S, S] in bytes: beyond it the golden inputs and
+#: TVM's buffers would not fit a deploy target anyway, and a hostile file could exhaust memory here.
+MAX_INPUT_BYTES = 1 << 30
 
 
 @dataclass
@@ -92,12 +95,15 @@ def _load_golden(
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
-        arr = np.load(path, allow_pickle=False)
+        # mmap first: a header claiming a huge shape fails here instead of allocating it
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{path}: not a readable .npy array ({e})") from None
     if arr.dtype.kind != "f" or arr.ndim < 2:
         raise ModelFileError(f"{path}: expected a float array [N, ...], got {arr.dtype}{list(arr.shape)}")
-    return arr
+    if not 1 <= arr.shape[0] <= MAX_GOLDEN_COUNT:
+        raise ModelFileError(f"{path}: {arr.shape[0]} rows; golden files hold 1 to {MAX_GOLDEN_COUNT}")
+    return np.array(arr)
 
 
 def _ort_golden(model: Any) -> Golden:
@@ -113,6 +119,67 @@ def _ort_golden(model: Any) -> Golden:
     name = sess.get_inputs()[0].name
     y = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
     return Golden(x, y.astype(np.float32), "onnxruntime")
+
+
+def check_image_model(model: Any, batch: int) -> int:
+    """The image side ``S`` of a model with one float32 input ``[N, 3, S, S]`` and one float output
+    ``[N, classes]``; a ModelFileError for anything else, before TVM or the golden inputs allocate it."""
+    from onnx import TensorProto
+
+    def dims(vi: Any) -> list[Any]:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+
+    def show(shape: list[Any]) -> str:
+        return "[" + ", ".join(map(str, shape)) + "]"
+
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ModelFileError(
+            f"not a BHViT image model: expected one input and one output, got inputs "
+            f"{[i.name for i in inputs]} and outputs {[o.name for o in model.graph.output]}"
+        )
+    inp, out = inputs[0], model.graph.output[0]
+    shape, oshape = dims(inp), dims(out)
+    static = all(isinstance(d, int) and d > 0 for d in shape[1:])
+    if (
+        inp.type.tensor_type.elem_type != TensorProto.FLOAT
+        or len(shape) != 4
+        or not static
+        or shape[1] != 3
+        or shape[2] != shape[3]
+        or (isinstance(shape[0], int) and shape[0] not in (batch, 0))
+    ):
+        raise ModelFileError(
+            f"not a BHViT image model: input '{inp.name}' is {show(shape)} "
+            f"(elem type {inp.type.tensor_type.elem_type}), expected float32 [N, 3, S, S] with N symbolic or {batch}"
+        )
+    size = int(shape[2])
+    if size > MAX_IMAGE_SIZE:
+        raise ModelFileError(f"input '{inp.name}' is {show(shape)}: image size {size} is beyond the supported {MAX_IMAGE_SIZE}")
+    if batch * 3 * size * size * 4 > MAX_INPUT_BYTES:
+        raise ModelFileError(
+            f"--batch {batch} at {size}x{size} is {batch * 3 * size * size * 4 / 2**30:.1f} GiB per input, "
+            f"beyond the supported {MAX_INPUT_BYTES / 2**30:.0f} GiB"
+        )
+    if out.type.tensor_type.elem_type != TensorProto.FLOAT or len(oshape) != 2:
+        raise ModelFileError(f"not a BHViT image model: output '{out.name}' is {show(oshape)}, expected float32 [N, classes]")
+    return size
+
+
+def _check_golden(g: Golden, model: Any, size: int) -> None:
+    """Golden pairs must fit the model and be finite: a bundle with NaN references passes nothing."""
+    want = [3, size, size]
+    if list(g.inputs.shape[1:]) != want:
+        raise ModelFileError(f"golden inputs are {list(g.inputs.shape)}, the model takes [N, {', '.join(map(str, want))}]")
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1]
+    if g.outputs.ndim != 2 or (classes.HasField("dim_value") and g.outputs.shape[1] != classes.dim_value):
+        raise ModelFileError(
+            f"golden outputs are {list(g.outputs.shape)}, the model returns [N, {classes.dim_value or classes.dim_param}]"
+        )
+    for what, arr in (("inputs", g.inputs), ("outputs", g.outputs)):
+        if not np.isfinite(arr).all():
+            raise ModelFileError(f"golden {what} ({g.source}) contain NaN or Inf")
 
 
 def _fit_batch(g: Golden, batch: int) -> Golden:
@@ -218,9 +285,20 @@ def compile_model(
         from targets.toolchain import require
 
         require("aarch64-g++")  # fail before the long build, with what to install
+    if spec.device == "cuda":
+        from targets.build_cuda import require_nvcc
+
+        require_nvcc()  # likewise: before the load, not deep in the build
     say(f"loading {src}")
     model = load_onnx(src)
+    size = check_image_model(model, batch)
+    from targets.importer import unsupported_ops
+
+    bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
+    if bad:
+        raise TargetError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
     golden, notes = _load_golden(model, golden_inputs, golden_outputs)
+    _check_golden(golden, model, size)
     golden = _fit_batch(golden, batch)
     times["load"] = time.perf_counter() - t
 
@@ -240,6 +318,12 @@ def compile_model(
     say(f"building for {spec.target.kind.name} {spec.name} (this takes a while)")
     ex = build(mod, spec.target)
     times["build"] = time.perf_counter() - t
+    target_info = spec.to_json()
+    if spec.device == "cuda":
+        from targets.build_cuda import device_code_format
+
+        # "binary": compiled sm_XX code; "source": CUDA C the device must JIT (needs NVRTC there)
+        target_info["device_code"] = device_code_format(ex)
 
     meta = {p.key: p.value for p in model.metadata_props}
     cfg = json.loads(meta["bhvit.config"]) if "bhvit.config" in meta else None
@@ -259,7 +343,7 @@ def compile_model(
                 tool_version=__version__,
                 tvm_version=tvm.__version__,
                 tvm_ffi_version=tvm_ffi.__version__,
-                target=spec.to_json(),
+                target=target_info,
                 model={
                     "source": src.name,
                     "source_sha256": mf.sha256_file(src),

@@ -261,8 +261,26 @@ def _check_model_build(fused, target, host_cc, machine: int, tmp_path: Path) -> 
 
 @needs_nvcc
 @needs_cross
-def test_micro_compiles_for_jetson_orin_aarch64(micro_fused, tmp_path: Path) -> None:
-    _check_model_build(micro_fused, JETSON_ORIN, AARCH64_CXX, EM_AARCH64, tmp_path)
+def test_micro_compiles_for_jetson_orin_aarch64(fused_onnx, tmp_path: Path) -> None:
+    """Through the CLI: ``compile -t jetson-orin`` gives an aarch64 bundle with compiled sm_87 code."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bhvit_export.bundle.manifest import check_bundle
+    from bhvit_export.cli import cli
+
+    out = tmp_path / "jetson"
+    res = CliRunner().invoke(cli, ["compile", str(fused_onnx("micro")), "-t", "jetson-orin", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["target"]["device"] == "cuda" and report["target"]["arch"] == "aarch64"
+    m = check_bundle(out)
+    assert m.target["device_code"] == "binary" and m.native is None
+    lib = out / "model.so"
+    assert _elf_machine(lib) == EM_AARCH64
+    blob = lib.read_bytes()
+    assert b"sm_87" in blob and b"__global__" not in blob
 
 
 @needs_nvcc
