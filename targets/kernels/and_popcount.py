@@ -10,8 +10,9 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
+from . import neon_gemm
 from .popcount_gemm import OUT_BLOCK, popcount_gemm_stages, schedule_popcount_gemm
-from .target_info import TargetLike
+from .target_info import TargetLike, is_aarch64
 
 
 def make_and_popcount(m: int, n: int, k: int) -> tirx.PrimFunc:
@@ -26,6 +27,17 @@ def schedule_and_popcount(func: tirx.PrimFunc, target: TargetLike, **tiles: int)
     return schedule_popcount_gemm(func, target, **tiles)
 
 
+def make_and_popcount_neon(m: int, n: int, k: int, *, dotprod: bool = False, **tiles: int) -> tirx.PrimFunc:
+    """The same kernel as explicit NEON TIR (``and`` + ``cnt`` + ``uadalp``/``udot``; :mod:`neon_gemm`)."""
+    return neon_gemm.neon_popcount_gemm(
+        m, n, k, combine="and", out_dtype="int32", epilogue=lambda popc, cols, extra: popc,
+        tile=neon_gemm.NeonTile(**tiles), dotprod=dotprod,
+    )
+
+
 def and_popcount_module(m: int, n: int, k: int, target: TargetLike, **tiles: int) -> tvm.IRModule:
-    """Scheduled module, ready for :func:`build.build_kernel`."""
+    """Scheduled module, ready for :func:`build.build_kernel` (aarch64, N >= 4: the NEON kernel)."""
+    if is_aarch64(target) and neon_gemm.supports(n):
+        func = make_and_popcount_neon(m, n, k, dotprod=neon_gemm.has_dotprod(target), **tiles)
+        return tvm.IRModule({"main": func})
     return schedule_and_popcount(make_and_popcount(m, n, k), target, **tiles)

@@ -13,8 +13,9 @@ from typing import Literal
 import tvm
 from tvm import te, tirx
 
+from . import neon_gemm
 from .popcount_gemm import OUT_BLOCK, popcount_gemm_stages, schedule_popcount_gemm
-from .target_info import TargetLike
+from .target_info import TargetLike, is_aarch64
 
 OutDType = Literal["float32", "int32"]
 
@@ -49,8 +50,41 @@ def schedule_bgemm(func: tirx.PrimFunc, target: TargetLike, **tiles: int) -> tvm
     return schedule_popcount_gemm(func, target, **tiles)
 
 
+def make_bgemm_neon(
+    m: int, n: int, k: int, *, out_dtype: OutDType = "float32", dotprod: bool = False, **tiles: int
+) -> tirx.PrimFunc:
+    """The same kernel (same arguments) as explicit NEON TIR: ``cnt`` + ``uadalp``/``udot`` loop.
+
+    See :mod:`neon_gemm`; the epilogue gets 4 columns' popcounts as int32x4 and returns 4 outputs.
+    """
+    kk, two = tirx.const(k, "int32"), tirx.const(2, "int32")
+
+    def epilogue(popc: tirx.Expr, cols: tirx.Expr, extra: dict) -> tirx.Expr:
+        dot = kk - two * popc
+        if out_dtype == "int32":
+            return dot
+        scale = tirx.BufferLoad(extra["scale"], [cols])
+        bias = tirx.BufferLoad(extra["bias"], [cols])
+        return dot.astype("float32x4") * scale + bias
+
+    if out_dtype not in ("float32", "int32"):
+        raise ValueError(f"out_dtype must be float32 or int32, got {out_dtype!r}")
+    extra = [("scale", (n,), "float32"), ("bias", (n,), "float32")] if out_dtype == "float32" else []
+    return neon_gemm.neon_popcount_gemm(
+        m, n, k, combine="xor", out_dtype=out_dtype, epilogue=epilogue, extra_args=extra,
+        tile=neon_gemm.NeonTile(**tiles), dotprod=dotprod,
+    )
+
+
 def bgemm_module(
     m: int, n: int, k: int, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled module, ready for :func:`build.build_kernel`."""
+    """Scheduled module, ready for :func:`build.build_kernel`.
+
+    aarch64 targets get the explicit NEON kernel (:func:`make_bgemm_neon`, ``udot`` when the
+    target has ``dotprod``) whenever N >= 4; everything else the TE compute + shared schedule.
+    """
+    if is_aarch64(target) and neon_gemm.supports(n):
+        func = make_bgemm_neon(m, n, k, out_dtype=out_dtype, dotprod=neon_gemm.has_dotprod(target), **tiles)
+        return tvm.IRModule({"main": func})
     return schedule_bgemm(make_bgemm(m, n, k, out_dtype=out_dtype), target, **tiles)

@@ -1,0 +1,195 @@
+"""aarch64 NEON popcount GEMM written as explicit vector TIR (the ``cnt`` + ``uadalp`` / ``udot`` loop).
+
+Why not the generic TE schedule: it accumulates ``popcount(uint64)`` into uint64 lanes, so LLVM
+widens every 128-bit ``cnt`` result all the way (``cnt``, ``uaddlp`` .8h/.4s/.2d, ``add``: 5 NEON
+ops per 128 bits, ~42% of the NEON limit under llvm-mca). The loop here does what Larq Compute
+Engine's kernels do: per 128 bits ``eor``/``and`` + ``cnt`` + one accumulate, keeping narrow sums
+in registers and widening once per register tile:
+
+* no ``dotprod``: ``uadalp`` adds the 16 byte counts pairwise into eight 16-bit lanes (4 lanes per
+  uint64 column). A lane gains at most 16 per K word, so a 16-bit lane is exact for up to 4095
+  words (262080 bits); longer K is cut into chunks of 4095 words, each widened and added into the
+  uint32 sums (BHViT's K <= 2304 bits = 36 words is one chunk);
+* ``+dotprod`` (Cortex-A55/A76/A78): ``udot`` with a vector of ones sums 4 byte counts into each
+  32-bit lane in one instruction (2 lanes per column), no overflow concern.
+
+The tile is ``mr`` rows x ``nr`` columns (``nr`` a multiple of 4). The row word ``a[i, r]`` is
+broadcast (``ld1r``) against ``nr / 2`` vectors of the transposed weights ``w_t[r, j:j+nr]``
+(two uint64 columns per vector), so both loads stream and the K loop has no horizontal add. Once
+per tile, ``uaddlp`` .4s leaves 2 lanes per column and one ``addp`` of two such vectors gives the
+4 column sums ``[j, j+1, j+2, j+3]`` as uint32x4, which is what the epilogue works on (int32 is
+what every caller converts to anyway: popc <= K < 2^31).
+
+Ragged edges use overlapping tiles instead of predicates: the last row (column) tile starts at
+``M - mr`` (``N - nr``) and recomputes a few outputs with identical values, so the vector body has no
+masks and no tail loop. This needs ``M >= mr`` and ``N >= nr``; the tile is shrunk to fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Mapping, Sequence
+
+import tvm
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script import builder as T
+
+from .reference import num_words
+from .target_info import TargetLike, as_target
+
+Combine = Literal["xor", "and"]
+WLayout = Literal["nk", "kn"]
+#: (popcount sums of 4 columns as int32x4, their column indices as a Ramp, extra argument buffers by
+#: name) -> the 4 output elements (a 4-lane vector of the output dtype).
+Epilogue = Callable[[tirx.Expr, tirx.Expr, Mapping[str, tirx.Buffer]], tirx.Expr]
+
+#: K words a 16-bit ``uadalp`` lane can take before it may overflow (16 counts per word).
+U16_CHUNK_WORDS = 65535 // 16
+#: Parallel tasks the tiles are dealt to (divisible by 1, 2, 3, 4, 6, 8 threads: no idle core).
+PARALLEL_TASKS = 48
+
+
+def has_dotprod(target: TargetLike) -> bool:
+    """True when the (aarch64) target has the ``udot`` instruction (``+dotprod`` in mattr or mcpu)."""
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features(["dotprod"], as_target(target)))
+
+
+@dataclass(frozen=True)
+class NeonTile:
+    """Register tile of the NEON loop: ``mr`` rows x ``nr`` uint64 columns (``nr`` a multiple of 4)."""
+
+    mr: int = 4
+    nr: int = 8
+
+    def fit(self, m: int, n: int) -> "NeonTile":
+        """Shrink to the problem (overlapping edge tiles need ``mr <= M`` and ``nr <= N``)."""
+        nr = min(self.nr, n - n % 4)
+        return NeonTile(mr=max(1, min(self.mr, m)), nr=nr)
+
+
+def supports(n: int) -> bool:
+    """The NEON loop works on groups of 4 columns; N < 4 uses the generic schedule."""
+    return n >= 4
+
+
+def _intrin(dtype: str, name: str, *args: tirx.Expr) -> tirx.Expr:
+    return tirx.call_llvm_pure_intrin(dtype, name, *args)
+
+
+def _vec(buf: tirx.Buffer, row: tirx.Expr, col: tirx.Expr, lanes: int) -> tirx.Expr:
+    return tirx.BufferLoad(buf, [row, tirx.Ramp(col, 1, lanes)])
+
+
+def neon_popcount_gemm(
+    m: int,
+    n: int,
+    k: int,
+    *,
+    combine: Combine,
+    out_dtype: str,
+    epilogue: Epilogue,
+    extra_args: Sequence[tuple[str, tuple[int, ...], str]] = (),
+    tile: NeonTile = NeonTile(),
+    dotprod: bool = False,
+    w_layout: WLayout = "nk",
+) -> tirx.PrimFunc:
+    """PrimFunc ``(a [M,Kw] u64, w, *extra_args, out [M,N] out_dtype)`` for aarch64 NEON.
+
+    ``w`` is ``[N, Kw]`` (the ONNX op's layout; transposed into a scratch buffer on each call) or,
+    with ``w_layout="kn"``, already ``[Kw, N]`` (transposed once at import, as the weights are
+    constants). ``out[i, j] = epilogue(sum_r popc(a[i, r] OP w[j, r]), j, extras)``.
+    """
+    if min(m, n, k) < 1:
+        raise ValueError(f"popcount GEMM needs positive M, N, K; got {(m, n, k)}")
+    if not supports(n):
+        raise ValueError(f"the NEON popcount GEMM needs N >= 4, got {n}")
+    kw = num_words(k)
+    t = tile.fit(m, n)
+    mr, nr = t.mr, t.nr
+    if nr % 4 or nr < 4:
+        raise ValueError(f"nr={nr} must be a multiple of 4 (4 column sums per widened vector)")
+    pairs, quads = nr // 2, nr // 4
+    m_tiles, n_tiles = -(-m // mr), -(-n // nr)
+    # Narrow accumulator lanes per 128-bit vector (2 columns): 8 x u16 (uadalp) or 4 x u32 (udot).
+    acc_lanes, acc_dtype = (4, "uint32") if dotprod else (8, "uint16")
+    chunk = kw if dotprod else min(kw, U16_CHUNK_WORDS)
+    chunks = [(c0, min(chunk, kw - c0)) for c0 in range(0, kw, chunk)]
+
+    def tile_body(tid: tirx.Expr, a: tirx.Buffer, w_t: tirx.Buffer, out: tirx.Buffer,
+                  extras: Mapping[str, tirx.Buffer], acc: tirx.Buffer, sums: tirx.Buffer) -> None:
+        """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, epilogue."""
+        row0 = T.Bind(tirx.min((tid // n_tiles) * mr, m - mr))
+        col0 = T.Bind(tirx.min((tid % n_tiles) * nr, n - nr))
+        zero = tirx.Broadcast(tirx.const(0, acc_dtype), acc_lanes)
+        ones = tirx.Broadcast(tirx.const(1, "uint8"), 16)
+        for c_idx, (c0, clen) in enumerate(chunks):
+            for ii in range(mr):
+                for jv in range(pairs):
+                    T.buffer_store(acc, zero, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
+            with T.serial(0, clen) as rr:
+                r = rr + c0
+                a_vecs = [tirx.Broadcast(a[row0 + ii, r], 2) for ii in range(mr)]
+                w_vecs = [_vec(w_t, r, col0 + 2 * jv, 2) for jv in range(pairs)]
+                for ii in range(mr):
+                    for jv in range(pairs):
+                        x = a_vecs[ii] ^ w_vecs[jv] if combine == "xor" else a_vecs[ii] & w_vecs[jv]
+                        cnt = _intrin("uint8x16", "llvm.ctpop.v16i8", tirx.reinterpret("uint8x16", x))
+                        idx = [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)]
+                        old = tirx.BufferLoad(acc, idx)
+                        if dotprod:
+                            new = _intrin("uint32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", old, cnt, ones)
+                        else:  # add(acc, uaddlp(x)) is selected as uadalp
+                            new = old + _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", cnt)
+                        T.buffer_store(acc, new, idx)
+            # Widen: each pair's vector -> uint32x4 (2 lanes per column), then addp of two pairs
+            # gives the 4 column sums [j, j+1, j+2, j+3] in one uint32x4.
+            for ii in range(mr):
+                for q in range(quads):
+                    halves = []
+                    for jv in (2 * q, 2 * q + 1):
+                        v = tirx.BufferLoad(acc, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
+                        if not dotprod:
+                            v = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", v)
+                        halves.append(v)
+                    s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
+                    idx = [ii, tirx.Ramp(4 * q, 1, 4)]
+                    T.buffer_store(sums, s32 if c_idx == 0 else tirx.BufferLoad(sums, idx) + s32, idx)
+        for ii in range(mr):
+            for q in range(quads):
+                popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
+                cols = tirx.Ramp(col0 + 4 * q, 1, 4)
+                T.buffer_store(out, epilogue(popc, cols, extras), [row0 + ii, cols])
+
+    tiles = m_tiles * n_tiles
+    tasks = min(tiles, PARALLEL_TASKS)
+    per_task = -(-tiles // tasks)
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("main")
+            a = T.arg("a_bits", T.Buffer((m, kw), "uint64"))
+            w_shape = (kw, n) if w_layout == "kn" else (n, kw)
+            w = T.arg("w_bits" if w_layout == "nk" else "w_t_bits", T.Buffer(w_shape, "uint64"))
+            extras = {name: T.arg(name, T.Buffer(shape, dt)) for name, shape, dt in extra_args}
+            out = T.arg("out", T.Buffer((m, n), out_dtype))
+            T.func_attr({"tirx.noalias": True})
+            if w_layout == "kn":
+                w_t = w
+            else:
+                w_t = T.alloc_buffer((kw, n), "uint64")
+                with T.parallel(0, kw) as r:
+                    with T.serial(0, n) as j:
+                        T.buffer_store(w_t, w[j, r], [r, j])
+            with T.parallel(0, tasks) as task:
+                # Allocated once per task: a local buffer inside the parallel loop's body becomes a
+                # TVMBackendAllocWorkspace call per iteration, which costs as much as a small tile.
+                sums = T.alloc_buffer((mr, nr), "uint32", scope="global")
+                acc = T.alloc_buffer((mr, pairs * acc_lanes), acc_dtype, scope="global")
+                with T.serial(0, per_task) as step:
+                    tid = task * per_task + step
+                    with T.If(tid < tiles):
+                        with T.Then():
+                            tile_body(tid, a, w_t, out, extras, acc, sums)
+    return ib.get()
