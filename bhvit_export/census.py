@@ -69,15 +69,29 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelFileError(f"no such file: {p}")
     try:
         model = onnx.load(str(p))
-    except Exception as e:  # protobuf raises DecodeError and others
-        raise ModelFileError(f"{p} is not an ONNX model ({e.__class__.__name__})") from None
+    except Exception as e:  # protobuf raises DecodeError; onnx a ValidationError for external data
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelFileError(f"{p} is not an ONNX model ({e.__class__.__name__}{': ' + why if why else ''})") from None
     if not model.graph.node:
         raise ModelFileError(f"{p} is not an ONNX model (no graph nodes)")
     try:
         onnx.checker.check_model(model)
     except Exception as e:
         raise ModelFileError(f"{p} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
+    _check_dims(model, p)
     return model
+
+
+def _check_dims(model: onnx.ModelProto, p: Path) -> None:
+    """Refuse negative dimensions, which onnx.checker lets through (they make costs negative and
+    shape inference or TVM fail far from the cause)."""
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in vi.type.tensor_type.shape.dim]
+        if any(isinstance(d, int) and d < 0 for d in dims):
+            raise ModelFileError(f"{p}: '{vi.name}' has a negative dimension {dims}")
+    for init in model.graph.initializer:
+        if any(d < 0 for d in init.dims):
+            raise ModelFileError(f"{p}: initializer '{init.name}' has a negative dimension {list(init.dims)}")
 
 
 def _static_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
@@ -108,16 +122,20 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
     m = _static_batch(model)
     shapes = _shapes(m)
     inits = {i.name: i for i in m.graph.initializer}
-    ops = Counter(n.op_type for n in m.graph.node)
+    # ops of a foreign domain are named with it, so that e.g. ``evil.Exec`` does not pass for a standard op
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx", BINARY_DOMAIN) else f"{n.domain}.{n.op_type}" for n in m.graph.node)
     binary_ops = Counter(n.op_type for n in m.graph.node if n.domain == BINARY_DOMAIN)
     bops = flops = other = 0
     binary_params = 0
     binary_inputs: set[str] = set()
     per_op: list[dict[str, Any]] = []
 
+    foreign = sorted(k for k in ops if "." in k)
+
     def shape(name: str) -> tuple[int, ...]:
         if name not in shapes:
-            raise ModelFileError(f"cannot infer the shape of '{name}': is the input 1x3x224x224?")
+            why = f"ops outside ONNX and bhvit ({', '.join(foreign)}) hide it" if foreign else "is the input 1x3x224x224?"
+            raise ModelFileError(f"cannot infer the shape of '{name}': {why}")
         return shapes[name]
 
     for n in m.graph.node:

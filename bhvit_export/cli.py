@@ -6,13 +6,15 @@ inside the commands, so ``--help`` and ``--version`` answer at once.
 
 Errors: a :class:`~bhvit_export.errors.BhvitError` becomes one line ``error: <message>`` on stderr
 and its exit code (2 for bad input, 1 for a failed verification); click usage errors exit 2;
-Ctrl-C exits 130 (outputs are written atomically, so nothing partial is left); anything else is a
-bug in this tool: one line, exit 3, and ``--debug`` shows the traceback.
+Ctrl-C exits 130 and SIGTERM 143 (both unwind through ``atomic_path``, so nothing partial is left);
+a missing optional package (tvm, onnxruntime, ...) is an environment error, exit 2, naming what to
+pip install; anything else is a bug in this tool: one line, exit 3, and ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -25,7 +27,33 @@ from .checkpoint import ENTRIES  # light: torch is imported inside load_checkpoi
 from .errors import BhvitError
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
 EXIT_BUG = 3
+#: Top-level modules imported lazily by the commands -> the distribution that provides them.
+OPTIONAL_PACKAGES = {
+    "tvm": "apache-tvm",
+    "tvm_ffi": "apache-tvm-ffi",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+    "onnx_graphsurgeon": "onnx-graphsurgeon",
+    "torch": "torch",
+    "PIL": "pillow",
+    "matplotlib": "matplotlib",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler of :func:`main`.
+
+    A KeyboardInterrupt so that it unwinds exactly like Ctrl-C: ``atomic_path`` removes its temporary
+    output and every ``except KeyboardInterrupt`` (e.g. ``emulate``) stops cleanly. Without a
+    handler, SIGTERM kills the process on the spot and leaves the hidden ``.NAME.*.tmp`` behind.
+    """
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated()
 
 
 def _fail(ctx: click.Context, line: str, code: int) -> NoReturn:
@@ -45,9 +73,19 @@ class _Cli(click.Group):
             raise
         except BhvitError as e:
             _fail(ctx, f"error: {e}", e.exit_code)
+        except Terminated:
+            _fail(ctx, "error: terminated (SIGTERM); nothing was written", EXIT_TERMINATED)
         except KeyboardInterrupt:
             _fail(ctx, "error: interrupted; nothing was written", EXIT_INTERRUPTED)
-        except Exception as e:  # a bug in this tool, not in the user's input
+        except Exception as e:  # a missing optional package, else a bug in this tool
+            top = (e.name or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
+            if top in OPTIONAL_PACKAGES:
+                _fail(
+                    ctx,
+                    f"error: this command needs the Python package '{top}', which is not installed "
+                    f"(pip install {OPTIONAL_PACKAGES[top]})",
+                    2,
+                )
             first = str(e).splitlines()[0] if str(e) else ""
             _fail(
                 ctx,
@@ -249,8 +287,16 @@ def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plo
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (``bhvit-export``) and ``python -m bhvit_export``."""
-    cli.main(args=argv, prog_name="bhvit-export")
+    """Console-script entry point (``bhvit-export``) and ``python -m bhvit_export``.
+
+    SIGTERM (``kill``, a CI timeout, systemd) is turned into :class:`Terminated` here, not in the
+    click group, so that tests invoking ``cli`` in-process keep their own signal handling.
+    """
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=argv, prog_name="bhvit-export")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

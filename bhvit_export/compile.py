@@ -285,6 +285,11 @@ def compile_model(
         from targets.toolchain import require
 
         require("aarch64-g++")  # fail before the long build, with what to install
+    else:
+        from tvm.support import cc
+
+        if cc.get_cc() is None:  # what export_library links the host library with
+            raise TargetError("no C++ compiler to link the library (g++, clang++ or $CXX): install it with `apt-get install g++`")
     if spec.device == "cuda":
         from targets.build_cuda import require_nvcc
 

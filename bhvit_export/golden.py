@@ -27,6 +27,9 @@ METADATA_KEY = "bhvit.golden"
 RECIPE = "uniform01-imagenet-normalized/v1"
 DEFAULT_SEED = 20250611
 DEFAULT_COUNT = 4
+#: Bounds on what a (possibly hostile) ``bhvit.golden`` entry or golden file may ask us to allocate.
+MAX_GOLDEN_COUNT = 1024
+MAX_IMAGE_SIZE = 4096
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float64)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
 
@@ -78,7 +81,13 @@ def from_metadata(text: str) -> Golden:
         meta: dict[str, Any] = json.loads(text)
         if meta.get("recipe") != RECIPE:
             raise ModelFileError(f"{METADATA_KEY}: unknown input recipe {meta.get('recipe')!r}")
-        x = golden_inputs(int(meta["count"]), int(meta["image_size"]), int(meta["seed"]))
+        count, size = int(meta["count"]), int(meta["image_size"])
+        if not (1 <= count <= MAX_GOLDEN_COUNT and 1 <= size <= MAX_IMAGE_SIZE):
+            raise ModelFileError(
+                f"{METADATA_KEY}: {count} inputs of {size}x{size} is out of range "
+                f"(1 to {MAX_GOLDEN_COUNT} inputs, 1 to {MAX_IMAGE_SIZE} pixels)"
+            )
+        x = golden_inputs(count, size, int(meta["seed"]))
         raw = base64.b64decode(meta["outputs_f32le_b64"], validate=True)
         shape = [int(d) for d in meta["outputs_shape"]]
         y = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)

@@ -70,7 +70,8 @@ def preprocess(path: Path, size: int = 224) -> np.ndarray:
             left = int(round((nw - size) / 2.0))
             im = im.crop((left, top, left + size, top + size))
             x = np.asarray(im, dtype=np.float64) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        # DecompressionBombError: a header claiming more pixels than Pillow's limit (a hostile file)
         raise BundleError(f"--images: cannot read {path} as an image ({type(e).__name__})") from None
     x = (x - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)

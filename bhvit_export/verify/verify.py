@@ -156,17 +156,30 @@ def open_bundle(path: Path) -> Iterator[Path]:
 
 
 def _golden(root: Path, manifest: mf.Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """The golden pair, checked against the manifest before any library is loaded.
+
+    The hashes only prove the files are the ones the manifest lists, not that the manifest's author
+    was honest: shapes, dtypes and finiteness are checked here (a bad bundle, exit 2), so that a
+    NaN in the *reference* is never reported as a failed verification of the compiled model.
+    """
     try:
-        x = np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False)
-        y = np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False)
+        # mmap: a header claiming a huge shape fails instead of allocating it
+        x = np.array(np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False, mmap_mode="r"))
+        y = np.array(np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False, mmap_mode="r"))
     except (OSError, ValueError) as e:
         raise BundleError(f"golden files unreadable: {e}") from None
     shape = list(manifest.input["shape"])
-    if x.dtype != np.float32 or list(x.shape[1:]) != shape[1:] or len(x) % manifest.batch or len(x) != len(y):
+    if x.dtype != np.float32 or list(x.shape[1:]) != shape[1:] or not len(x) or len(x) % manifest.batch or len(x) != len(y):
         raise BundleError(
             f"golden inputs {x.dtype}{list(x.shape)} do not match the input spec float32{shape} "
             f"(or their count is not a multiple of the batch)"
         )
+    oshape = list(manifest.output["shape"])
+    if y.dtype != np.float32 or list(y.shape[1:]) != oshape[1:]:
+        raise BundleError(f"golden reference {y.dtype}{list(y.shape)} does not match the output spec float32{oshape}")
+    for what, arr in (("inputs", x), ("reference", y)):
+        if not np.isfinite(arr).all():
+            raise BundleError(f"golden {what} contain NaN or Inf: a bad bundle, not a failed verification")
     return x, y
 
 
