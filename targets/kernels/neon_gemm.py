@@ -7,17 +7,18 @@ Engine's kernels do: per 128 bits ``eor``/``and`` + ``cnt`` + one accumulate, ke
 in registers and widening once per register tile:
 
 * no ``dotprod``: ``uadalp`` adds the 16 byte counts pairwise into eight 16-bit lanes (4 lanes per
-  uint64 column). A lane gains at most 16 per K word, so a 16-bit lane is exact for up to 4095
-  words (262080 bits); longer K is cut into chunks of 4095 words, each widened and added into the
-  uint32 sums (BHViT's K <= 2304 bits = 36 words is one chunk);
+  uint64 column). A lane gains at most 16 per K word and the widening adds two lanes in 16 bits,
+  so 16-bit lanes are exact for up to 2047 words (131008 bits); longer K is cut into chunks of
+  2047 words, each widened and added into the uint32 sums (BHViT's K <= 2304 bits = 36 words is
+  one chunk);
 * ``+dotprod`` (Cortex-A55/A76/A78): ``udot`` with a vector of ones sums 4 byte counts into each
   32-bit lane in one instruction (2 lanes per column), no overflow concern.
 
 The tile is ``mr`` rows x ``nr`` columns (``nr`` a multiple of 4). The row word ``a[i, r]`` is
 broadcast (``ld1r``) against ``nr / 2`` vectors of the transposed weights ``w_t[r, j:j+nr]``
 (two uint64 columns per vector), so both loads stream and the K loop has no horizontal add. Once
-per tile, ``uaddlp`` .4s leaves 2 lanes per column and one ``addp`` of two such vectors gives the
-4 column sums ``[j, j+1, j+2, j+3]`` as uint32x4, which is what the epilogue works on (int32 is
+per tile, one ``addp`` of two such vectors leaves 2 lanes per column for 4 columns and one
+``uaddlp`` (not needed after ``udot``) gives the 4 column sums ``[j, j+1, j+2, j+3]`` as uint32x4, which is what the epilogue works on (int32 is
 what every caller converts to anyway: popc <= K < 2^31).
 
 Ragged edges use overlapping tiles instead of predicates: the last row (column) tile starts at
@@ -44,8 +45,9 @@ WLayout = Literal["nk", "kn"]
 #: name) -> the 4 output elements (a 4-lane vector of the output dtype).
 Epilogue = Callable[[tirx.Expr, tirx.Expr, Mapping[str, tirx.Buffer]], tirx.Expr]
 
-#: K words a 16-bit ``uadalp`` lane can take before it may overflow (16 counts per word).
-U16_CHUNK_WORDS = 65535 // 16
+#: K words per 16-bit accumulation chunk: a ``uadalp`` lane gains <= 16 per word and the widening
+#: ``addp`` adds two lanes before going to 32 bits, so <= 32 per word must fit in 65535.
+U16_CHUNK_WORDS = 65535 // 32
 #: Parallel tasks the tiles are dealt to (divisible by 1, 2, 3, 4, 6, 8 threads: no idle core).
 PARALLEL_TASKS = 48
 
@@ -144,17 +146,16 @@ def neon_popcount_gemm(
                         else:  # add(acc, uaddlp(x)) is selected as uadalp
                             new = old + _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", cnt)
                         T.buffer_store(acc, new, idx)
-            # Widen: each pair's vector -> uint32x4 (2 lanes per column), then addp of two pairs
-            # gives the 4 column sums [j, j+1, j+2, j+3] in one uint32x4.
+            # Widen: addp of two pairs' vectors gives 2 lanes per column for columns [j, j+4)
+            # (uadalp: u16 lanes, then uaddlp to uint32x4; udot: already the uint32x4 sums).
             for ii in range(mr):
                 for q in range(quads):
-                    halves = []
-                    for jv in (2 * q, 2 * q + 1):
-                        v = tirx.BufferLoad(acc, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
-                        if not dotprod:
-                            v = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", v)
-                        halves.append(v)
-                    s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
+                    halves = [tirx.BufferLoad(acc, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)]) for jv in (2 * q, 2 * q + 1)]
+                    if dotprod:
+                        s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
+                    else:
+                        s16 = _intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", *halves)
+                        s32 = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", s16)
                     idx = [ii, tirx.Ramp(4 * q, 1, 4)]
                     T.buffer_store(sums, s32 if c_idx == 0 else tirx.BufferLoad(sums, idx) + s32, idx)
         for ii in range(mr):
