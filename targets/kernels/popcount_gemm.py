@@ -96,7 +96,10 @@ def schedule_popcount_gemm(
     jo, jv = sch.split(j, [None, nr])
     r = sch.get_loops(acc)[-1]
     sch.reorder(io, jo, r, ii, jv)
-    sch.set_scope(acc, 0, "local")
+    # "global", not "local": TVM turns a small constant-size global allocation into a stack alloca
+    # (LLVM keeps it in registers), but a "local" one inside the parallel loop into a
+    # TVMBackendAllocWorkspace call per tile, with the accumulators stored to and reloaded from it.
+    sch.set_scope(acc, 0, "global")
     sch.reverse_compute_at(out, jo)
     # Loop annotations on the update block must precede decompose_reduction: afterwards it has no
     # init and its subtree fails the "compact dataflow" check of parallel/vectorize.

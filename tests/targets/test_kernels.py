@@ -209,3 +209,16 @@ def test_aarch64_cortex_a72_emits_cnt(kernel: str) -> None:
 def test_aarch64_pack_cross_compiles() -> None:
     asm = assembly(pack.pack_module(8, 130, AARCH64_CORTEX_A72, shift=True), AARCH64_CORTEX_A72)
     assert "fcmp" in asm or "fcmgt" in asm or "fcmlt" in asm
+
+
+@pytest.mark.parametrize("target", [X86_SAPPHIRERAPIDS, X86_AVX2], ids=["avx512", "avx2"])
+def test_register_tile_is_not_a_workspace_per_tile(target: dict) -> None:
+    """The accumulator tile must be a stack alloca (kept in registers), not a per-tile heap workspace.
+
+    A ``local``-scope tile inside the parallel loop was lowered to TVMBackendAllocWorkspace/Free
+    calls per tile with the accumulators stored to memory: 2.3x slower at K=128 on the host.
+    """
+    asm = assembly(bgemm.bgemm_module(64, 64, 256, target), target)
+    lambdas = re.findall(r"^\.L__tvm_parallel_lambda[\w.]*:(.*?)^\.Lfunc_end", asm, re.MULTILINE | re.DOTALL)
+    assert lambdas, "no parallel lambda found"
+    assert not any("AllocWorkspace" in body for body in lambdas)
