@@ -83,7 +83,7 @@ def roofline(threads: int) -> float:
     sch.vectorize(jv)
     sch.unroll(jv_o)
     sch.parallel(jo)
-    lib = tvm.compile(sch.mod, target=target)
+    lib = tvm.compile(sch.mod, target=target).mod
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = [

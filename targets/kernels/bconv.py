@@ -233,7 +233,9 @@ def schedule_tiled_popcount(
     io, ii = sch.split(i, [None, mr])
     jo, jv = sch.split(j, [None, nr])
     sch.reorder(b, io, jo, r, ii, jv)
-    sch.set_scope(acc, 0, "local")
+    # "global": a small constant-size buffer becomes a stack alloca (kept in registers by LLVM); "local"
+    # inside the parallel loop would be a TVMBackendAllocWorkspace call per tile (see popcount_gemm.py).
+    sch.set_scope(acc, 0, "global")
     sch.reverse_compute_at(out, jo)
     fused = sch.fuse(b, io, jo)
     for blk in (acc, out):
