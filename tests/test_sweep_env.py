@@ -96,3 +96,37 @@ def test_missing_tvm_verify(micro_bundle: Path) -> None:
     err = [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")]
     assert proc.returncode == 2, proc.stderr
     assert err == ["error: this command needs the Python package 'tvm', which is not installed (pip install apache-tvm)"]
+
+
+# --------------------------------------------------------------------------------------------------
+# exit codes everywhere: a user error is one line and exit 2 in every command; --debug adds the traceback
+
+USER_ERRORS = {
+    "to-onnx": (["to-onnx", "{tmp}/nope.pth", "-o", "{tmp}/m.onnx"], "error: no such file"),
+    "inspect": (["inspect", "{tmp}/nope.onnx"], "error: no such file"),
+    "compile": (["compile", "{tmp}/nope.onnx", "-o", "{tmp}/b"], "error: no such file"),
+    "compile-target": (["compile", "{tmp}/nope.onnx", "-o", "{tmp}/b", "--target", "no-such-target"], "error: --target no-such-target"),
+    "verify": (["verify", "{tmp}/nope"], "error: {tmp}/nope: no such bundle"),
+    "verify-rpc": (["verify", "{tmp}", "--rpc", "x", "--native"], "error: choose one of --rpc, --tracker and --native"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_user_errors_exit_2_without_traceback_in_every_command(case: str, tmp_path: Path) -> None:
+    args, first = USER_ERRORS[case]
+    args = [a.format(tmp=tmp_path) for a in args]
+    first = first.format(tmp=tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "bhvit_export", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+    err = [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")]
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith(first), proc.stderr
+    debug = CliRunner().invoke(cli, ["--debug", *args])  # in-process: the traceback, then the same line
+    assert debug.exit_code == 2 and "Traceback" in debug.stderr and debug.stderr.splitlines()[-1] == err[0]
+
+
+@pytest.mark.parametrize("args", [["emulate", "--arch", "riscv"], ["bench", "--model", "huge"], ["verify"], ["nonsense"]],
+                         ids=["emulate", "bench", "verify-no-bundle", "unknown-command"])
+def test_usage_errors_exit_2_in_every_command(args: list[str]) -> None:
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "Usage:" in res.stderr and "Traceback" not in res.stderr
