@@ -28,8 +28,14 @@ def atomic_path(final: str | os.PathLike[str], *, directory: bool = False) -> It
     try:
         yield tmp
         if directory and final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            # A folder cannot be renamed over a non-empty one: move the old one aside first, so an
+            # interrupt between the two renames leaves the old bundle (aside) rather than nothing.
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / "bundle")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

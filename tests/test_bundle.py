@@ -136,3 +136,25 @@ def test_foreign_arch_bundle_needs_rpc(bundle_copy: Path) -> None:
     (bundle_copy / mf.MANIFEST).write_text(json.dumps(obj))
     code, _, err = _verify(str(bundle_copy), "--runs", "0")
     assert code == 2 and "--rpc" in err
+
+
+def test_tar_bomb_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(archive, "MAX_UNPACKED_BYTES", 1000)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "big.bin").write_bytes(b"\0" * 5000)
+    tar = tmp_path / "bomb.tar"
+    archive.pack(folder, tar)
+    code, _, err = _verify(str(tar), "--runs", "0")
+    assert code == 2 and "more than a bundle holds" in err
+
+
+def test_recompiling_over_a_bundle_replaces_it(tmp_path: Path) -> None:
+    from bhvit_export.atomic import atomic_path
+
+    final = tmp_path / "bundle"
+    for content in ("one", "two"):
+        with atomic_path(final, directory=True) as tmp:
+            (tmp / "f").write_text(content)
+    assert (final / "f").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temp or aside folder left

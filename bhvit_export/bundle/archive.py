@@ -14,6 +14,10 @@ from pathlib import Path
 
 from ..errors import BundleError
 
+#: A bundle holds a handful of files and a model of at most a few hundred MB; refuse tar bombs.
+MAX_MEMBERS = 1000
+MAX_UNPACKED_BYTES = 4 * 2**30
+
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.mtime = 0
@@ -38,7 +42,17 @@ def unpack(tar_path: Path) -> tempfile.TemporaryDirectory:
     tmp = tempfile.TemporaryDirectory(prefix="bhvit-bundle-")
     try:
         with tarfile.open(tar_path, "r:*") as tar:
-            tar.extractall(tmp.name, filter="data")
+            members = tar.getmembers()
+            total = sum(m.size for m in members if m.isfile())
+            if len(members) > MAX_MEMBERS or total > MAX_UNPACKED_BYTES:
+                raise BundleError(
+                    f"{tar_path}: {len(members)} entries, {total / 2**30:.1f} GiB unpacked: "
+                    f"more than a bundle holds (limits {MAX_MEMBERS} entries, {MAX_UNPACKED_BYTES // 2**30} GiB)"
+                )
+            tar.extractall(tmp.name, members=members, filter="data")
+    except BundleError:
+        tmp.cleanup()
+        raise
     except (tarfile.TarError, OSError, EOFError) as e:
         tmp.cleanup()
         raise BundleError(f"{tar_path}: not a readable bundle archive ({e})") from None
