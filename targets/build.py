@@ -21,20 +21,24 @@ from targets.kernels.target_info import TargetLike, as_target, host_target
 
 
 def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with our schedule rules (:mod:`targets.schedules`) after fusion.
+    """TVM's CPU pipeline with our Relax rewrites first and our schedule rules after fusion.
 
-    Every legalised PrimFunc that is not one of our pre-scheduled kernels gets a parallel,
-    vectorised schedule there; without it most of them compile to serial scalar loops.
+    The rewrites (:mod:`targets.relax_passes`: image-layout islands in NHWC, patch convolutions
+    as matmuls) make the float remainder legalise to contiguous loops; then every legalised
+    PrimFunc that is not one of our pre-scheduled kernels gets a parallel, vectorised schedule
+    (:mod:`targets.schedules`); without it most of them compile to serial scalar loops.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from targets.relax_passes import token_layout
     from targets.schedules import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target)
+                [token_layout()]
+                + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [apply_schedules(target)]
                 + cpu.dataflow_lower_passes(target)

@@ -1,0 +1,18 @@
+"""Relax-level rewrites run on the imported model before legalisation (see ``targets.build._pipeline``).
+
+They change the *graph*, never the numbers (each is exact, up to float summation order where a
+convolution becomes a matmul), so that the float remainder legalises to contiguous, vectorisable
+loops instead of gathers:
+
+* :func:`~.token_layout.token_layout` - the image-layout (NCHW) islands between ``image`` and
+  ``tokens`` (the token shift: slices, concats, adds) are computed in NHWC, which is the token
+  layout reshaped, so the ``permute_dims`` pairs around them disappear;
+* :func:`~.patch_conv.patch_conv_nhwc` (applied by the same pass) - convolutions with stride ==
+  kernel and no padding (the patch stem and the downsampling layers) become space-to-depth +
+  matmul, with their output in NHWC.
+"""
+
+from .patch_conv import patch_conv_nhwc, patch_geometry
+from .token_layout import token_layout
+
+__all__ = ["patch_conv_nhwc", "patch_geometry", "token_layout"]

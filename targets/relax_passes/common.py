@@ -1,0 +1,88 @@
+"""Small helpers the Relax rewrites share: static shapes, op names, constants, new bindings."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def static_shape(expr: relax.Expr) -> Optional[list[int]]:
+    """The static shape of a tensor-typed expression, or ``None`` (symbolic / not a tensor)."""
+    shape = getattr(expr.ty, "shape", None)
+    if not isinstance(shape, relax.ShapeExpr):
+        return None
+    try:
+        return [int(s) for s in shape.values]
+    except TypeError:
+        return None
+
+
+def op_name(expr: relax.Expr) -> Optional[str]:
+    """``"relax.add"`` etc. for a call of a Relax operator, else ``None``."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None
+
+
+def const_array(expr: relax.Expr) -> Optional[np.ndarray]:
+    """The numpy value of a tensor constant, else ``None``."""
+    if isinstance(expr, tvm.ir.GenericConst):
+        value = expr.value
+        if hasattr(value, "numpy"):
+            return value.numpy()
+    return None
+
+
+def int_tuple(expr: relax.Expr) -> Optional[list[int]]:
+    """Python ints of a Relax tuple / shape of integer immediates (slice axes, begins, ...)."""
+    fields = getattr(expr, "fields", None)
+    if fields is None:
+        fields = getattr(expr, "values", None)
+    if fields is None:
+        return None
+    try:
+        return [int(getattr(f, "value", f)) for f in fields]
+    except (TypeError, ValueError):
+        return None
+
+
+class Emitter:
+    """Appends new bindings (with inferred types) to a block being rebuilt.
+
+    ``dataflow`` picks ``DataflowVar`` or ``Var``: a binding of a dataflow block must not leak a
+    plain var and vice versa.
+    """
+
+    def __init__(self, bindings: list, dataflow: bool, prefix: str) -> None:
+        self.bindings = bindings
+        self.dataflow = dataflow
+        self.prefix = prefix
+        self.count = 0
+        self._bb = relax.BlockBuilder()
+
+    def __call__(self, expr: relax.Expr) -> relax.Var:
+        expr = self._bb.normalize(expr)
+        self.count += 1
+        cls = relax.DataflowVar if self.dataflow else relax.Var
+        var = cls(f"{self.prefix}{self.count}", expr.ty)
+        self.bindings.append(relax.VarBinding(var, expr))
+        return var
+
+
+def rewrite_functions(
+    mod: tvm.IRModule, rewrite_block: Callable[[relax.BindingBlock], relax.BindingBlock]
+) -> tvm.IRModule:
+    """Apply ``rewrite_block`` to every binding block of every Relax function of ``mod``."""
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        blocks = [rewrite_block(b) for b in func.body.blocks]
+        body = relax.SeqExpr(blocks, func.body.body)
+        updates[gv] = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod

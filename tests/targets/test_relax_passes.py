@@ -1,0 +1,167 @@
+"""Relax rewrites (``targets/relax_passes``) on small random instances of the model's patterns.
+
+Each graph is built the way the ONNX importer writes the model (``image``: permute + reshape,
+rolls as slices + concat, ``tokens``: reshape + permute) and compiled twice with TVM's default
+CPU pipeline, as is and rewritten: data-movement rewrites must give bit-identical results, the
+patch convolution (a matmul now, another summation order) the same to float rounding. Each test
+also checks that the rewrite happened (the transposes it exists to remove are gone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+import tvm  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tvm import relax  # noqa: E402
+
+from targets.kernels.target_info import host_target  # noqa: E402
+from targets.relax_passes import token_layout  # noqa: E402
+
+TARGET = host_target()
+SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _module(build_body, *shapes) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"p{i}", relax.TensorType(list(s), "float32")) for i, s in enumerate(shapes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build_body(bb, *params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run(mod: tvm.IRModule, args: list[np.ndarray]) -> np.ndarray:
+    machine = relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
+    return machine["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+def _count(mod: tvm.IRModule, op: str) -> int:
+    return mod["main"].script(show_meta=False).count(f"R.{op}(")
+
+
+def _check(mod: tvm.IRModule, seed: int, exact: bool = True) -> tvm.IRModule:
+    rng = np.random.default_rng(seed)
+    args = [rng.standard_normal([int(d) for d in p.ty.shape.values]).astype("float32") for p in mod["main"].params]
+    new = token_layout()(mod)
+    want, got = _run(mod, args), _run(new, args)
+    if exact:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+    return new
+
+
+# --- the model's layout helpers, written as the importer writes them ------------------------------
+
+
+def image(bb: relax.BlockBuilder, t: relax.Expr, h: int, w: int) -> relax.Expr:
+    b, _, c = (int(d) for d in t.ty.shape.values)
+    return bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(t, [0, 2, 1])), [b, c, h, w]))
+
+
+def tokens(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+    b, c, h, w = (int(d) for d in x.ty.shape.values)
+    return bb.emit(relax.op.permute_dims(bb.emit(relax.op.reshape(x, [b, c, h * w])), [0, 2, 1]))
+
+
+def roll(bb: relax.BlockBuilder, x: relax.Expr, s: int, axis: int) -> relax.Expr:
+    n = int(x.ty.shape.values[axis])
+    s %= n
+    if s == 0:
+        return x
+    head = bb.emit(relax.op.strided_slice(x, axes=[axis], begin=[n - s], end=[n]))
+    tail = bb.emit(relax.op.strided_slice(x, axes=[axis], begin=[0], end=[n - s]))
+    return bb.emit(relax.op.concat([head, tail], axis=axis))
+
+
+def shift(bb: relax.BlockBuilder, x: relax.Expr, axis: int, reach: int) -> relax.Expr:
+    acc = x
+    for s in range(1, reach + 1):
+        acc = bb.emit(relax.op.add(bb.emit(relax.op.add(acc, roll(bb, x, s, axis))), roll(bb, x, -s, axis)))
+    return bb.emit(relax.op.divide(acc, relax.const(2.0 * reach + 1.0, "float32")))
+
+
+def channel_mix(bb: relax.BlockBuilder, x: relax.Expr, s: int) -> relax.Expr:
+    c = int(x.ty.shape.values[1]) // 4
+    parts = [bb.emit(relax.op.strided_slice(x, axes=[1], begin=[i * c], end=[(i + 1) * c])) for i in range(4)]
+    rolled = [roll(bb, parts[0], s, 2), roll(bb, parts[1], -s, 2), roll(bb, parts[2], s, 3), roll(bb, parts[3], -s, 3)]
+    return bb.emit(relax.op.concat(rolled, axis=1))
+
+
+# --- tests -----------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(b=st.integers(1, 2), c4=st.integers(1, 5), h=st.integers(3, 9), w=st.integers(3, 9), seed=st.integers(0, 99))
+def test_token_shift_runs_channel_last(b: int, c4: int, h: int, w: int, seed: int) -> None:
+    """The Block's token shift (h/w shifts of reach 1 and 2, channel mixes, layer scales)."""
+    c = 4 * c4
+
+    def body(bb, t, res):
+        img = image(bb, t, h, w)
+        out = res
+        branches = [shift(bb, img, 2, 1), shift(bb, img, 3, 1), channel_mix(bb, img, 1), shift(bb, img, 2, 2), channel_mix(bb, img, 2)]
+        for k, br in enumerate(branches):
+            scale = relax.const(np.linspace(0.5, 1.5, c, dtype="float32") * (k + 1))
+            out = bb.emit(relax.op.add(out, bb.emit(relax.op.multiply(tokens(bb, br), scale))))
+        return out
+
+    new = _check(_module(body, (b, h * w, c), (b, h * w, c)), seed)
+    assert _count(new, "permute_dims") == 0
+
+
+@SETTINGS
+@given(c=st.integers(1, 6), hw=st.sampled_from([(8, 8), (16, 8), (8, 24)]), o=st.integers(1, 9), seed=st.integers(0, 99))
+def test_patch_convs_become_matmuls(c: int, hw: tuple[int, int], o: int, seed: int) -> None:
+    """The stem (NCHW input, 4x4/4) and a downsampling conv (image of tokens, 2x2/2) with biases."""
+    h, w = hw
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((o, c, 4, 4)).astype("float32")
+    w2 = rng.standard_normal((2 * o, o, 2, 2)).astype("float32")
+    bias = rng.standard_normal((1, 2 * o, 1, 1)).astype("float32")
+
+    def body(bb, x):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w1), strides=4))
+        t = tokens(bb, y)
+        z = bb.emit(relax.op.nn.conv2d(image(bb, t, h // 4, w // 4), relax.const(w2), strides=2))
+        return tokens(bb, bb.emit(relax.op.add(z, relax.const(bias))))
+
+    new = _check(_module(body, (1, c, h, w)), seed, exact=False)
+    assert _count(new, "nn.conv2d") == 0
+    assert _count(new, "matmul") == 2
+
+
+@SETTINGS
+@given(c=st.integers(1, 6), win=st.integers(2, 4), nw=st.integers(1, 3), seed=st.integers(0, 99))
+def test_pool_resize_islands(c: int, win: int, nw: int, seed: int) -> None:
+    """The GC mixer's global branch: max/avg pooling over windows, nearest upsampling, a blend."""
+    n = win * nw
+
+    def body(bb, t):
+        img = image(bb, t, n, n)
+        mx = bb.emit(relax.op.nn.max_pool2d(img, pool_size=win, strides=win))
+        av = bb.emit(relax.op.nn.avg_pool2d(img, pool_size=win, strides=win))
+        glob = bb.emit(relax.op.add(mx, av))
+        up = bb.emit(relax.op.image.resize2d(glob, (n, n), method="nearest_neighbor", rounding_method="floor"))
+        mix = bb.emit(relax.op.add(bb.emit(relax.op.multiply(img, relax.const(0.25, "float32"))), up))
+        return tokens(bb, mix)
+
+    new = _check(_module(body, (1, n * n, c)), seed)
+    assert _count(new, "permute_dims") == 0
+
+
+def test_unknown_consumer_keeps_channel_first_value() -> None:
+    """A consumer the pass does not understand (here ``sum`` over H) still gets the NCHW value."""
+
+    def body(bb, t):
+        img = image(bb, t, 4, 6)
+        rolled = roll(bb, img, 1, 3)
+        return bb.emit(relax.op.sum(rolled, axis=[2]))
+
+    _check(_module(body, (1, 24, 8)), 0)
