@@ -9,10 +9,15 @@ loops instead of gathers:
   layout reshaped, so the ``permute_dims`` pairs around them disappear;
 * :func:`~.patch_conv.patch_conv_nhwc` (applied by the same pass) - convolutions with stride ==
   kernel and no padding (the patch stem and the downsampling layers) become space-to-depth +
-  matmul, with their output in NHWC.
+  matmul, with their output in NHWC;
+* :func:`~.repeat_concat.repeat_concat` - a concat of copies of one tensor (the expansion MLP's
+  residual) becomes a broadcast;
+* :func:`~.fast_erf.fast_erf` - ``erf`` (the stem's GELU) as a vectorisable rational approximation.
 """
 
+from .fast_erf import fast_erf
 from .patch_conv import patch_conv_nhwc, patch_geometry
+from .repeat_concat import repeat_concat
 from .token_layout import token_layout
 
-__all__ = ["patch_conv_nhwc", "patch_geometry", "token_layout"]
+__all__ = ["fast_erf", "patch_conv_nhwc", "patch_geometry", "repeat_concat", "token_layout"]

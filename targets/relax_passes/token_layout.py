@@ -18,7 +18,7 @@ not understand (a binary convolution kernel); ``DeadCodeElimination`` drops thos
 more. Exact: only data movement changes (patch convolutions: see :mod:`.patch_conv`).
 
 Layout-transparent ops: ``reshape`` of the spatial axes (``B`` and ``C`` kept), ``strided_slice``
-and ``concat`` (axes remapped), elementwise ``add``/``subtract``/``multiply``/``divide`` whose
+and ``concat`` (axes remapped; equal channel pieces stacked on an outer axis), elementwise ``add``/``subtract``/``multiply``/``divide`` whose
 other operand has a twin or is a scalar or a constant (transposed here), ``nn.prelu`` on the
 channel axis, ``max_pool2d``/``avg_pool2d``/``image.resize2d`` (their NHWC layout), and patch
 ``conv2d``.
@@ -160,8 +160,7 @@ class _Twins:
         elif name == "relax.concat":
             fields = list(src.fields) if isinstance(src, relax.Tuple) else None
             if fields and all(isinstance(f, relax.Var) and f in self.last for f in fields):
-                axis = to_last(int(value.attrs.axis), rank)
-                self.last[var] = self.emit(relax.op.concat([self.last[f] for f in fields], axis=axis))
+                self.last[var] = self._concat([self.last[f] for f in fields], to_last(int(value.attrs.axis), rank))
         elif name in _BINARY:
             ops = [self._operand(a, rank) for a in args]
             if all(o is not None for o in ops) and any(isinstance(a, relax.Var) and a in self.last for a in args):
@@ -188,6 +187,18 @@ class _Twins:
                 )
             )
         return value
+
+    def _concat(self, fields: list[relax.Expr], axis: int) -> relax.Expr:
+        """Concat of channel-last values; equal pieces of the channel axis (the channel mix) are
+        stacked on a new axis in front of it and merged by a reshape: legalised, the concat's
+        ``if_then_else`` then tests that outer axis, not the vector lane (which scalarises)."""
+        shapes = [static_shape(f) for f in fields]
+        rank = len(shapes[0]) if shapes[0] is not None else 0
+        last = rank - 1
+        if axis != last or any(sh is None or sh != shapes[0] for sh in shapes) or shapes[0][last] < 2:
+            return self.emit(relax.op.concat(fields, axis=axis))
+        stacked = self.emit(relax.op.concat([self.emit(relax.op.expand_dims(f, last)) for f in fields], axis=last))
+        return self.reshape(stacked, [*shapes[0][:last], len(fields) * shapes[0][last]])
 
     def _pool(self, var: relax.Var, value: relax.Call, name: str) -> None:
         a = value.attrs

@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from targets.kernels.target_info import host_target  # noqa: E402
-from targets.relax_passes import token_layout  # noqa: E402
+from targets.relax_passes import fast_erf, repeat_concat, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -165,3 +165,37 @@ def test_unknown_consumer_keeps_channel_first_value() -> None:
         return bb.emit(relax.op.sum(rolled, axis=[2]))
 
     _check(_module(body, (1, 24, 8)), 0)
+
+
+@SETTINGS
+@given(k=st.integers(2, 8), n=st.integers(1, 40), c=st.integers(1, 70), axis=st.sampled_from([-1, 1]), seed=st.integers(0, 99))
+def test_repeat_concat_is_a_broadcast(k: int, n: int, c: int, axis: int, seed: int) -> None:
+    """The expansion MLP's residual: ``k`` copies of one tensor concatenated, added to a wide one."""
+    wide = (1, n, k * c) if axis == -1 else (1, k * n, c)
+
+    def body(bb, x, y):
+        return bb.emit(relax.op.add(y, bb.emit(relax.op.concat([x] * k, axis=axis))))
+
+    mod = _module(body, (1, n, c), wide)
+    rng = np.random.default_rng(seed)
+    args = [rng.standard_normal(s).astype("float32") for s in [(1, n, c), wide]]
+    new = repeat_concat()(mod)
+    np.testing.assert_array_equal(_run(new, args), _run(mod, args))
+    assert _count(new, "concat") == 0
+
+
+@SETTINGS
+@given(n=st.integers(1, 300), scale=st.sampled_from([0.1, 1.0, 3.0, 10.0]), seed=st.integers(0, 99))
+def test_fast_erf_matches_erf(n: int, scale: float, seed: int) -> None:
+    """The stem's GELU ``x * (erf(x / sqrt 2) + 1) / 2``: a few float32 ulp of the libm erf."""
+
+    def body(bb, x):
+        e = bb.emit(relax.op.erf(bb.emit(relax.op.divide(x, relax.const(1.4142135, "float32")))))
+        return bb.emit(relax.op.multiply(x, bb.emit(relax.op.add(e, relax.const(1.0, "float32")))))
+
+    mod = _module(body, (2, n))
+    x = (scale * np.random.default_rng(seed).standard_normal((2, n))).astype("float32")
+    new = fast_erf()(mod)
+    assert _count(new, "erf") == 0
+    want, got = _run(mod, [x]), _run(new, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
