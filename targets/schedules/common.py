@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
@@ -59,8 +60,20 @@ def block_infos(sch: s_tir.Schedule) -> Optional[list[SBlockInfo]]:
 
 
 def has_if_then_else(sch: s_tir.Schedule, block: SBlockRV) -> bool:
-    """True for padding-style blocks (their value is an ``if_then_else``)."""
-    return bool(tvm_ffi.get_global_func("s_tir.schedule.HasIfThenElse")(sch.get(block)))
+    """True for padding-style blocks (their value has an ``if_then_else``: pad, concat).
+
+    A ``Select`` (PReLU, ReLU, ``where``) does not count: it is a vector blend, and must not keep
+    its block from being inlined (TVM's own ``HasIfThenElse`` counts it, which left every fused
+    PReLU as an extra pass over memory).
+    """
+    found = []
+
+    def _visit(call: tvm.ir.Call) -> None:
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "prim.if_then_else":
+            found.append(call)
+
+    tvm_ffi.structural_walk(sch.get(block).body, (tvm.ir.Call, _visit), order="post")
+    return bool(found)
 
 
 def vars_in(exprs: Sequence[tirx.PrimExpr]) -> set[str]:

@@ -220,3 +220,23 @@ def test_micro_every_function_scheduled(micro_legalized: tvm.IRModule) -> None:
         func = mod[name]
         assert is_scheduled(func), name
         assert unparallel_nests(func) == [], name
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), c=st.integers(1, 70))
+def test_injective_inlines_prelu_select(n: int, c: int) -> None:
+    """A PReLU (a ``Select``, not an ``if_then_else``) is inlined into the add after it: one pass
+    over memory, not two; a concat (``if_then_else``) stays its own stage."""
+
+    def body(x, y):
+        alpha = relax.const(np.linspace(0.1, 0.9, c, dtype="float32"))
+        return relax.op.add(relax.op.nn.prelu(relax.op.add(x, y), alpha, axis=2), relax.const(1.0))
+
+    funcs = _legalized(body, (1, n, c), (1, n, c))
+    _check_rule(Injective(), funcs)
+    (new, _), = [schedule_function(f, TARGET, [Injective()]) for f in funcs]
+    assert len(_blocks(new)) == 1, _blocks(new)
+
+    funcs = _legalized(lambda x, y: relax.op.nn.relu(relax.op.concat([x, y], axis=1)), (1, n, c), (1, n, c))
+    (new, _), = [schedule_function(f, TARGET, [Injective()]) for f in funcs]
+    assert len(_blocks(new)) == 2, _blocks(new)
