@@ -39,21 +39,26 @@ def loaded_official() -> Callable[[str], Any]:
     return get
 
 
-@pytest.fixture(scope="session")
-def reference_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``name -> path`` of the float reference ONNX of an official fixture, exported once."""
+def _exported_onnx(tmp_path_factory: pytest.TempPathFactory, *, reference: bool) -> Callable[[str], Path]:
+    """``name -> path`` of an official fixture exported by ``to-onnx`` (once per name)."""
     from bhvit_export.export.convert import convert_checkpoint
 
     cache: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in cache:
-            out = tmp_path_factory.mktemp("reference") / f"{name}.onnx"
-            convert_checkpoint(official_path(name) / "checkpoint.pth", out, reference=True)
+            out = tmp_path_factory.mktemp("reference" if reference else "fused") / f"{name}.onnx"
+            convert_checkpoint(official_path(name) / "checkpoint.pth", out, reference=reference)
             cache[name] = out
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def reference_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``name -> path`` of the float reference ONNX of an official fixture, exported once."""
+    return _exported_onnx(tmp_path_factory, reference=True)
 
 
 @pytest.fixture(scope="session")
@@ -71,18 +76,7 @@ def micro_checkpoint() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def fused_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``name -> path`` of the fused ONNX of an official fixture (with its golden metadata), exported once."""
-    from bhvit_export.export.convert import convert_checkpoint
-
-    cache: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in cache:
-            out = tmp_path_factory.mktemp("fused") / f"{name}.onnx"
-            convert_checkpoint(official_path(name) / "checkpoint.pth", out, reference=False)
-            cache[name] = out
-        return cache[name]
-
-    return get
+    return _exported_onnx(tmp_path_factory, reference=False)
 
 
 @pytest.fixture(scope="session")
