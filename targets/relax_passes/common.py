@@ -75,7 +75,9 @@ class Emitter:
 def rewrite_functions(
     mod: tvm.IRModule, rewrite_block: Callable[[relax.BindingBlock], relax.BindingBlock]
 ) -> tvm.IRModule:
-    """Apply ``rewrite_block`` to every binding block of every Relax function of ``mod``."""
+    """Apply ``rewrite_block`` to every binding block of every Relax function of a copy of ``mod``
+    (a module pass must leave its input alone: callers compare before and after)."""
+    mod = mod.clone()
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):

@@ -98,7 +98,9 @@ class _Twins:
     def _operand(self, x: relax.Expr, rank: int) -> Optional[relax.Expr]:
         """Channel-last form of one elementwise operand of a rank-``rank`` result, or ``None``."""
         if isinstance(x, relax.Var) and x in self.last:
-            return self.last[x]
+            shape = static_shape(x)
+            # Broadcasting aligns trailing axes: only a twin of the result's rank lines up.
+            return self.last[x] if shape is not None and len(shape) == rank else None
         arr = self._constant(x)
         if arr is None:
             return None
