@@ -1,8 +1,8 @@
 """Relax-level rewrites run on the imported model before legalisation (see ``targets.build._pipeline``).
 
-They change the *graph*, never the numbers (each is exact, up to float summation order where a
-convolution becomes a matmul), so that the float remainder legalises to contiguous, vectorisable
-loops instead of gathers:
+They change the *graph* so that the float remainder legalises to contiguous, vectorisable loops
+instead of gathers and scalar calls. All but ``fast_erf`` keep the numbers (exact, up to float
+summation order where a convolution becomes a matmul); ``fast_erf`` is within 1e-6 of ``erf``:
 
 * :func:`~.token_layout.token_layout` - the image-layout (NCHW) islands between ``image`` and
   ``tokens`` (the token shift: slices, concats, adds) are computed in NHWC, which is the token
