@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tvm import s_tir, tirx
+from tvm import s_tir
 from tvm.target import Target
 
 from .common import (
