@@ -37,5 +37,6 @@ def write_png(results: Sequence[ConfigResult], path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+        tmp.chmod(0o644)  # mkstemp makes 0600; a plot is meant to be shared
     plt.close(fig)
     return path
