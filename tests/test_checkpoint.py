@@ -198,6 +198,13 @@ def test_multi_bit_weights_are_refused(tmp_path: Path, micro_checkpoint: dict[st
     export_fails(tmp_path, save(tmp_path, with_model(micro_checkpoint, args=args)), expect="--weight-bits=2")
 
 
+@pytest.mark.parametrize("flag", ["enable_cls_token", "recu", "avg_res3", "avg_res5"])
+def test_unsupported_variant_flags_are_refused(tmp_path: Path, micro_checkpoint: dict[str, Any], flag: str) -> None:
+    args = copy.copy(micro_checkpoint["args"])
+    setattr(args, flag, True)
+    export_fails(tmp_path, save(tmp_path, with_model(micro_checkpoint, args=args)), expect=f"--{flag.replace('_', '-')}")
+
+
 def test_entry_not_in_file(tmp_path: Path, micro: Path) -> None:
     export_fails(tmp_path, micro / "checkpoint.pth", "--entry", "model_ema", expect="no 'model_ema' entry")
 
@@ -206,6 +213,40 @@ def test_config_json_that_disagrees(tmp_path: Path, micro: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text((micro / "config.json").read_text().replace('"patch_size": 4', '"patch_size": 16'))
     export_fails(tmp_path, micro / "checkpoint.pth", "--config", str(cfg), expect="patch_size: config says 16")
+
+
+def test_config_json_missing(tmp_path: Path, micro: Path) -> None:
+    export_fails(tmp_path, micro / "checkpoint.pth", "--config", str(tmp_path / "nope.json"), expect="no such file")
+
+
+def test_config_json_not_json(tmp_path: Path, micro: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{ not json")
+    export_fails(tmp_path, micro / "checkpoint.pth", "--config", str(cfg), expect="not a readable JSON file")
+
+
+def test_output_is_the_checkpoint_itself(tmp_path: Path, micro: Path) -> None:
+    import shutil
+
+    ckpt = tmp_path / "c.pth"
+    shutil.copy(micro / "checkpoint.pth", ckpt)
+    before = ckpt.read_bytes()
+    result = run_cli("to-onnx", str(ckpt), "-o", str(ckpt), "--reference")
+    assert result.exit_code == 2 and "is the checkpoint itself" in result.stderr
+    assert ckpt.read_bytes() == before
+
+
+def test_output_not_writable(tmp_path: Path, micro: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(blocker / "sub" / "m.onnx"), "--reference")
+    assert result.exit_code == 2 and result.stderr.count("error:") == 1 and "Traceback" not in result.output
+
+
+def test_fused_opset_mismatch(tmp_path: Path, micro: Path) -> None:
+    result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(tmp_path / "m.onnx"), "--opset", "19")
+    assert result.exit_code == 2 and "the fused graph is built for opset" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
 
 
 # --------------------------------------------------------------------------------------------------
