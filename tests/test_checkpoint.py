@@ -360,3 +360,11 @@ def test_damaged_bytes_only_raise_bhvit_errors(tmp_path: Path, data: st.DataObje
     with pytest.raises(BhvitError) as info:
         load_checkpoint(damaged)  # even an intact-looking load fails: these weights are not BHViT
     assert "\n" not in str(info.value)
+
+
+def test_exporter_failure_is_one_line(tmp_path: Path, micro: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("Unsupported: ONNX export of operator foo\nmore details")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    export_fails(tmp_path, micro / "checkpoint.pth", expect="torch.onnx.export failed: RuntimeError: Unsupported")
