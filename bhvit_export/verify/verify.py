@@ -272,7 +272,9 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         if opts.profile:
             profile, pnotes = _profile(root, manifest)
             notes += pnotes
-        torch_ms, tnotes = _pytorch_latency(manifest, opts) if not opts.rpc and not opts.tracker else (None, [])
+        # PyTorch beside the compiled model only where both run on this CPU (not over RPC, not under qemu)
+        here = not opts.rpc and not opts.tracker and manifest.arch == _here_arch()
+        torch_ms, tnotes = _pytorch_latency(manifest, opts) if here else (None, [])
         notes += tnotes
     return VerifyReport(
         bundle=str(path),
