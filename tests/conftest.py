@@ -79,6 +79,16 @@ def fused_onnx(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     return _exported_onnx(tmp_path_factory, reference=False)
 
 
+def _micro_bundle(tmp_path_factory: pytest.TempPathFactory, onnx_path: Path, target: str) -> Path:
+    """The micro fixture compiled for ``target``, golden = the official inputs and logits."""
+    from bhvit_export.compile import compile_model
+
+    src = official_path("micro")
+    out = tmp_path_factory.mktemp("bundles") / f"micro-{target}"
+    compile_model(onnx_path, out, target=target, golden_inputs=src / "inputs.npy", golden_outputs=src / "logits.npy")
+    return out
+
+
 @pytest.fixture(scope="session")
 def micro_bundle(tmp_path_factory: pytest.TempPathFactory, fused_onnx: Callable[[str], Path]) -> Path:
     """The micro fixture compiled for this host (x86_64), golden = the official inputs and logits.
@@ -86,15 +96,7 @@ def micro_bundle(tmp_path_factory: pytest.TempPathFactory, fused_onnx: Callable[
     Read-only for tests: copy it (``shutil.copytree``) before altering anything.
     """
     pytest.importorskip("tvm")
-    from bhvit_export.compile import compile_model
-
-    src = official_path("micro")
-    out = tmp_path_factory.mktemp("bundles") / "micro-x86_64"
-    compile_model(
-        fused_onnx("micro"), out, target="x86_64",
-        golden_inputs=src / "inputs.npy", golden_outputs=src / "logits.npy",
-    )
-    return out
+    return _micro_bundle(tmp_path_factory, fused_onnx("micro"), "x86_64")
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +106,6 @@ def micro_bundle_aarch64(tmp_path_factory: pytest.TempPathFactory, fused_onnx: C
     Skips (with the install hint) where the cross compiler or the aarch64 runtime is missing.
     """
     pytest.importorskip("tvm")
-    from bhvit_export.compile import compile_model
     from bhvit_export.errors import TargetError
     from targets.runtime_libs import runtime_libs
     from targets.toolchain import require
@@ -114,10 +115,4 @@ def micro_bundle_aarch64(tmp_path_factory: pytest.TempPathFactory, fused_onnx: C
         runtime_libs("aarch64")
     except TargetError as e:
         pytest.skip(str(e))
-    src = official_path("micro")
-    out = tmp_path_factory.mktemp("bundles") / "micro-aarch64"
-    compile_model(
-        fused_onnx("micro"), out, target="aarch64",
-        golden_inputs=src / "inputs.npy", golden_outputs=src / "logits.npy",
-    )
-    return out
+    return _micro_bundle(tmp_path_factory, fused_onnx("micro"), "aarch64")
