@@ -65,11 +65,11 @@ def set_tvm_threads(threads: int) -> None:
     The benchmark runs thread counts in descending order and sets TVM_NUM_THREADS to the largest
     before any TVM call, so every later size is a shrink.
     """
-    import tvm
+    from targets.threads import set_threads
 
     if _TVM_THREADS and _TVM_THREADS[-1] == threads:
         return
-    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+    set_threads(threads)
     _TVM_THREADS.append(threads)
 
 

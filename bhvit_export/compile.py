@@ -191,26 +191,14 @@ def _fit_batch(g: Golden, batch: int) -> Golden:
     return Golden(g.inputs[idx], g.outputs[idx], g.source)
 
 
-def _linker(spec: Any) -> Optional[Callable[..., Any]]:
-    """``fcompile`` for ``export_library``: None (TVM's default, the host g++) or a cross compiler."""
-    from targets.target_spec import host_arch
-
-    if spec.arch == host_arch():
-        return None
-    from tvm.support import cc
-
-    from targets.toolchain import require
-
-    return cc.cross_compiler(require("aarch64-g++") if spec.arch == "aarch64" else spec.arch)
-
-
 def _export(ex: Any, spec: Any, path: Path) -> None:
-    fcompile = _linker(spec)
+    """Link the library for the target's CPU (the cross g++ for aarch64); a failure is one line."""
+    from targets.native_build import export_library
+
     try:
-        if fcompile is None:
-            ex.export_library(str(path))
-        else:
-            ex.export_library(str(path), fcompile=fcompile)
+        export_library(ex, path, spec.arch)
+    except TargetError:
+        raise
     except Exception as e:  # the compiler's stderr is in the message; keep its first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TargetError(f"linking the library for {spec.name} failed: {first}") from None

@@ -9,7 +9,6 @@ checks) only depends on the target's architecture and device kind, so those are 
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +16,7 @@ from typing import Any, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
+from targets.toolchain import host_arch
 
 #: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
 ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
@@ -64,12 +64,6 @@ def _plain(obj: Any) -> Any:
     if type(obj).__name__ in ("Map", "Dict"):
         return {str(k): _plain(v) for k, v in sorted(dict(obj).items())}
     return str(obj)
-
-
-def host_arch() -> str:
-    """``x86_64`` or ``aarch64`` for this machine."""
-    m = platform.machine().lower()
-    return "aarch64" if m in ("aarch64", "arm64") else m
 
 
 def _arch_of(cpu: tvm.target.Target) -> str:

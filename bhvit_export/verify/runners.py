@@ -14,6 +14,9 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from targets.threads import set_threads
+from targets.toolchain import host_arch
+
 from ..bundle import manifest as mf
 from ..errors import BundleError, TargetError
 
@@ -82,7 +85,7 @@ class LocalRunner(_VmRunner):
     def __init__(self, root: Path, manifest: mf.Manifest, threads: Optional[int] = None):
         import tvm
 
-        _set_local_threads(threads or len(os.sched_getaffinity(0)))
+        set_threads(threads or len(os.sched_getaffinity(0)))
         dev = tvm.cuda(0) if manifest.device == "cuda" else tvm.cpu(0)
         if manifest.device == "cuda" and not dev.exist:
             raise TargetError("this bundle is for CUDA and this machine has no CUDA device")
@@ -92,18 +95,6 @@ class LocalRunner(_VmRunner):
             raise BundleError(f"cannot load {mf.LIBRARY}: {_first_line(e)}") from None
         self.where = f"this machine ({manifest.device})"
         super().__init__(module, dev, manifest.batch, manifest.input["shape"])
-
-
-def _set_local_threads(threads: int) -> None:
-    """TVM's CPU thread pool size.
-
-    The pool is sized once, lazily, from ``TVM_NUM_THREADS`` (without it x86 assumes
-    hyper-threading and uses half the CPUs), and ``runtime.config_threadpool`` can only shrink it.
-    """
-    import tvm
-
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    tvm.get_global_func("runtime.config_threadpool")(1, threads)
 
 
 class RpcRunner(_VmRunner):
@@ -161,7 +152,7 @@ class NativeRunner:
         if manifest.native is None:
             raise BundleError(f"{root}: this bundle has no native runner (compile it with the runner)")
         self.root, self.manifest, self.threads = root, manifest, threads
-        self.where = f"native runner ({manifest.arch}" + (", qemu)" if _foreign(manifest.arch) else ")")
+        self.where = f"native runner ({manifest.arch}" + (", qemu)" if manifest.arch != host_arch() else ")")
         self._tmp = tempfile.TemporaryDirectory(prefix="bhvit-verify-")
 
     def _call(self, inputs: np.ndarray, runs: int, warmup: int) -> tuple[np.ndarray, list[float]]:
@@ -193,12 +184,4 @@ class NativeRunner:
 
     def close(self) -> None:
         self._tmp.cleanup()
-
-
-def _foreign(arch: str) -> bool:
-    """True when ``arch`` is not this machine's (then the runner goes through qemu)."""
-    import platform
-
-    here = platform.machine().lower()
-    return arch != ("aarch64" if here in ("aarch64", "arm64") else here)
 

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from targets.toolchain import host_arch
+
 from ..bundle import manifest as mf
 from ..errors import BundleError
 from . import latency, runners
@@ -196,19 +198,12 @@ def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions) -> lis
             runners.RpcRunner(s, root, manifest, f"tracker {opts.tracker} key {opts.key} #{i}", opts.threads)
             for i, s in enumerate(sessions)
         ]
-    if manifest.arch != _here_arch():
+    if manifest.arch != host_arch():
         raise BundleError(
-            f"this bundle is for {manifest.arch} and this machine is {_here_arch()}: run verify on the device, "
+            f"this bundle is for {manifest.arch} and this machine is {host_arch()}: run verify on the device, "
             "or use --rpc HOST:PORT (a device or `bhvit-export emulate`), or --native (qemu)"
         )
     return [runners.LocalRunner(root, manifest, opts.threads)]
-
-
-def _here_arch() -> str:
-    import platform
-
-    m = platform.machine().lower()
-    return "aarch64" if m in ("aarch64", "arm64") else m
 
 
 def _pytorch_latency(manifest: mf.Manifest, opts: VerifyOptions) -> tuple[Optional[dict[str, Any]], list[str]]:
@@ -273,7 +268,7 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
             profile, pnotes = _profile(root, manifest)
             notes += pnotes
         # PyTorch beside the compiled model only where both run on this CPU (not over RPC, not under qemu)
-        here = not opts.rpc and not opts.tracker and manifest.arch == _here_arch()
+        here = not opts.rpc and not opts.tracker and manifest.arch == host_arch()
         torch_ms, tnotes = _pytorch_latency(manifest, opts) if here else (None, [])
         notes += tnotes
     return VerifyReport(
@@ -302,7 +297,7 @@ def _images(runner: runners.Runner, manifest: mf.Manifest, opts: VerifyOptions, 
 
 def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str, Any]]], list[str]]:
     """Per-function latency of the compiled model (this machine only)."""
-    if manifest.arch != _here_arch() or manifest.device != "cpu":
+    if manifest.arch != host_arch() or manifest.device != "cpu":
         return None, ["--profile runs on this machine's CPU only"]
     try:
         import tvm

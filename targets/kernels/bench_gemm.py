@@ -13,6 +13,8 @@ import os
 import numpy as np
 import tvm
 
+from targets.threads import set_threads
+
 from . import bgemm
 from .build import build_kernel
 from .reference import pack_bits
@@ -20,19 +22,6 @@ from .target_info import X86_SAPPHIRERAPIDS, TargetLike, is_aarch64
 
 #: (M, N, K): 56x56 tokens of BHViT-Tiny's first stage, 128 -> 512 channels.
 BHVIT_TINY_LAYER = (3136, 512, 128)
-
-
-def set_threads(threads: int) -> None:
-    """Ask TVM's CPU thread pool for ``threads`` workers.
-
-    Two TVM 0.27 traps: the pool is sized once, lazily, from ``TVM_NUM_THREADS`` (and without it
-    x86 assumes hyper-threading and uses *half* the logical CPUs: 1 thread on a 2-vCPU box), and
-    ``runtime.config_threadpool`` can only shrink an existing pool, never grow it. So set the
-    variable (works if no parallel kernel ran yet in this process) and then reconfigure (works
-    for shrinking). For clean multi-thread numbers use a fresh process per thread count.
-    """
-    os.environ["TVM_NUM_THREADS"] = str(int(threads))
-    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
 
 
 def gemm_throughput(
