@@ -137,18 +137,23 @@ def _safe_relpath(root: Path, rel: str) -> Path:
     return root / p
 
 
-def file_entries(root: Path) -> dict[str, dict[str, Any]]:
-    """``{relpath: {sha256, bytes}}`` of every regular file under ``root`` except the manifest."""
-    out: dict[str, dict[str, Any]] = {}
+def _relpaths(root: Path) -> list[str]:
+    """Every regular file under ``root`` except the manifest, as sorted POSIX relative paths."""
+    out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if rel == MANIFEST:
-                continue
-            out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel != MANIFEST:
+                out.append(rel)
     return out
+
+
+def file_entries(root: Path) -> dict[str, dict[str, Any]]:
+    """``{relpath: {sha256, bytes}}`` of every regular file under ``root`` except the manifest."""
+    return {
+        rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size} for rel in _relpaths(root)
+    }
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -192,8 +197,7 @@ def check_bundle(root: Path) -> Manifest:
             raise BundleError(f"{root}: {rel} is missing (listed in manifest.json)")
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             raise BundleError(f"{root}: {rel} was altered (its SHA-256 does not match manifest.json); refusing to load it")
-    present = file_entries(root)
-    extra = sorted(set(present) - set(manifest.files))
+    extra = sorted(set(_relpaths(root)) - set(manifest.files))  # names only: the listed ones were hashed above
     if extra:
         raise BundleError(f"{root}: {extra[0]} is not listed in manifest.json; refusing a bundle with unlisted files")
     for required in (LIBRARY, GOLDEN_INPUTS, GOLDEN_REFERENCE):
