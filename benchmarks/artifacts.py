@@ -51,15 +51,23 @@ def make_model(name: str, seed: int = 0) -> Any:
     return model.freeze()
 
 
+_ARTIFACTS: dict[str, ModelArtifacts] = {}
+
+
 def model_artifacts(name: str, say: Progress) -> ModelArtifacts:
-    """Export the model's reference graph and fuse it (the two ONNX files the systems run)."""
+    """Export the model's reference graph and fuse it (the two ONNX files the systems run).
+
+    Once per model and process: the end-to-end run, the kernel table and the breakdown share it.
+    """
     from bhvit_export.export.reference import export_reference
     from passes.pipeline import fuse_model
 
-    say(f"{name}: building the PyTorch model and exporting ONNX")
-    model = make_model(name)
-    ref = export_reference(model)
-    return ModelArtifacts(name, model, ref, fuse_model(ref))
+    if name not in _ARTIFACTS:
+        say(f"{name}: building the PyTorch model and exporting ONNX")
+        model = make_model(name)
+        ref = export_reference(model)
+        _ARTIFACTS[name] = ModelArtifacts(name, model, ref, fuse_model(ref))
+    return _ARTIFACTS[name]
 
 
 def _targets_source_hash() -> str:
