@@ -4,12 +4,24 @@ This is the activation side of every binary op (``docs/packing.md``): the option
 ``shift`` (the learnable RPReLU/ReAct bias folded in front of the sign) is fused so the shifted
 activations are never written out. Padding bits beyond K are 0. The comparison is an ordered
 ``<``, so 0, -0 and NaN all pack to +1, like the numpy reference.
+
+Two forms of the same function:
+
+* CPU targets (:func:`make_pack_vector`): each full word is one 64-lane compare whose mask *is* the
+  word, ``reinterpret(uint64, cast(uint1x64, x + shift < 0))``. LLVM lowers the ``<64 x i1>`` to
+  four ``vcmpltps`` into mask registers joined with ``kunpck`` (AVX-512) or to compares, narrowing
+  and a bit-weight reduction (NEON), instead of 64 scalar compare/shift/or steps per word: 3.5x
+  faster at 3136x512 on one Sapphire Rapids thread (0.86 -> 0.25 ms, memory-bound now). A partial
+  last word (K not a multiple of 64) keeps the scalar form.
+* CUDA (:func:`make_pack` + :func:`gpu_schedule.schedule_pack_gpu`): the TE compute, one thread a word.
 """
 
 from __future__ import annotations
 
 import tvm
 from tvm import te, tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script import builder as T
 
 from .reference import WORD_BITS, num_words
 from .target_info import TargetLike
@@ -45,6 +57,46 @@ def make_pack(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
     return te.create_prim_func(args)
 
 
+def _mask_word(x: tirx.Buffer, sh: "tirx.Buffer | None", row: tirx.Expr, col0: tirx.Expr) -> tirx.Expr:
+    """The uint64 word of 64 columns from ``col0``: the compare mask of ``x (+ shift) < 0``."""
+    cols = tirx.Ramp(col0, 1, WORD_BITS)
+    val = tirx.BufferLoad(x, [row, cols])
+    if sh is not None:
+        val = val + tirx.BufferLoad(sh, [cols])
+    neg = val < tirx.Broadcast(tirx.const(0.0, "float32"), WORD_BITS)
+    return tirx.reinterpret("uint64", tirx.Cast(f"uint1x{WORD_BITS}", neg))
+
+
+def _tail_word(x: tirx.Buffer, sh: "tirx.Buffer | None", row: tirx.Expr, col0: int, k: int) -> tirx.Expr:
+    """The partial last word (``k - col0 < 64`` columns) as an OR of single-bit selects."""
+    word = tirx.const(0, "uint64")
+    for b in range(k - col0):
+        val = x[row, col0 + b] + sh[col0 + b] if sh is not None else x[row, col0 + b]
+        word = word | tirx.Select(val < tirx.const(0.0, "float32"), tirx.const(1 << b, "uint64"), tirx.const(0, "uint64"))
+    return word
+
+
+def make_pack_vector(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
+    """Scheduled CPU PrimFunc with :func:`make_pack`'s arguments and result, rows in parallel."""
+    if min(m, k) < 1:
+        raise ValueError(f"pack needs positive M, K; got {(m, k)}")
+    kw, full = num_words(k), k // WORD_BITS
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("main")
+            x = T.arg("x", T.Buffer((m, k), "float32"))
+            sh = T.arg("shift", T.Buffer((k,), "float32")) if shift else None
+            bits = T.arg("bits", T.Buffer((m, kw), "uint64"))
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            with T.parallel(0, m) as i:
+                if full:
+                    with T.serial(0, full) as w:
+                        T.buffer_store(bits, _mask_word(x, sh, i, w * WORD_BITS), [i, w])
+                if kw > full:
+                    T.buffer_store(bits, _tail_word(x, sh, i, full * WORD_BITS, k), [i, full])
+    return ib.get()
+
+
 def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
     """Parallel over rows, bit loop fully unrolled (LLVM turns it into compares + shifts/ors).
 
@@ -64,5 +116,9 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
 
 
 def pack_module(m: int, k: int, target: TargetLike, *, shift: bool = False) -> tvm.IRModule:
-    """Scheduled module, ready for :func:`build.build_kernel`."""
-    return schedule_pack(make_pack(m, k, shift=shift), target)
+    """Scheduled module, ready for :func:`build.build_kernel` (mask form on CPUs, TE form on CUDA)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        return schedule_pack(make_pack(m, k, shift=shift), target)
+    return tvm.IRModule({"main": make_pack_vector(m, k, shift=shift)})

@@ -211,6 +211,18 @@ def test_aarch64_pack_cross_compiles() -> None:
     assert "fcmp" in asm or "fcmgt" in asm or "fcmlt" in asm
 
 
+@pytest.mark.parametrize("target", [X86_SAPPHIRERAPIDS, AARCH64_CORTEX_A72], ids=["avx512", "a72"])
+def test_pack_full_words_are_vector_compares(target: dict) -> None:
+    """A full word is one 64-lane compare mask: vector compares, no per-bit scalar compare chain."""
+    asm = assembly(pack.pack_module(16, 512, target, shift=True), target)
+    if target is X86_SAPPHIRERAPIDS:
+        assert re.search(r"vcmpltps\s+%zmm\d+, %zmm\d+, %k\d", asm), "no AVX-512 compare into a mask register"
+        assert "ucomiss" not in asm and "vucomiss" not in asm, "scalar float compares left in the pack"
+    else:
+        assert re.search(r"fcmlt\s+v\d+\.4s", asm), "no NEON vector compare"
+        assert not re.search(r"^\s+fcmp\s+s\d", asm, re.MULTILINE), "scalar float compares left in the pack"
+
+
 @pytest.mark.parametrize("target", [X86_SAPPHIRERAPIDS, X86_AVX2], ids=["avx512", "avx2"])
 def test_register_tile_is_not_a_workspace_per_tile(target: dict) -> None:
     """The accumulator tile must be a stack alloca (kept in registers), not a per-tile heap workspace.
