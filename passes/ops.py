@@ -158,8 +158,103 @@ QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
 """
 )
 
+# ``x [..., C] -> [..., ratio * C]``: C-vector repeated ``ratio`` times (``Concat([x] * ratio, -1)``).
+_REPEAT = """
+   r_r = Constant <value_int: int = @ratio> ()
+   r_z = Constant <value_ints = [0]> ()
+   r_r1 = Unsqueeze(r_r, r_z)
+   r_one = Constant <value_ints = [1]> ()
+   r_rs = Concat <axis = 0> (r_r1, r_one)
+   r_ones = ConstantOfShape <value = float[1] {1.0}> (r_rs)
+   r_m2 = Constant <value_ints = [-2]> ()
+   r_x2 = Unsqueeze(x, r_m2)
+   r_xr = Mul(r_x2, r_ones)
+   r_lead = Shape <end = -1> (x)
+   r_m1 = Constant <value_ints = [-1]> ()
+   r_shp = Concat <axis = 0> (r_lead, r_m1)
+   res = Reshape(r_xr, r_shp)
+"""
+
+BINARY_EXPAND_PACK = (
+    _HEADER
+    + """
+BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, rp_slope, rp_bias, next_shift) => (bits, pooled) {
+   xs = Add(x, shift)
+"""
+    + _sign("a", "xs")
+    + _UNPACK
+    + _REPEAT
+    + f"""
+   wt = Transpose(w_pm)
+   d = MatMul(a, wt)
+   ds = Mul(d, scale)
+   y = Add(ds, bias)
+   v = Add(y, res)
+   vs = Sub(v, rp_shift)
+   pr = PRelu(vs, rp_slope)
+   h = Add(pr, rp_bias)
+   p_c = Shape <start = -1> (x)
+   p_shp = Concat <axis = 0> (r_lead, p_c, r_r1)
+   p_h = Reshape(h, p_shp)
+   pooled = ReduceMean <keepdims = 0> (p_h, r_m1)
+   hs = Add(h, next_shift)
+   b_z = Constant <value_float = 0.0> ()
+   b_neg = Less(hs, b_z)
+   b_u = Cast <to = 13> (b_neg)
+   b_w = Constant <value_ints = [-1, {WORD}]> ()
+   b_shp = Concat <axis = 0> (r_lead, b_w)
+   b_u3 = Reshape(b_u, b_shp)
+   b_sh = Constant <value = uint64[{WORD}] {_SHIFTS}> ()
+   b_bit = BitShift <direction = "LEFT"> (b_u3, b_sh)
+   b_i = Cast <to = 7> (b_bit)
+   b_sum = ReduceSum <keepdims = 0> (b_i, r_m1)
+   bits = Cast <to = 13> (b_sum)
+}}
+"""
+)
+
+# The packed activation words ``x_bits [..., Kw]`` as +-1 ``a [..., K]`` (the inverse of the sign-pack).
+_UNPACK_X = f"""
+   x_ax = Constant <value_ints = [-1]> ()
+   x_w3 = Unsqueeze(x_bits, x_ax)
+   x_sh = Constant <value = uint64[{WORD}] {_SHIFTS}> ()
+   x_bt = BitShift <direction = "RIGHT"> (x_w3, x_sh)
+   x_one = Constant <value = uint64[1] {{1}}> ()
+   x_b = BitwiseAnd(x_bt, x_one)
+   x_lead = Shape <end = -1> (x_bits)
+   x_shp = Concat <axis = 0> (x_lead, x_ax)
+   x_flat = Reshape(x_b, x_shp)
+   x_k = Constant <value_int: int = @in_features> ()
+   x_zax = Constant <value_ints = [0]> ()
+   x_k1 = Unsqueeze(x_k, x_zax)
+   x_kb = Slice(x_flat, x_zax, x_k1, x_ax)
+   x_kf = Cast <to = 1> (x_kb)
+   x_m2 = Constant <value_float = -2.0> ()
+   x_t = Mul(x_kf, x_m2)
+   x_p1 = Constant <value_float = 1.0> ()
+   a = Add(x_t, x_p1)
+"""
+
+PACKED_BINARY_LINEAR = (
+    _HEADER
+    + """
+PackedBinaryLinear <in_features> (x_bits, w_bits, scale, bias) => (y) {
+"""
+    + _UNPACK_X
+    + _UNPACK
+    + """
+   wt = Transpose(w_pm)
+   d = MatMul(a, wt)
+   ds = Mul(d, scale)
+   y = Add(ds, bias)
+}
+"""
+)
+
 _SOURCES = {
     "BinaryLinear": BINARY_LINEAR,
+    "BinaryExpandPack": BINARY_EXPAND_PACK,
+    "PackedBinaryLinear": PACKED_BINARY_LINEAR,
     "BinaryConv2d": BINARY_CONV2D,
     "BinaryAttentionScores": BINARY_ATTENTION_SCORES,
     "QDAttentionContext": QD_ATTENTION_CONTEXT,

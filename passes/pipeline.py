@@ -4,7 +4,9 @@
    but matching them before anything rewrites the Reshape/Transpose chains keeps the pattern whole.
 2. ``fuse_qd_context``: needs the Softmax -> QD -> MatMul(sign(v)) chain intact.
 3. ``fuse_binary_linear`` and ``fuse_binary_conv``: the weight layers.
-4. ``fold_epilogue`` last: it extends the binary ops written by 3 with the BN/scale that follows.
+4. ``fold_epilogue``: it extends the binary ops written by 3 with the BN/scale that follows.
+5. ``mlp_expand`` last: it needs 4's folded BN to see the expansion's residual/RPReLU chain, and
+   turns the MLP's expansion into a packed-bit producer feeding a ``PackedBinaryLinear``.
 Then cleanup, toposort, function bodies attached, shapes inferred and checked.
 """
 
@@ -22,6 +24,7 @@ from .attention_scores import fuse_attention_scores
 from .binary_conv import fuse_binary_conv
 from .binary_linear import fuse_binary_linear
 from .fold_epilogue import fold_epilogue
+from .mlp_expand import fuse_mlp_expand
 from .ops import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, function_protos
 from .qd_context import fuse_qd_context
 
@@ -31,6 +34,7 @@ PASSES: list[tuple[str, Callable[[gs.Graph], int]]] = [
     ("binary_linear", fuse_binary_linear),
     ("binary_conv", fuse_binary_conv),
     ("fold_epilogue", fold_epilogue),
+    ("mlp_expand", fuse_mlp_expand),
 ]
 
 

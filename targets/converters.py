@@ -108,7 +108,7 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
     target = _Options.target
     key = (kind, shape, str(target))
     if key not in _KERNEL_CACHE:
-        from targets.kernels import attention, bconv, bgemm, pack
+        from targets.kernels import attention, bconv, bgemm, expand_pack, pack
 
         builders = {
             "pack": lambda: pack.pack_module(*shape, target, shift=True),
@@ -116,6 +116,7 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
             "bconv": lambda: bconv.bconv_module(*shape, target),
             "scores": lambda: attention.scores_module(*shape, target),
             "qd_context": lambda: attention.qd_context_module(*shape, target),
+            "expand_pack": lambda: tvm.IRModule({"main": expand_pack.make_expand_pack(*shape)}),
         }
         func = builders[kind]()["main"]
         attrs = dict(func.attrs) if func.attrs is not None else {}
@@ -193,6 +194,100 @@ class BinaryLinear(_BhvitConverter):
             )
         )
         return relax.op.reshape(y, out_shape) if len(xshape) != 2 else y
+
+
+def _bits_from_signs(bb: relax.BlockBuilder, v: relax.Expr, lead: list[int], n: int) -> relax.Expr:
+    """Relax ops packing ``v < 0`` along the last axis into uint64 words (``n`` a multiple of 64)."""
+    neg = bb.normalize(relax.op.astype(relax.op.less(v, relax.const(0.0, "float32")), "uint64"))
+    words = bb.normalize(relax.op.reshape(neg, lead + [n // 64, 64]))
+    weights = relax.const(np.arange(64, dtype=np.uint64))
+    return relax.op.sum(relax.op.left_shift(words, weights), axis=[-1])
+
+
+def _signs_from_bits(bb: relax.BlockBuilder, bits: relax.Expr, lead: list[int], k: int) -> relax.Expr:
+    """Relax ops unpacking uint64 words ``[..., Kw]`` into +-1 float32 ``[..., K]`` (bit 1 = -1)."""
+    kw = -(-k // 64)
+    planes = relax.op.right_shift(relax.op.expand_dims(bits, -1), relax.const(np.arange(64, dtype=np.uint64)))
+    b = bb.normalize(relax.op.bitwise_and(planes, relax.const(np.ones(1, np.uint64))))
+    flat = bb.normalize(relax.op.reshape(b, lead + [kw * 64]))
+    if kw * 64 != k:
+        flat = bb.normalize(relax.op.strided_slice(flat, axes=[len(lead)], begin=[0], end=[k]))
+    f = relax.op.astype(flat, "float32")
+    return bb.normalize(relax.op.subtract(relax.const(1.0, "float32"), relax.op.multiply(f, relax.const(2.0, "float32"))))
+
+
+class BinaryExpandPack(_BhvitConverter):
+    """The MLP expansion (``passes/mlp_expand.py``): packed bits of ``h + next_shift`` and ``h``'s channel means."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+        what = f"BinaryExpandPack {_name(attr, 'BinaryExpandPack')}"
+        x, shift, w_bits, scale, bias = (inputs[i] for i in range(5))
+        xshape = _shape(x, f"{what}: x")
+        lead, c = xshape[:-1], xshape[-1]
+        ratio = int(attr["ratio"])
+        n = _shape(w_bits, f"{what}: w_bits")[0]
+        if int(attr.get("in_features", c)) != c or n != c * ratio or n % 64:
+            raise TargetError(f"{what}: expected x [..., C], N = ratio * C a multiple of 64; got C={c}, N={n}, ratio={ratio}")
+        _f32(x, f"{what}: x")
+        m = int(np.prod(lead, dtype=np.int64))
+        vecs = [_vector(bb, inputs[i], n, f"{what}: {nm}") for i, nm in zip(range(5, 9), ("rp_shift", "rp_slope", "rp_bias", "next_shift"))]
+        if _packed_cpu():
+            words = _const_array(w_bits, f"{what}: w_bits")
+            if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
+                raise TargetError(f"{what}: w_bits must be uint64 [{n}, {-(-c // 64)}], got {words.dtype}{list(words.shape)}")
+            x2 = bb.normalize(relax.op.reshape(x, [m, c])) if len(xshape) != 2 else x
+            pack_gv = bb.add_func(_kernel("pack", m, c), f"bhvit_pack_{m}x{c}")
+            a_bits = bb.emit(relax.call_tir(pack_gv, [x2, _vector(bb, shift, c, f"{what}: shift")], relax.TensorType([m, -(-c // 64)], "uint64")))
+            gv = bb.add_func(_kernel("expand_pack", m, n, c, ratio), f"bhvit_expand_pack_{m}x{n}x{c}")
+            args = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), _vector(bb, scale, n, f"{what}: scale"),
+                    _vector(bb, bias, n, f"{what}: bias"), *vecs]
+            out = bb.emit(relax.call_tir(gv, args, [relax.TensorType([m, n // 64], "uint64"), relax.TensorType([m, c], "float32")]))
+            bits = bb.normalize(relax.op.reshape(relax.TupleGetItem(out, 0), lead + [n // 64]))
+            pooled = bb.normalize(relax.op.reshape(relax.TupleGetItem(out, 1), lead + [c]))
+            return relax.Tuple([bits, pooled])
+        d = bb.normalize(BinaryLinear._impl_v1(bb, inputs[:5], {**attr, "in_features": c}, params))
+        res = relax.op.tile(x, [1] * len(lead) + [ratio])
+        pre = bb.normalize(relax.op.subtract(relax.op.add(d, res), vecs[0]))
+        h = bb.normalize(relax.op.add(relax.op.where(relax.op.less(pre, relax.const(0.0, "float32")), relax.op.multiply(pre, vecs[1]), pre), vecs[2]))
+        pooled = bb.normalize(relax.op.mean(relax.op.reshape(h, lead + [c, ratio]), axis=[-1]))
+        hs = bb.normalize(relax.op.add(h, vecs[3]))
+        if _Options.packed:  # the sign-pack kernel (CPU and GPU schedules)
+            h2 = bb.normalize(relax.op.reshape(hs, [m, n]))
+            pack_gv = bb.add_func(_kernel("pack", m, n), f"bhvit_pack_{m}x{n}")
+            zero = relax.const(np.zeros(n, np.float32))
+            words = bb.emit(relax.call_tir(pack_gv, [h2, zero], relax.TensorType([m, n // 64], "uint64")))
+            bits = bb.normalize(relax.op.reshape(words, lead + [n // 64]))
+        else:
+            bits = bb.normalize(_bits_from_signs(bb, hs, lead, n))
+        return relax.Tuple([bits, pooled])
+
+
+class PackedBinaryLinear(_BhvitConverter):
+    """``BinaryLinear`` whose input is already sign-packed (``[..., ceil(K/64)]`` uint64 words)."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+        what = f"PackedBinaryLinear {_name(attr, 'PackedBinaryLinear')}"
+        x_bits, w_bits, scale, bias = (inputs[i] for i in range(4))
+        k = int(attr["in_features"])
+        kw = -(-k // 64)
+        xshape = _shape(x_bits, f"{what}: x_bits")
+        if xshape[-1] != kw or x_bits.ty.dtype != "uint64":
+            raise TargetError(f"{what}: x_bits must be uint64 [..., {kw}], got {x_bits.ty}")
+        n = _shape(w_bits, f"{what}: w_bits")[0]
+        lead = xshape[:-1]
+        m = int(np.prod(lead, dtype=np.int64))
+        if not _Options.packed:
+            a = _signs_from_bits(bb, x_bits, lead, k)
+            w_pm = _decode_weights(w_bits, k, what)
+            d = bb.normalize(relax.op.matmul(a, relax.const(np.ascontiguousarray(w_pm.T))))
+            return relax.op.add(relax.op.multiply(d, scale), bias)
+        x2 = bb.normalize(relax.op.reshape(x_bits, [m, kw])) if len(xshape) != 2 else x_bits
+        gemm_gv = bb.add_func(_kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
+        y = bb.emit(relax.call_tir(gemm_gv, [x2, w_bits, _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")],
+                                   relax.TensorType([m, n], "float32")))
+        return relax.op.reshape(y, lead + [n]) if len(xshape) != 2 else y
 
 
 class BinaryConv2d(_BhvitConverter):
@@ -342,6 +437,8 @@ class QDAttentionContext(_BhvitConverter):
 #: op_type -> converter class (classes follow the importer's OnnxOpConverter protocol).
 CONVERTERS: dict[str, type] = {
     "BinaryLinear": BinaryLinear,
+    "BinaryExpandPack": BinaryExpandPack,
+    "PackedBinaryLinear": PackedBinaryLinear,
     "BinaryConv2d": BinaryConv2d,
     "BinaryAttentionScores": BinaryAttentionScores,
     "QDAttentionContext": QDAttentionContext,

@@ -1,0 +1,82 @@
+"""``BinaryExpandPack`` on CPUs: XNOR/popcount GEMM whose epilogue writes packed bits and channel means.
+
+Per token row ``i`` and block of 64 output channels (one output word), in vector registers:
+
+    d   = (K - 2 popc(a[i] ^ w[j])) * scale[j] + bias[j]        (the binary linear, BN folded)
+    h   = prelu(d + x[i, j mod C] - b1[j], slope[j]) + b2[j]    (residual repeat + RPReLU)
+    bits[i, block]  = mask(h + next_shift < 0)                  (one 64-lane compare, as in pack.py)
+    pooled[i, c]    = mean(h[c * ratio : (c + 1) * ratio])      (the output layer's pooled residual)
+
+so ``h`` (BHViT-Tiny stage 1: 3136 x 512 floats, 6.4 MB) never reaches memory; the only writes are
+the words (N/64 per row) and the means (C per row). This is Larq Compute Engine's "bitpacked
+output" applied to the MLP, plus the residual that BHViT's MLP needs from the same values.
+
+Rows run in parallel; the weights come transposed (``[Kw, N]``, done once at import) so each K word
+of a row XORs contiguous 64-column vectors. K is small here (C = 64..512 bits, 1..8 words), so
+the work per row is the epilogue, which is why it is fused rather than tiled like ``bgemm``.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script import builder as T
+
+from .reference import WORD_BITS, num_words
+
+LANES = WORD_BITS  # one output word = 64 channels per block
+
+
+def make_expand_pack(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
+    """PrimFunc ``(a_bits [M,Kw], x [M,C], w_t [Kw,N], scale, bias, b1, slope, b2, next_shift [N],
+    bits [M, N/64] u64, pooled [M, C] f32)`` with ``C = K = N / ratio`` (scheduled, rows parallel)."""
+    if min(m, n, k, ratio) < 1:
+        raise ValueError(f"expand-pack needs positive M, N, K, ratio; got {(m, n, k, ratio)}")
+    if n % LANES or n != ratio * k or LANES % ratio:
+        raise ValueError(f"expand-pack needs N = ratio * K with N a multiple of 64 and ratio | 64; got N={n}, K={k}, ratio={ratio}")
+    kw, blocks, c = num_words(k), n // LANES, k
+    per_block = LANES // ratio  # pooled outputs per 64-channel block
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("main")
+            a = T.arg("a_bits", T.Buffer((m, kw), "uint64"))
+            x = T.arg("x", T.Buffer((m, c), "float32"))
+            w_t = T.arg("w_t", T.Buffer((kw, n), "uint64"))
+            vecs = {nm: T.arg(nm, T.Buffer((n,), "float32")) for nm in ("scale", "bias", "b1", "slope", "b2", "next_shift")}
+            bits = T.arg("bits", T.Buffer((m, blocks), "uint64"))
+            pooled = T.arg("pooled", T.Buffer((m, c), "float32"))
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            with T.parallel(0, m) as i:
+                # One stack buffer per row task: the block's h, for the strided pooling loads.
+                hb = T.alloc_buffer((LANES,), "float32", scope="global")
+                with T.serial(0, blocks) as blk:
+                    cols = tirx.Ramp(blk * LANES, 1, LANES)
+                    acc = tirx.Broadcast(tirx.const(0, "uint64"), LANES)
+                    for r in range(kw):
+                        word = tirx.Broadcast(a[i, r], LANES) ^ tirx.BufferLoad(w_t, [r, cols])
+                        acc = acc + tirx.popcount(word)
+                    dot = tirx.Broadcast(tirx.const(k, "int32"), LANES) - tirx.Broadcast(tirx.const(2, "int32"), LANES) * acc.astype(f"int32x{LANES}")
+
+                    def v(nm: str) -> tirx.Expr:
+                        return tirx.BufferLoad(vecs[nm], [cols])
+
+                    d = dot.astype(f"float32x{LANES}") * v("scale") + v("bias")
+                    if c % LANES == 0:
+                        res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(blk * LANES, c), 1, LANES)])
+                    else:
+                        res = tirx.BufferLoad(x, [i, tirx.floormod(cols, tirx.Broadcast(tirx.const(c, "int32"), LANES))])
+                    pre = d + res - v("b1")
+                    neg = pre < tirx.Broadcast(f32(0.0), LANES)
+                    h = tirx.Select(neg, pre * v("slope"), pre) + v("b2")
+                    T.buffer_store(hb, h, [tirx.Ramp(0, 1, LANES)])
+                    hs = tirx.BufferLoad(hb, [tirx.Ramp(0, 1, LANES)]) + v("next_shift")
+                    mask = hs < tirx.Broadcast(f32(0.0), LANES)
+                    T.buffer_store(bits, tirx.reinterpret("uint64", tirx.Cast(f"uint1x{LANES}", mask)), [i, blk])
+                    total = tirx.BufferLoad(hb, [tirx.Ramp(0, ratio, per_block)]) if per_block > 1 else hb[0]
+                    for t in range(1, ratio):
+                        total = total + (tirx.BufferLoad(hb, [tirx.Ramp(t, ratio, per_block)]) if per_block > 1 else hb[t])
+                    mean = total / (tirx.Broadcast(f32(float(ratio)), per_block) if per_block > 1 else f32(float(ratio)))
+                    out_cols = tirx.Ramp(blk * per_block, 1, per_block) if per_block > 1 else blk
+                    T.buffer_store(pooled, mean, [i, out_cols])
+    return ib.get()
