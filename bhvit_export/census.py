@@ -142,13 +142,15 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
         cost_b = cost_f = 0
         if n.domain == BINARY_DOMAIN:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            if n.op_type in ("BinaryLinear", "BinaryConv2d"):
+            if n.op_type in ("BinaryLinear", "BinaryConv2d", "PackedBinaryLinear", "BinaryExpandPack"):
                 k = int(attrs["in_features"])
-                out = shape(n.output[0])
-                n_out = shape(n.input[2])[0]
-                cost_b = int(np.prod(out)) * k
+                w_in = 1 if n.op_type == "PackedBinaryLinear" else 2
+                n_out = shape(n.input[w_in])[0]
+                # BinaryExpandPack's first output is packed bits: count its MACs from x's rows.
+                rows = int(np.prod(shape(n.input[0])[:-1])) * n_out if n.op_type == "BinaryExpandPack" else None
+                cost_b = (rows if rows is not None else int(np.prod(shape(n.output[0])))) * k
                 binary_params += n_out * k
-                binary_inputs.add(n.input[2])
+                binary_inputs.add(n.input[w_in])
             elif n.op_type == "BinaryAttentionScores":
                 b, h, t, _ = shape(n.output[0])
                 cost_b = b * h * t * t * (shape(n.input[0])[-1] // h)

@@ -201,17 +201,27 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
    b_z = Constant <value_float = 0.0> ()
    b_neg = Less(hs, b_z)
    b_u = Cast <to = 13> (b_neg)
-   b_w = Constant <value_ints = [-1, {WORD}]> ()
+   b_w = Constant <value_ints = [-1, 4, 16]> ()
    b_shp = Concat <axis = 0> (r_lead, b_w)
-   b_u3 = Reshape(b_u, b_shp)
-   b_sh = Constant <value = uint64[{WORD}] {_SHIFTS}> ()
-   b_bit = BitShift <direction = "LEFT"> (b_u3, b_sh)
+   b_u4 = Reshape(b_u, b_shp)
+   b_sh = Constant <value = uint64[16] {{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}> ()
+   b_bit = BitShift <direction = "LEFT"> (b_u4, b_sh)
    b_i = Cast <to = 7> (b_bit)
    b_sum = ReduceSum <keepdims = 0> (b_i, r_m1)
-   bits = Cast <to = 13> (b_sum)
+   b_q = Cast <to = 13> (b_sum)
+   b_qsh = Constant <value = uint64[4] {{0,16,32,48}}> ()
+   b_qs = BitShift <direction = "LEFT"> (b_q, b_qsh)
+   b_q0, b_q1, b_q2, b_q3 = Split <axis = -1, num_outputs = 4> (b_qs)
+   b_o1 = BitwiseOr(b_q0, b_q1)
+   b_o2 = BitwiseOr(b_q2, b_q3)
+   b_o = BitwiseOr(b_o1, b_o2)
+   bits = Squeeze(b_o, r_m1)
 }}
 """
 )
+
+# (BINARY_EXPAND_PACK packs in 16-bit quarters: onnxruntime's int64 ReduceSum loses the low bits of
+# sums above 2^53, so a whole word cannot be summed from its 64 shifted bits.)
 
 # The packed activation words ``x_bits [..., Kw]`` as +-1 ``a [..., K]`` (the inverse of the sign-pack).
 _UNPACK_X = f"""

@@ -38,8 +38,10 @@ def test_every_binary_layer_is_packed(fixture) -> None:
     cfg = BHViTConfig(depths=(1, 1, 2, 1), num_labels=10)
     n_attn = cfg.num_layers_b
     ops = Counter(n.op_type for n in fused.graph.node)
-    # 2 dense per MLP + 4 (q,k,v,out) per attention block; 3 GC convs per conv block.
-    assert ops["BinaryLinear"] == 2 * sum(cfg.depths) + 4 * n_attn
+    # 4 dense (q,k,v,out) per attention block; each MLP an expansion writing packed bits and the
+    # packed-input output layer; 3 GC convs per conv block.
+    assert ops["BinaryLinear"] == 4 * n_attn
+    assert ops["BinaryExpandPack"] == ops["PackedBinaryLinear"] == sum(cfg.depths) == rep.counts["mlp_expand"]
     binary_embed = "binary-embed" in d.name
     assert ops["BinaryConv2d"] == 3 * cfg.num_layers_a + (3 if binary_embed else 0)
     assert ops["BinaryAttentionScores"] == n_attn and ops["QDAttentionContext"] == n_attn
