@@ -211,11 +211,17 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
    b_q = Cast <to = 13> (b_sum)
    b_qsh = Constant <value = uint64[4] {{0,16,32,48}}> ()
    b_qs = BitShift <direction = "LEFT"> (b_q, b_qsh)
-   b_q0, b_q1, b_q2, b_q3 = Split <axis = -1, num_outputs = 4> (b_qs)
+   b_i0 = Constant <value_int = 0> ()
+   b_i1 = Constant <value_int = 1> ()
+   b_i2 = Constant <value_int = 2> ()
+   b_i3 = Constant <value_int = 3> ()
+   b_q0 = Gather <axis = -1> (b_qs, b_i0)
+   b_q1 = Gather <axis = -1> (b_qs, b_i1)
+   b_q2 = Gather <axis = -1> (b_qs, b_i2)
+   b_q3 = Gather <axis = -1> (b_qs, b_i3)
    b_o1 = BitwiseOr(b_q0, b_q1)
    b_o2 = BitwiseOr(b_q2, b_q3)
-   b_o = BitwiseOr(b_o1, b_o2)
-   bits = Squeeze(b_o, r_m1)
+   bits = BitwiseOr(b_o1, b_o2)
 }}
 """
 )
@@ -224,6 +230,8 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
 # sums above 2^53, so a whole word cannot be summed from its 64 shifted bits.)
 
 # The packed activation words ``x_bits [..., Kw]`` as +-1 ``a [..., K]`` (the inverse of the sign-pack).
+# (PackedBinaryLinear reshapes its result to ``x_bits``'s leading dims: shape inference cannot see
+# through the Slice to K, and the census needs static shapes.)
 _UNPACK_X = f"""
    x_ax = Constant <value_ints = [-1]> ()
    x_w3 = Unsqueeze(x_bits, x_ax)
@@ -256,7 +264,10 @@ PackedBinaryLinear <in_features> (x_bits, w_bits, scale, bias) => (y) {
    wt = Transpose(w_pm)
    d = MatMul(a, wt)
    ds = Mul(d, scale)
-   y = Add(ds, bias)
+   yb = Add(ds, bias)
+   y_n = Shape(scale)
+   y_shp = Concat <axis = 0> (x_lead, y_n)
+   y = Reshape(yb, y_shp)
 }
 """
 )

@@ -122,3 +122,48 @@ def attention_graph(
         helper.make_node("Reshape", ["ctxt", "oshape"], ["ctx"]),
     ]
     return _model(nodes, [(p, [2, n, c]) for p in "qkv"], ["ctx", "scores"], inits)
+
+
+def mlp_graph(rng: np.random.Generator, c: int, ratio: int, *, extra_reader: bool = False) -> onnx.ModelProto:
+    """BHViT's MLP as the torch exporter writes it (spec "Convolutional block"), x [2, 3, C]::
+
+        h = rprelu(bn(MatMul(Sign(x + s1), W1)) + Concat([x] * ratio))      (C -> I = ratio * C)
+        y = bn(MatMul(Sign(h + s2), W2)) + ReduceMean(Reshape(h, [2, 3, C, ratio]), -1)
+
+    ``extra_reader`` adds a third reader of ``h`` (a graph output), which must block the fusion.
+    """
+    n = c * ratio
+    inits = {
+        "s1": rng.standard_normal(c).astype(np.float32) * 0.1,
+        "W1": np.ascontiguousarray(binary_weight(rng, (n, c)).T),
+        "m1": rng.standard_normal(n).astype(np.float32),
+        "a1": rng.uniform(0.5, 2, n).astype(np.float32),
+        "c1": rng.standard_normal(n).astype(np.float32),
+        "b1": rng.standard_normal(n).astype(np.float32) * 0.1,
+        "slope": rng.uniform(-0.5, 0.5, n).astype(np.float32),
+        "b2": rng.standard_normal(n).astype(np.float32) * 0.1,
+        "s2": rng.standard_normal(n).astype(np.float32) * 0.1,
+        "W2": np.ascontiguousarray(binary_weight(rng, (c, n)).T),
+        "shape": np.array([2, 3, c, ratio], np.int64),
+        "axes": np.array([-1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Add", ["x", "s1"], ["xs"]),
+        helper.make_node("Sign", ["xs"], ["sx"]),
+        helper.make_node("MatMul", ["sx", "W1"], ["mm"]),
+        helper.make_node("Sub", ["mm", "m1"], ["t1"]),
+        helper.make_node("Mul", ["t1", "a1"], ["t2"]),
+        helper.make_node("Add", ["t2", "c1"], ["d"]),
+        helper.make_node("Concat", ["x"] * ratio, ["rep"], axis=-1),
+        helper.make_node("Add", ["d", "rep"], ["v"]),
+        helper.make_node("Sub", ["v", "b1"], ["vs"]),
+        helper.make_node("PRelu", ["vs", "slope"], ["pr"]),
+        helper.make_node("Add", ["pr", "b2"], ["h"]),
+        helper.make_node("Add", ["h", "s2"], ["hs"]),
+        helper.make_node("Sign", ["hs"], ["sh"]),
+        helper.make_node("MatMul", ["sh", "W2"], ["y2"]),
+        helper.make_node("Reshape", ["h", "shape"], ["hr"]),
+        helper.make_node("ReduceMean", ["hr", "axes"], ["pool"], keepdims=0),
+        helper.make_node("Add", ["y2", "pool"], ["y"]),
+    ]
+    return _model(nodes, [("x", [2, 3, c])], ["y", "h"] if extra_reader else ["y"], inits)

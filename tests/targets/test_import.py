@@ -249,3 +249,33 @@ def test_convert_map_restored_after_import() -> None:
             raise RuntimeError("boom")
     assert fe._get_convert_map is original
     assert "BinaryLinear" not in fe._get_convert_map()
+
+
+@host_only
+@pytest.mark.parametrize("packed", [True, False])
+def test_mlp_expand_pair_matches_function_bodies(packed: bool) -> None:
+    """BinaryExpandPack -> PackedBinaryLinear (``passes/mlp_expand.py``) against onnxruntime."""
+    from passes.pipeline import fuse_model
+    from tests.passes.graphs import mlp_graph
+
+    rng = np.random.default_rng(7)
+    fused = fuse_model(mlp_graph(rng, 32, 4))
+    assert {n.op_type for n in fused.graph.node if n.domain == DOMAIN} == {"BinaryExpandPack", "PackedBinaryLinear"}
+    x = rng.standard_normal((2, 3, 32)).astype(np.float32)
+    mod = import_fused(fused, batch=2, packed=packed)
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    assert any(n.startswith("bhvit_expand_pack_") for n in names) == packed
+    got = run(build(mod), x)
+    want = _ort(fused, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_mlp_expand_pair_imports_for_cuda() -> None:
+    """On CUDA the expansion is the GPU bgemm + Relax epilogue + the GPU sign-pack (no CPU kernel)."""
+    from passes.pipeline import fuse_model
+    from tests.passes.graphs import mlp_graph
+
+    fused = fuse_model(mlp_graph(np.random.default_rng(8), 64, 2))
+    names = {gv.name_hint for gv in import_fused(fused, batch=2, target={"kind": "cuda"}).get_global_vars()}
+    assert not any(n.startswith("bhvit_expand_pack_") for n in names)
+    assert any(n.startswith("bhvit_pack_") for n in names) and any(n.startswith("bhvit_bgemm_") for n in names)

@@ -18,7 +18,7 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from targets.kernels import and_popcount, bgemm, pack  # noqa: E402
+from targets.kernels import and_popcount, bgemm, expand_pack, pack  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.kernels.build import assembly, build_kernel  # noqa: E402
 from targets.kernels.target_info import (  # noqa: E402
@@ -234,3 +234,41 @@ def test_register_tile_is_not_a_workspace_per_tile(target: dict) -> None:
     lambdas = re.findall(r"^\.L__tvm_parallel_lambda[\w.]*:(.*?)^\.Lfunc_end", asm, re.MULTILINE | re.DOTALL)
     assert lambdas, "no parallel lambda found"
     assert not any("AllocWorkspace" in body for body in lambdas)
+
+
+@functools.lru_cache(maxsize=None)
+def _expand_fn(m: int, c: int, ratio: int) -> tvm.runtime.Module:
+    return build_kernel(expand_pack.make_expand_pack(m, c * ratio, c, ratio), HOST)
+
+
+@host_only
+@PROPS
+@given(m=DIM, c=st.sampled_from([8, 16, 24, 64, 128]), ratio=st.sampled_from([1, 2, 4, 8]), seed=SEED)
+def test_expand_pack_matches_numpy(m: int, c: int, ratio: int, seed: int) -> None:
+    """Bits of ``rprelu(bn(xnor) + repeat(x)) + next_shift`` and the ratio-channel means of it."""
+    n = c * ratio
+    if n % 64:
+        with pytest.raises(ValueError):
+            expand_pack.make_expand_pack(m, n, c, ratio)
+        return
+    rng = np.random.default_rng(seed)
+    x = _signs(rng, (m, c))
+    shift = rng.standard_normal(c).astype(np.float32) * 0.1
+    w_pm = np.where(rng.random((n, c)) < 0.5, -1.0, 1.0).astype(np.float32)
+    scale, bias, b1, slope, b2, nshift = (rng.standard_normal(n).astype(np.float32) for _ in range(6))
+    a = np.where(x + shift < 0, -1.0, 1.0).astype(np.float32)
+    xr = np.nan_to_num(x)  # the residual reads x itself: keep NaN out of the float comparison
+    h = (a @ w_pm.T) * scale + bias + np.tile(xr, (1, ratio)) - b1
+    h = np.where(h < 0, h * slope, h) + b2
+    want_bits = ref.pack_bits(h + nshift)
+    bits = np.zeros((m, n // 64), np.uint64)
+    pooled = np.zeros((m, c), np.float32)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.ascontiguousarray(v), dev) for v in (ref.pack_bits(x + shift), xr, ref.pack_bits(w_pm).T, scale, bias, b1, slope, b2, nshift)]
+    outs = [tvm.runtime.tensor(bits, dev), tvm.runtime.tensor(pooled, dev)]
+    _expand_fn(m, c, ratio)["main"](*args, *outs)
+    got_bits, got_pooled = (o.numpy() for o in outs)
+    # Bit-exact except where h + next_shift is within float rounding of 0 (FMA contraction may differ).
+    near_zero = ref.pack_bits(np.where(np.abs(h + nshift) < 1e-4 * (1 + np.abs(h)), -1.0, 1.0))
+    assert not np.any((got_bits ^ want_bits) & ~near_zero), "sign bits differ away from zero"
+    np.testing.assert_allclose(got_pooled, h.reshape(m, c, ratio).mean(-1), rtol=1e-5, atol=1e-5 * (1 + float(np.abs(h).max())))
