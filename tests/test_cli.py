@@ -160,7 +160,9 @@ def test_inspect_fused_and_reference(tmp_path: Path, micro: Path) -> None:
     assert run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(fused)).exit_code == 0
     r, f = (json.loads(run_cli("inspect", str(p), "--json").stdout) for p in (ref, fused))
     assert r["bops"] == 0 and f["bops"] > 0 and f["flops"] < r["flops"]
-    assert set(f["binary_ops"]) == {"BinaryLinear", "BinaryConv2d", "BinaryAttentionScores", "QDAttentionContext"}
+    assert set(f["binary_ops"]) == {
+        "BinaryLinear", "BinaryExpandPack", "PackedBinaryLinear", "BinaryConv2d", "BinaryAttentionScores", "QDAttentionContext"
+    }
     assert f["total_ops"] == f["bops"] / 64 + f["flops"]
     text = run_cli("inspect", str(fused))
     assert text.exit_code == 0 and "OPs" in text.output and "BinaryLinear" in text.output
