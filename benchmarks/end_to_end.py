@@ -1,7 +1,10 @@
 """End-to-end latency of the four systems, interleaved in one run, per (model, batch, threads).
 
 Interleaving (round r runs every system once, in a rotated order) spreads the noise of a shared
-machine over all systems alike, so the ratios are fair even when absolute numbers drift. Medians are
+machine over all systems alike, so the ratios are fair even when absolute numbers drift. Each timed
+call follows one untimed call of the same system: the previous system's worker threads (onnxruntime,
+PyTorch's OpenMP and TVM all spin-wait for a while after a run) would otherwise still be burning the
+cores the timed system needs, and its caches would hold the other system's weights. Medians are
 reported; min and p90 show the spread.
 """
 
@@ -102,6 +105,7 @@ def run(
                 order = list(calls)
                 for r in range(warmup + rounds):
                     for s in order[r % len(order):] + order[: r % len(order)]:
+                        calls[s](x)  # settle: see the module docstring
                         v = _time(calls[s], x)
                         if r >= warmup:
                             ms[s].append(v)
