@@ -10,6 +10,8 @@ summation order where a convolution becomes a matmul); ``fast_erf`` is within 1e
 * :func:`~.patch_conv.patch_conv_nhwc` (applied by the same pass) - convolutions with stride ==
   kernel and no padding (the patch stem and the downsampling layers) become space-to-depth +
   matmul, with their output in NHWC;
+* :func:`~.roll_concat.roll_concat` - a circular roll (two slices and a concat: the token shifts)
+  becomes a ``take`` with constant indices, which inlines into its consumer;
 * :func:`~.repeat_concat.repeat_concat` - a concat of copies of one tensor (the expansion MLP's
   residual) becomes a broadcast;
 * :func:`~.fast_erf.fast_erf` - ``erf`` (the stem's GELU) as a vectorisable rational approximation.
@@ -18,6 +20,7 @@ summation order where a convolution becomes a matmul); ``fast_erf`` is within 1e
 from .fast_erf import fast_erf
 from .patch_conv import patch_conv_nhwc, patch_geometry
 from .repeat_concat import repeat_concat
+from .roll_concat import roll_concat
 from .token_layout import token_layout
 
-__all__ = ["fast_erf", "patch_conv_nhwc", "patch_geometry", "repeat_concat", "token_layout"]
+__all__ = ["fast_erf", "patch_conv_nhwc", "patch_geometry", "repeat_concat", "roll_concat", "token_layout"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from targets.kernels.target_info import host_target  # noqa: E402
-from targets.relax_passes import fast_erf, repeat_concat, token_layout  # noqa: E402
+from targets.relax_passes import fast_erf, repeat_concat, roll_concat, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -182,6 +182,42 @@ def test_repeat_concat_is_a_broadcast(k: int, n: int, c: int, axis: int, seed: i
     new = repeat_concat()(mod)
     np.testing.assert_array_equal(_run(new, args), _run(mod, args))
     assert _count(new, "concat") == 0
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+    data=st.data(),
+    seed=st.integers(0, 99),
+)
+def test_roll_concat_is_an_indexed_read(shape: list[int], data, seed: int) -> None:
+    """Rolls (two slices + concat, as ``torch.roll`` exports) feeding an add become one fused read."""
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    shifts = data.draw(st.lists(st.integers(-3, 3), min_size=1, max_size=3))
+
+    def body(bb, x):
+        out = x
+        for s in shifts:
+            out = bb.emit(relax.op.add(out, roll(bb, x, s, axis)))
+        return out
+
+    mod = _module(body, tuple(shape))
+    x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
+    new = roll_concat()(mod)
+    got = _run(new, [x])
+    np.testing.assert_array_equal(got, _run(mod, [x]))
+    ref = x.copy()
+    for s in shifts:
+        ref = ref + np.roll(x, s, axis)
+    np.testing.assert_array_equal(got, ref)
+    assert _count(new, "concat") == 0
+    assert _count(relax.transform.DeadCodeElimination()(new), "strided_slice") == 0  # the slices are dead
+    fuse = tvm.transform.Sequential(
+        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    )
+    with TARGET:
+        main = fuse(new)["main"].script(show_meta=False)
+    assert "call_tir(roll_" not in main.replace("cls.", ""), "a roll was left as its own call (not fused)"
 
 
 @SETTINGS
