@@ -13,7 +13,8 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   selects an all-Relax version instead (+-1 weights decoded once at import, float matmul).
 * ``BinaryConv2d`` on llvm targets -> one ``call_tir`` kernel (:mod:`targets.kernels.bconv`):
   sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
-  epilogue, NCHW out; the zero padding (after the sign) is corrected exactly with a per
+  epilogue, written channels-last and permuted (a view FuseOps folds into the consumer) to the
+  op's NCHW; the zero padding (after the sign) is corrected exactly with a per
   (border pattern, output channel) table computed here in numpy from the weights.
 * ``BinaryAttentionScores`` on llvm targets -> one ``call_tir`` kernel
   (:mod:`targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
@@ -332,7 +333,7 @@ class BinaryConv2d(_BhvitConverter):
 
     @staticmethod
     def _packed(bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
-        """One ``call_tir`` of :mod:`targets.kernels.bconv`, output reshaped (free) to NCHW."""
+        """One ``call_tir`` of :mod:`targets.kernels.bconv`, its NHWC output permuted to NCHW."""
         from targets.kernels.bconv import ConvGeometry, border_correction
 
         b, c, hgt, wid = _shape(x, f"{what}: x")
@@ -366,8 +367,10 @@ class BinaryConv2d(_BhvitConverter):
         ]
         hw = geom.out_h * geom.out_w
         gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{c}x{hgt}x{wid}_{o}_g{geom.group}_d{geom.dilations[0]}")
-        y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, o, hw], "float32")))
-        return relax.op.reshape(y, [b, o, geom.out_h, geom.out_w])
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, hw, o], "float32")))
+        # NHWC out (the kernel's layout); the op is NCHW. The token-layout consumers read it back
+        # channels-last, so FuseOps turns this permute and theirs into contiguous reads.
+        return relax.op.permute_dims(relax.op.reshape(y, [b, geom.out_h, geom.out_w, o]), [0, 3, 1, 2])
 
 
 def _heads(bb, t: relax.Expr, b: int, n: int, h: int, perm: list[int]) -> relax.Expr:

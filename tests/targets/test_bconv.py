@@ -75,9 +75,10 @@ def _lib(geom: bconv.ConvGeometry, out_dtype: str) -> tvm.runtime.Module:
 def _run(geom: bconv.ConvGeometry, out_dtype: str, *arrays: np.ndarray) -> np.ndarray:
     dev = tvm.cpu()
     dtype = np.int32 if out_dtype == "int32" else np.float32
-    out = tvm.runtime.tensor(np.zeros((geom.batch, geom.out_channels, geom.out_h * geom.out_w), dtype), dev)
+    out = tvm.runtime.tensor(np.zeros((geom.batch, geom.out_h * geom.out_w, geom.out_channels), dtype), dev)
     _lib(geom, out_dtype)["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays), out)
-    return out.numpy().reshape(geom.batch, geom.out_channels, geom.out_h, geom.out_w)
+    nhwc = out.numpy().reshape(geom.batch, geom.out_h, geom.out_w, geom.out_channels)
+    return nhwc.transpose(0, 3, 1, 2)  # the kernel writes channels-last
 
 
 def _ref(geom: bconv.ConvGeometry, x: np.ndarray, shift: np.ndarray, w_bits: np.ndarray) -> np.ndarray:
@@ -122,8 +123,8 @@ def test_border_correction_is_weight_sum_of_padded_taps(geom: bconv.ConvGeometry
     """Packing padded taps as +1 and subtracting ``corr`` equals zero padding after the sign."""
     _, _, w_bits = _data(geom, seed)
     pat, corr = bconv.border_correction(geom, w_bits)
-    assert pat.shape == (geom.out_h * geom.out_w,) and corr.shape[0] == geom.out_channels
-    assert np.all(corr[:, 0] == 0)
+    assert pat.shape == (geom.out_h * geom.out_w,) and corr.shape[1] == geom.out_channels
+    assert np.all(corr[0] == 0)
     kh, kw = geom.kernel
     w = ref.unpack_bits(w_bits, geom.k).reshape(geom.out_channels, geom.cg, kh, kw)
     for s in range(0, len(pat), max(1, len(pat) // 7)):
@@ -131,7 +132,7 @@ def test_border_correction_is_weight_sum_of_padded_taps(geom: bconv.ConvGeometry
         iy = oy * geom.strides[0] - geom.pads[0] + np.arange(kh) * geom.dilations[0]
         ix = ox * geom.strides[1] - geom.pads[1] + np.arange(kw) * geom.dilations[1]
         outside = ~(((iy >= 0) & (iy < geom.height))[:, None] & ((ix >= 0) & (ix < geom.width))[None, :])
-        np.testing.assert_array_equal(corr[:, pat[s]], (w * outside).sum(axis=(1, 2, 3)).astype(np.int32))
+        np.testing.assert_array_equal(corr[pat[s]], (w * outside).sum(axis=(1, 2, 3)).astype(np.int32))
 
 
 def _conv_body_model(geom: bconv.ConvGeometry, shift, w_bits, scale, bias) -> onnx.ModelProto:  # noqa: ANN001
