@@ -31,14 +31,14 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from targets.relax_passes import fast_erf, repeat_concat, roll_concat, token_layout
+    from targets.relax_passes import fast_erf, fast_softmax, repeat_concat, roll_concat, token_layout
     from targets.schedules import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                [token_layout(), roll_concat(), repeat_concat(), fast_erf()]
+                [token_layout(), roll_concat(), repeat_concat(), fast_erf(), fast_softmax()]
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [apply_schedules(target)]

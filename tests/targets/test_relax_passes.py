@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from targets.kernels.target_info import host_target  # noqa: E402
-from targets.relax_passes import fast_erf, repeat_concat, roll_concat, token_layout  # noqa: E402
+from targets.relax_passes import fast_erf, fast_softmax, repeat_concat, roll_concat, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -239,6 +239,24 @@ def test_fast_erf_matches_erf(n: int, scale: float, seed: int) -> None:
     want, got = _run(mod, [x]), _run(new, [x])
     np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-6 * max(1.0, float(np.abs(want[1]).max())))
+
+
+@SETTINGS
+@given(rows=st.integers(1, 20), n=st.integers(1, 120), scale=st.sampled_from([0.5, 3.0, 20.0]), seed=st.integers(0, 99))
+def test_fast_softmax_matches_softmax(rows: int, n: int, scale: float, seed: int) -> None:
+    """Attention-shaped softmax over the last axis: within 1e-6 relative of numpy's (float64)."""
+
+    def body(bb, x):
+        return bb.emit(relax.op.nn.softmax(x, axis=-1))
+
+    mod = _module(body, (2, rows, n))
+    x = (scale * np.random.default_rng(seed).standard_normal((2, rows, n))).astype("float32")
+    new = fast_softmax()(mod)
+    assert _count(new, "nn.softmax") == 0 and _count(mod, "nn.softmax") == 1
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    want = e / e.sum(-1, keepdims=True)
+    got = _run(new, [x])
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-12)
 
 
 def test_lower_rank_twin_is_not_broadcast_channel_last() -> None:
