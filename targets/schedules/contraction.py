@@ -43,6 +43,16 @@ def _region_vars(region) -> set[str]:
     return vars_in([r.min for r in region.region])
 
 
+def _size(region) -> int:
+    """Elements of the buffer a read region belongs to (0 if its shape is symbolic)."""
+    total = 1
+    for d in region.source.shape:
+        if not hasattr(d, "value"):
+            return 0
+        total *= int(d.value)
+    return total
+
+
 class Contraction(SafeRule):
     """Register-tiled, vectorised, parallel schedule for matmuls and direct convolutions."""
 
@@ -57,7 +67,7 @@ class Contraction(SafeRule):
             return None
         main = reductions[0]
         kinds = main.dom_kind()
-        if "O" in kinds or kinds.count("S") < 2 or not kinds.endswith("R"):
+        if "O" in kinds or kinds.count("S") < 1 or not kinds.endswith("R"):
             return None
         stmt = sch.get(main.block_rv)
         out_buf = stmt.writes[0].source
@@ -88,13 +98,22 @@ class Contraction(SafeRule):
             # tiling it still reuses each vector load within a group.
             other_used = set().union(*(_region_vars(op) for op in operands if op is not vec_ops[0]))
             i_cands = [v for v in s_vars if v != j_var and v in other_used and exts[v] > 1]
-        if not i_cands:
+        if not i_cands and len(s_vars) > 1:
             return None
-        i_var = i_cands[-1]
+        # No row iterator at all: a GEMV ``y[j] = sum_k x[k] W[k, j]`` (the classifier at batch 1).
+        # Rows of W stream through vector accumulators of j (a reduction-parallel schedule would
+        # read W down its columns: 2 MB at a 4 KB stride).
+        i_var = i_cands[-1] if i_cands else None
+        if i_var is None and j_var not in vars_in([vec_ops[0].region[-1].min]):
+            return None  # W[j, k] (k contiguous): dlight's GEMV rule reduces along rows instead
         # Everything but the contraction itself: inline what can be inlined (padding stays a
         # separate copy: inlined, its if_then_else would scalarise the vector loop).
         others = inline_spatial(sch, [b for b in infos if b is not main])
-        self._tile(sch, main.block_rv, iter_vars, kinds, i_var, j_var, exts, lanes)
+        # Stream the larger operand once: its tile loop goes outermost, so the smaller one is what
+        # gets re-read (from cache). BHViT's last downsampling is 49x1024 @ 1024x512: with the row
+        # tiles outside, the 2 MB weight was re-read from L3 for each of the 7 row tiles.
+        vec_first = _size(vec_ops[0]) > max((_size(op) for op in operands if op is not vec_ops[0]), default=0)
+        self._tile(sch, main.block_rv, iter_vars, kinds, i_var, j_var, exts, lanes, vec_first)
         for info in others:
             try:
                 sch.get(info.block_rv)
@@ -104,20 +123,32 @@ class Contraction(SafeRule):
         return sch
 
     @staticmethod
-    def _tile(sch, block, iter_vars, kinds, i_var, j_var, exts, lanes) -> None:
+    def _tile(sch, block, iter_vars, kinds, i_var, j_var, exts, lanes, vec_first=False) -> None:
         """Split, reorder, cache the accumulator, vectorise and parallelise the main block."""
         big = work(sch, block) >= PARALLEL_MIN_WORK
         loops = dict(zip(iter_vars, sch.get_loops(block)))
-        j_ext, i_ext = exts[j_var], exts[i_var]
+        j_ext = exts[j_var]
         j_tile = best_divisor(j_ext, 2 * lanes)
+        if i_var is None and j_tile % (lanes // 2):
+            j_tile = next((d for d in range(2 * lanes, 0, -(lanes // 2)) if j_ext % d == 0), j_tile)
         if j_tile < lanes // 2 and j_ext > 2 * lanes:
             j_tile = lanes  # no good divisor: accept a predicated tail rather than scalar tiles
-        i_tile = best_divisor(i_ext, I_TILE)
-        i_o, i_i = sch.split(loops[i_var], factors=[None, i_tile])
         j_o, j_i = sch.split(loops[j_var], factors=[None, j_tile])
         other_s = [loops[v] for v, k in zip(iter_vars, kinds) if k == "S" and v not in (i_var, j_var)]
         r_loops = [loops[v] for v, k in zip(iter_vars, kinds) if k == "R"]
-        sch.reorder(*other_s, i_o, j_o, *r_loops, i_i, j_i)
+        if i_var is None:
+            tiles, inner = [j_o], [j_i]
+        else:
+            i_ext = exts[i_var]
+            i_tile = best_divisor(i_ext, I_TILE)
+            if i_tile < I_TILE // 2 and i_ext > I_TILE:
+                # No good divisor (BHViT's attention: 53 = 49 window + 4 pooled tokens, a prime): a
+                # predicated last row tile (a per-row condition, uniform over the vector lanes) keeps
+                # the register tile; one-row tiles reload the vector operand for every row.
+                i_tile = I_TILE
+            i_o, i_i = sch.split(loops[i_var], factors=[None, i_tile])
+            tiles, inner = ([j_o, i_o] if vec_first else [i_o, j_o]), [i_i, j_i]
+        sch.reorder(*other_s, *tiles, *r_loops, *inner)
         acc = sch.cache_write(block, 0, "local")
         # The epilogue reads the output once per element: fold it into the write-back.
         for consumer in sch.get_consumers(acc):
@@ -125,17 +156,18 @@ class Contraction(SafeRule):
                 sch.reverse_compute_inline(consumer)
             except Exception:  # noqa: BLE001 - a non-inlinable consumer stays its own stage
                 pass
-        sch.reverse_compute_at(acc, j_o, preserve_unit_loops=True)
+        sch.reverse_compute_at(acc, tiles[-1], preserve_unit_loops=True)
         # Annotate while the block still has its init (an update block alone has no compact
         # dataflow, and vectorize/parallel refuse it), then split the init off the reduction loops.
-        sch.unroll(i_i)
+        if i_var is not None:
+            sch.unroll(inner[0])
         sch.vectorize(j_i)
         sch.vectorize(sch.get_loops(acc)[-1])
         for r in r_loops[1:]:
             ext = extent(sch, r)
             if ext is not None and ext <= 4:
                 sch.unroll(r)
-        outer = sch.fuse(*other_s, i_o, j_o)
+        outer = sch.fuse(*other_s, *tiles)
         if big:
             sch.parallel(outer)
         init = sch.decompose_reduction(block, r_loops[0])

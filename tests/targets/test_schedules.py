@@ -112,6 +112,30 @@ def test_contraction_batch_matmul_with_epilogue(b: int, m: int, k: int, n: int) 
 
 
 @SETTINGS
+@given(k=st.integers(2, 300), n=st.integers(8, 1100))
+def test_contraction_gemv_row_streaming(k: int, n: int) -> None:
+    """The classifier at batch 1, ``x[1, K] @ W[K, N] + b``: one spatial iterator, rows of W streamed."""
+
+    def body(x, w, bias):
+        return relax.op.add(relax.op.matmul(x, w), bias)
+
+    _check_rule(Contraction(), _legalized(body, (1, k), (k, n), (n,)))
+
+
+@SETTINGS
+@given(m=st.sampled_from([9, 11, 13, 53]), k=st.integers(2, 64), n=st.integers(8, 80), big_w=st.booleans())
+def test_contraction_prime_rows_and_large_weights(m: int, k: int, n: int, big_w: bool) -> None:
+    """Row counts with no tile divisor (a predicated last row tile) and weights larger than the
+    activations (the weight tile loop goes outermost): same numbers as the unscheduled function."""
+    k = k * 16 if big_w else k
+
+    def body(x, w):
+        return relax.op.matmul(x, w)
+
+    _check_rule(Contraction(), _legalized(body, (m, k), (k, n)))
+
+
+@SETTINGS
 @given(
     groups=st.sampled_from([1, 2, 4]),
     cpg=st.integers(1, 4),
