@@ -11,8 +11,10 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   (``bgemm``). Both are pre-scheduled for the target and marked opaque + scheduled so the Relax
   pipeline (FuseOps/FuseTIR, dlight) leaves them alone. ``packed=False`` in :func:`converters`
   selects an all-Relax version instead (+-1 weights decoded once at import, float matmul).
-* ``BinaryConv2d`` on llvm targets -> one ``call_tir`` kernel (:mod:`targets.kernels.bconv`):
-  sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
+* ``BinaryConv2d`` on llvm targets -> where the channels per group divide 64 (BHViT: 16, 32),
+  the channels-last pair of :mod:`targets.kernels.bconv_nhwc` (sign-pack of each pixel's group
+  channels into a word, then tap-major im2col + GEMM); otherwise one ``call_tir`` kernel
+  (:mod:`targets.kernels.bconv`): sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
   epilogue, written channels-last and permuted (a view FuseOps folds into the consumer) to the
   op's NCHW; the zero padding (after the sign) is corrected exactly with a per
   (border pattern, output channel) table computed here in numpy from the weights.
@@ -109,7 +111,7 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
     target = _Options.target
     key = (kind, shape, str(target))
     if key not in _KERNEL_CACHE:
-        from targets.kernels import attention, bconv, bgemm, expand_pack, pack
+        from targets.kernels import attention, bconv, bconv_nhwc, bgemm, expand_pack, pack
 
         builders = {
             "pack": lambda: pack.pack_module(*shape, target, shift=True),
@@ -118,6 +120,8 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
             "scores": lambda: attention.scores_module(*shape, target),
             "qd_context": lambda: attention.qd_context_module(*shape, target),
             "expand_pack": lambda: tvm.IRModule({"main": expand_pack.make_expand_pack(*shape)}),
+            "sign_pack_nhwc": lambda: bconv_nhwc.sign_pack_module(*shape),
+            "bconv_nhwc": lambda: bconv_nhwc.bconv_module(*shape, target),
         }
         func = builders[kind]()["main"]
         attrs = dict(func.attrs) if func.attrs is not None else {}
@@ -334,6 +338,7 @@ class BinaryConv2d(_BhvitConverter):
     @staticmethod
     def _packed(bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
         """One ``call_tir`` of :mod:`targets.kernels.bconv`, its NHWC output permuted to NCHW."""
+        from targets.kernels import bconv_nhwc
         from targets.kernels.bconv import ConvGeometry, border_correction
 
         b, c, hgt, wid = _shape(x, f"{what}: x")
@@ -356,6 +361,21 @@ class BinaryConv2d(_BhvitConverter):
             raise TargetError(f"{what}: w_bits must be uint64 [O, ceil({geom.k}/64)], got {words.dtype}{list(words.shape)}")
         pat, corr = border_correction(geom, words)
         o = geom.out_channels
+        hw = geom.out_h * geom.out_w
+        name = f"{c}x{hgt}x{wid}_{o}_g{geom.group}_d{geom.dilations[0]}"
+        if bconv_nhwc.supports(geom):
+            # Channels-last: the sign-pack reads x as NHWC (a permute FuseOps folds into the
+            # token-layout producer) and packs each group's channels into one word per pixel.
+            xt = bb.normalize(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            ph, pw = geom.padded_hw
+            pack_gv = bb.add_func(_kernel("sign_pack_nhwc", geom), f"bhvit_sign_pack_nhwc_{name}")
+            pk = bb.emit(relax.call_tir(pack_gv, [xt, _vector(bb, shift, c, f"{what}: shift")],
+                                        relax.TensorType([b, geom.group, ph, pw], "uint64")))
+            args = [pk, relax.const(bconv_nhwc.tap_major_words(geom, words)), relax.const(pat), relax.const(corr),
+                    _vector(bb, scale, o, f"{what}: scale"), _vector(bb, bias, o, f"{what}: bias")]
+            gv = bb.add_func(_kernel("bconv_nhwc", geom), f"bhvit_bconv_nhwc_{name}")
+            y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, hw, o], "float32")))
+            return relax.op.permute_dims(relax.op.reshape(y, [b, geom.out_h, geom.out_w, o]), [0, 3, 1, 2])
         args = [
             x,
             _vector(bb, shift, c, f"{what}: shift"),
@@ -365,8 +385,7 @@ class BinaryConv2d(_BhvitConverter):
             _vector(bb, scale, o, f"{what}: scale"),
             _vector(bb, bias, o, f"{what}: bias"),
         ]
-        hw = geom.out_h * geom.out_w
-        gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{c}x{hgt}x{wid}_{o}_g{geom.group}_d{geom.dilations[0]}")
+        gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{name}")
         y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, hw, o], "float32")))
         # NHWC out (the kernel's layout); the op is NCHW. The token-layout consumers read it back
         # channels-last, so FuseOps turns this permute and theirs into contiguous reads.
