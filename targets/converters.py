@@ -87,6 +87,13 @@ def _decode_weights(w_bits: relax.Expr, k: int, what: str) -> np.ndarray:
     return unpack_bits(words, k)
 
 
+def _float_linear(bb: relax.BlockBuilder, a: relax.Expr, w_bits: relax.Expr, k: int, scale: relax.Expr, bias: relax.Expr, what: str) -> relax.Expr:
+    """``(a @ w.T) * scale + bias`` with the +-1 weights decoded once (the all-Relax lowering)."""
+    w_pm = _decode_weights(w_bits, k, what)
+    d = bb.normalize(relax.op.matmul(a, relax.const(np.ascontiguousarray(w_pm.T))))
+    return relax.op.add(relax.op.multiply(d, scale), bias)
+
+
 class _Options:
     """Import-wide options, set by :func:`converters` for one import."""
 
@@ -178,10 +185,7 @@ class BinaryLinear(_BhvitConverter):
         m = int(np.prod(xshape[:-1], dtype=np.int64))
         out_shape = xshape[:-1] + [n]
         if not _Options.packed:
-            w_pm = _decode_weights(w_bits, k, what)
-            a = _sign(bb, x, shift)
-            d = bb.normalize(relax.op.matmul(a, relax.const(np.ascontiguousarray(w_pm.T))))
-            return relax.op.add(relax.op.multiply(d, scale), bias)
+            return _float_linear(bb, _sign(bb, x, shift), w_bits, k, scale, bias, what)
         if _shape(shift, f"{what}: shift") != [k] or _shape(scale, f"{what}: scale") != [n] or _shape(
             bias, f"{what}: bias"
         ) != [n] or x.ty.dtype != "float32":
@@ -284,10 +288,7 @@ class PackedBinaryLinear(_BhvitConverter):
         lead = xshape[:-1]
         m = int(np.prod(lead, dtype=np.int64))
         if not _Options.packed:
-            a = _signs_from_bits(bb, x_bits, lead, k)
-            w_pm = _decode_weights(w_bits, k, what)
-            d = bb.normalize(relax.op.matmul(a, relax.const(np.ascontiguousarray(w_pm.T))))
-            return relax.op.add(relax.op.multiply(d, scale), bias)
+            return _float_linear(bb, _signs_from_bits(bb, x_bits, lead, k), w_bits, k, scale, bias, what)
         x2 = bb.normalize(relax.op.reshape(x_bits, [m, kw])) if len(xshape) != 2 else x_bits
         gemm_gv = bb.add_func(_kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
         y = bb.emit(relax.call_tir(gemm_gv, [x2, w_bits, _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")],

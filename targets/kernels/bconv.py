@@ -187,12 +187,23 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
         return _or_tree(parts)
 
     a_t = te.compute((g.batch, g.group, kwords, ho * wo), patch_word, name=IM2COL_BLOCK)
+    return te.create_prim_func([x, shift, *grouped_gemm(g, a_t, w, pat, corr, out_dtype)])
+
+
+def grouped_gemm(
+    g: ConvGeometry, a_t: te.Tensor, w: te.Tensor, pat: te.Tensor, corr: te.Tensor, out_dtype: OutDType
+) -> list[te.Tensor]:
+    """The GEMM + epilogue stages shared by both conv kernels, from the im2col words ``a_t``.
+
+    Returns the remaining PrimFunc arguments: ``[w, pat, corr, (scale, bias,) out [B, Ho*Wo, O]]``.
+    """
+    hw, kwords = g.out_h * g.out_w, int(a_t.shape[2])
     # Weights as [Kw, O] (a few hundred words): the GEMM's vector of output channels is then one
     # contiguous load per K word instead of a strided gather.
     w_t = te.compute((kwords, g.out_channels), lambda r, o: w[o, r], name=WT_BLOCK)
     rr = te.reduce_axis((0, kwords), name="r")
     acc = te.compute(
-        (g.batch, ho * wo, g.out_channels),
+        (g.batch, hw, g.out_channels),
         lambda b, s, o: te.sum(tirx.popcount(w_t[rr, o] ^ a_t[b, o // g.og, rr, s]), axis=rr),
         name=ACC_BLOCK,
     )
@@ -202,18 +213,17 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
         return tirx.const(g.k, "int32") - tirx.const(2, "int32") * acc[b, s, o].astype("int32") - corr[pat[s], o]
 
     if out_dtype == "int32":
-        out = te.compute((g.batch, ho * wo, g.out_channels), dot, name=OUT_BLOCK)
-        return te.create_prim_func([x, shift, w, pat, corr, out])
+        return [w, pat, corr, te.compute((g.batch, hw, g.out_channels), dot, name=OUT_BLOCK)]
     if out_dtype != "float32":
         raise ValueError(f"out_dtype must be float32 or int32, got {out_dtype!r}")
     scale = te.placeholder((g.out_channels,), "float32", name="scale")
     bias = te.placeholder((g.out_channels,), "float32", name="bias")
     out = te.compute(
-        (g.batch, ho * wo, g.out_channels),
+        (g.batch, hw, g.out_channels),
         lambda b, s, o: dot(b, s, o).astype("float32") * scale[o] + bias[o],
         name=OUT_BLOCK,
     )
-    return te.create_prim_func([x, shift, w, pat, corr, scale, bias, out])
+    return [w, pat, corr, scale, bias, out]
 
 
 def _largest_divisor(n: int, candidates: tuple[int, ...]) -> int:

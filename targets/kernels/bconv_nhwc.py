@@ -10,7 +10,7 @@ input channels per group. Two kernels (``docs/packing.md`` for the bit conventio
 2. ``bconv`` -- im2col word ``r`` of output pixel ``s`` = the ``64 / (C/g)`` taps it holds, each a
    shifted ``pk`` load (4 loads per word at ``C/g`` = 16, against 64 one-bit extracts from the
    channel-first layout), vectorised along output columns; then the grouped XNOR/popcount GEMM and
-   epilogue of :func:`bconv.make_bconv` (channels along the vector, NHWC out).
+   epilogue of :func:`bconv.grouped_gemm` (channels along the vector, NHWC out).
 
 The patch bits are tap-major here (bit ``t * C/g + c`` for tap ``t``, channel ``c``) where the ONNX
 op packs its weight rows channel-major (``c * kh * kw + t``): :func:`tap_major_words` permutes the
@@ -29,7 +29,7 @@ from tvm import te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
-from .bconv import ACC_BLOCK, IM2COL_BLOCK, OUT_BLOCK, WT_BLOCK, ConvGeometry, OutDType, _or_tree, schedule_tiled_popcount
+from .bconv import ACC_BLOCK, IM2COL_BLOCK, OUT_BLOCK, ConvGeometry, OutDType, _or_tree, grouped_gemm, schedule_tiled_popcount
 from .reference import WORD_BITS, num_words, pack_bits, unpack_bits
 from .target_info import TargetLike, u64_lanes
 
@@ -126,30 +126,7 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
         return _or_tree(terms)
 
     a_t = te.compute((g.batch, g.group, kwords, ho * wo), patch_word, name=IM2COL_BLOCK)
-    w_t = te.compute((kwords, g.out_channels), lambda r, o: w[o, r], name=WT_BLOCK)
-    rr = te.reduce_axis((0, kwords), name="r")
-    acc = te.compute(
-        (g.batch, ho * wo, g.out_channels),
-        lambda b, s, o: te.sum(tirx.popcount(w_t[rr, o] ^ a_t[b, o // g.og, rr, s]), axis=rr),
-        name=ACC_BLOCK,
-    )
-
-    def dot(b, s, o):  # noqa: ANN001, ANN202
-        return tirx.const(g.k, "int32") - tirx.const(2, "int32") * acc[b, s, o].astype("int32") - corr[pat[s], o]
-
-    if out_dtype == "int32":
-        out = te.compute((g.batch, ho * wo, g.out_channels), dot, name=OUT_BLOCK)
-        return te.create_prim_func([pk, w, pat, corr, out])
-    if out_dtype != "float32":
-        raise ValueError(f"out_dtype must be float32 or int32, got {out_dtype!r}")
-    scale = te.placeholder((g.out_channels,), "float32", name="scale")
-    bias = te.placeholder((g.out_channels,), "float32", name="bias")
-    out = te.compute(
-        (g.batch, ho * wo, g.out_channels),
-        lambda b, s, o: dot(b, s, o).astype("float32") * scale[o] + bias[o],
-        name=OUT_BLOCK,
-    )
-    return te.create_prim_func([pk, w, pat, corr, scale, bias, out])
+    return te.create_prim_func([pk, *grouped_gemm(g, a_t, w, pat, corr, out_dtype)])
 
 
 def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, out_w: int, *, mr: int = 4) -> tvm.IRModule:

@@ -88,3 +88,38 @@ def rewrite_functions(
     for gv, func in updates.items():
         mod[gv] = func
     return mod
+
+
+OpRewrite = Callable[[relax.BlockBuilder, relax.Call], relax.Expr]
+
+
+def replace_ops(pass_name: str, rewrites: dict[str, OpRewrite]) -> tvm.transform.Pass:
+    """Module pass: every call of a Relax operator named in ``rewrites`` becomes what its function
+    returns (typically a ``call_te`` of a TOPI compute, whose PrimFunc the builder adds)."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Rewriter(PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102 - see replace_ops
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name in rewrites:
+                return rewrites[call.op.name](self.builder_, call)
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name=pass_name)
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        rewriter = _Rewriter(mod)
+        new = {gv: rewriter.visit_expr(f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
+        out = rewriter.builder_.get()  # mod plus the PrimFuncs the rewrites added
+        for gv, func in new.items():
+            out[gv] = func
+        return out
+
+    return _pass
+
+
+def rebuild_block(block: relax.BindingBlock, bindings: list) -> relax.BindingBlock:
+    """A block of the same kind (dataflow or not) as ``block`` with ``bindings``."""
+    if isinstance(block, relax.DataflowBlock):
+        return relax.DataflowBlock(bindings)
+    return relax.BindingBlock(bindings)

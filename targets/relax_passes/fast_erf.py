@@ -11,29 +11,14 @@ context's level thresholds, where a last-bit change can move a level.
 from __future__ import annotations
 
 import tvm
-from tvm import relax, topi
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm import topi
 
-
-@mutator
-class _FastErf(PyExprMutator):
-    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102 - the module docstring
-        call = super().visit_call_(call)
-        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.erf":
-            return self.builder_.call_te(topi.fast_erf, call.args[0], primfunc_name_hint="fast_erf")
-        return call
+from .common import replace_ops
 
 
 def fast_erf() -> tvm.transform.Pass:
     """Module pass: every Relax ``erf`` becomes a ``call_tir`` of ``topi.fast_erf``."""
-
-    @tvm.transform.module_pass(opt_level=0, name="BhvitFastErf")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _FastErf(mod)
-        new = {gv: rewriter.visit_expr(f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
-        out = rewriter.builder_.get()  # mod plus the fast_erf PrimFuncs
-        for gv, func in new.items():
-            out[gv] = func
-        return out
-
-    return _pass
+    return replace_ops(
+        "BhvitFastErf",
+        {"relax.erf": lambda bb, call: bb.call_te(topi.fast_erf, call.args[0], primfunc_name_hint="fast_erf")},
+    )

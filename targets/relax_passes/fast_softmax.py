@@ -16,30 +16,18 @@ well inside the end-to-end tolerance, which the official fixtures test.
 from __future__ import annotations
 
 import tvm
-from tvm import relax, topi
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm import topi
 
-
-@mutator
-class _FastSoftmax(PyExprMutator):
-    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102 - the module docstring
-        call = super().visit_call_(call)
-        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.softmax":
-            axis = int(call.attrs.axis)
-            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], axis, primfunc_name_hint="fast_softmax")
-        return call
+from .common import replace_ops
 
 
 def fast_softmax() -> tvm.transform.Pass:
     """Module pass: every Relax ``nn.softmax`` becomes a ``call_tir`` of ``topi.nn.fast_softmax``."""
-
-    @tvm.transform.module_pass(opt_level=0, name="BhvitFastSoftmax")
-    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _FastSoftmax(mod)
-        new = {gv: rewriter.visit_expr(f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
-        out = rewriter.builder_.get()
-        for gv, func in new.items():
-            out[gv] = func
-        return out
-
-    return _pass
+    return replace_ops(
+        "BhvitFastSoftmax",
+        {
+            "relax.nn.softmax": lambda bb, call: bb.call_te(
+                topi.nn.fast_softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="fast_softmax"
+            )
+        },
+    )

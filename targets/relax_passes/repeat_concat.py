@@ -12,7 +12,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .common import Emitter, op_name, rewrite_functions, static_shape
+from .common import Emitter, op_name, rebuild_block, rewrite_functions, static_shape
 
 
 def _rewrite_block(block: relax.BindingBlock) -> relax.BindingBlock:
@@ -31,9 +31,7 @@ def _rewrite_block(block: relax.BindingBlock) -> relax.BindingBlock:
                 bindings.append(relax.VarBinding(binding.var, relax.op.reshape(rep, out_shape)))
                 continue
         bindings.append(binding)
-    if isinstance(block, relax.DataflowBlock):
-        return relax.DataflowBlock(bindings)
-    return relax.BindingBlock(bindings)
+    return rebuild_block(block, bindings)
 
 
 def repeat_concat() -> tvm.transform.Pass:

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import tvm
 from tvm import relax, te, tirx
 
-from .common import int_tuple, op_name, rewrite_functions, static_shape
+from .common import int_tuple, op_name, rebuild_block, rewrite_functions, static_shape
 
 
 def _slice_of(value: Optional[relax.Expr], axis: int, rank: int) -> Optional[tuple[relax.Expr, int, int]]:
@@ -85,9 +85,7 @@ def _rewrite_block(block: relax.BindingBlock, roll: RollFunc) -> relax.BindingBl
                         bindings.append(relax.VarBinding(binding.var, call))
                         continue
         bindings.append(binding)
-    if isinstance(block, relax.DataflowBlock):
-        return relax.DataflowBlock(bindings)
-    return relax.BindingBlock(bindings)
+    return rebuild_block(block, bindings)
 
 
 def roll_concat() -> tvm.transform.Pass:
