@@ -10,6 +10,8 @@ reported; min and p90 show the spread.
 
 from __future__ import annotations
 
+import gc
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,7 @@ def run(
 ) -> list[ConfigResult]:
     """Time every system on every configuration; thread counts run largest first (TVM can only shrink)."""
     cache = artifacts.ensure_dir(cache_dir)
+    all_cpus = os.sched_getaffinity(0)
     thread_order = sorted(set(threads), reverse=True)
     systems.init_threads(thread_order[0])
     results = []
@@ -92,7 +95,12 @@ def run(
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             for t in thread_order:
                 cfg = Config(name, batch, t)
+                # A clean start per configuration: the previous one's sessions (and their worker
+                # threads) are released, and the CPU set is whole again should a runtime have
+                # pinned the main thread (new worker threads inherit its affinity).
                 calls: dict[str, Callable[[np.ndarray], Any]] = {}
+                gc.collect()
+                os.sched_setaffinity(0, all_cpus)
                 for s in include:
                     if s == "pytorch":
                         calls[s] = systems.pytorch_call(art.torch_model, t)

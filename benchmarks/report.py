@@ -17,6 +17,7 @@ class BenchReport:
     results: list[end_to_end.ConfigResult]
     kernels: Optional[dict[str, Any]] = None
     breakdown: Optional[list[dict[str, Any]]] = None
+    remainder: Optional[dict[str, Any]] = None
     plot: Optional[str] = None
     machine: dict[str, Any] = field(default_factory=dict)
 
@@ -26,6 +27,7 @@ class BenchReport:
             "configs": {r.config.label: r.to_json() for r in self.results},
             "kernels": self.kernels,
             "breakdown": self.breakdown,
+            "remainder": self.remainder,
             "plot": self.plot,
         }
 
@@ -40,6 +42,10 @@ class BenchReport:
             rows = [f"per-function time of our model ({total:.1f} ms in compiled functions):"]
             rows += [f"  {r['ms']:9.3f} ms  {r['ms'] / total:6.1%}  x{r['calls']:<3d} {r['name']}" for r in self.breakdown[:20]]
             parts.append("\n".join(rows))
+        if self.remainder:
+            from .remainder import format_split
+
+            parts.append(format_split(self.remainder["split"], self.remainder["onnxruntime_ops"]))
         if self.plot:
             parts.append(f"wrote {self.plot}")
         return "\n\n".join(parts)
@@ -52,7 +58,7 @@ def _machine() -> dict[str, Any]:
 
     return {
         "cpu": str(host_target().attrs["mcpu"]),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }
 
@@ -93,6 +99,12 @@ def run_bench(
             say("profiling our compiled model function by function")
             rows = profile_functions(tvm.runtime.load_module(str(lib)), np.zeros((1, 3, 224, 224), np.float32))
             report.breakdown = [{"name": n, "ms": ms, "calls": c} for n, ms, c in rows]
+            from .remainder import ort_op_times, split
+
+            # Our breakdown ran on the thread pool as the timing loop left it: the smallest count.
+            say(f"profiling onnxruntime node by node ({min(threads)} thread(s))")
+            ort_ops = ort_op_times(art.reference, min(threads))
+            report.remainder = {"split": split(report.breakdown, ort_ops), "onnxruntime_ops": ort_ops, "threads": min(threads)}
     if plot is not None:
         from .plot import write_png
 
