@@ -1,7 +1,9 @@
 """The kernel table: each binary GEMM/conv shape of a model, our throughput against the roofline.
 
 * ours: the XNOR/popcount GEMM kernel (``targets/kernels/bgemm.py``) at that (M, N, K), binary MAC/s
-  (one MAC = one +-1 product-and-add = one bit of one dot product);
+  (one MAC = one +-1 product-and-add = one bit of one dot product); for the MLP expansions
+  (``expand`` rows) the fused kernel of ``targets/kernels/expand_pack.py`` itself, epilogue
+  (residual, RPReLU, sign-pack, channel means) included;
 * roofline: a micro-benchmark of the same XOR + popcount + add inner loop on L1-resident data, no
   GEMM structure at all: the most binary MAC/s this CPU's popcount units give;
 * onnxruntime fp32: a plain MatMul of the same shape, float MAC/s, the work binarization replaces.
@@ -27,6 +29,7 @@ class Shape:
     n: int
     k: int
     groups: int = 1
+    ratio: int = 0  # the MLP expansion ratio of an ``expand`` row
     count: int = 1  # how many layers of the model have this shape
 
     @property
@@ -36,7 +39,7 @@ class Shape:
 
 
 def binary_shapes(fused: onnx.ModelProto) -> list[Shape]:
-    """(op, M, N, K) of every BinaryLinear/BinaryConv2d at batch 1, deduplicated with counts."""
+    """(op, M, N, K) of every binary linear, MLP expansion and conv at batch 1, deduplicated with counts."""
     from targets.importer import prepare
 
     static = prepare(fused, batch=1)
@@ -46,16 +49,19 @@ def binary_shapes(fused: onnx.ModelProto) -> list[Shape]:
     }
     seen: dict[tuple, int] = {}
     for node in static.graph.node:
-        if node.domain != "bhvit" or node.op_type not in ("BinaryLinear", "BinaryConv2d"):
+        if node.domain != "bhvit" or node.op_type not in ("BinaryLinear", "PackedBinaryLinear", "BinaryExpandPack", "BinaryConv2d"):
             continue
         x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         k = int(attrs.get("in_features", x[-1] if x else 0))
-        if node.op_type == "BinaryLinear":
-            key = ("linear", int(np.prod(x[:-1])), int(y[-1]), k, 1)
+        if node.op_type in ("BinaryLinear", "PackedBinaryLinear"):
+            key = ("linear", int(np.prod(x[:-1])), int(y[-1]), k, 1, 0)
+        elif node.op_type == "BinaryExpandPack":
+            ratio = int(attrs["ratio"])
+            key = ("expand", int(np.prod(x[:-1])), k * ratio, k, 1, ratio)
         else:
             g = int(attrs.get("group", 1))
-            key = ("conv", int(y[2] * y[3]), int(y[1]) // g, k, g)
+            key = ("conv", int(y[2] * y[3]), int(y[1]) // g, k, g, 0)
         seen[key] = seen.get(key, 0) + 1
     return [Shape(*key, count=c) for key, c in seen.items()]
 
@@ -127,6 +133,34 @@ def ort_matmul(m: int, n: int, k: int, threads: int) -> float:
     return m * n * k / best
 
 
+def expand_throughput(m: int, n: int, k: int, ratio: int, threads: int) -> float:
+    """Median binary MAC/s of the fused MLP-expansion kernel (GEMM + epilogue) at ``M x N x K``."""
+    import tvm
+
+    from targets.kernels.build import build_kernel
+    from targets.kernels.expand_pack import make_expand_pack
+    from targets.kernels.reference import num_words
+    from targets.kernels.target_info import host_target
+    from targets.threads import set_threads
+
+    set_threads(threads)
+    lib = build_kernel(make_expand_pack(m, n, k, ratio), host_target())
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu()
+    kw = num_words(k)
+    arrays = [
+        rng.integers(0, 2**63, (m, kw), dtype=np.uint64),
+        rng.standard_normal((m, k)).astype(np.float32),
+        rng.integers(0, 2**63, (kw, n), dtype=np.uint64),
+        *(rng.standard_normal(n).astype(np.float32) for _ in range(6)),
+        np.zeros((m, n // 64), np.uint64),
+        np.zeros((m, k), np.float32),
+    ]
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    timer = lib.time_evaluator("main", dev, number=1, repeat=3, min_repeat_ms=50)
+    return m * n * k / float(np.median(timer(*args).results))
+
+
 def kernel_table(fused: onnx.ModelProto, threads: int, say: Progress) -> dict[str, Any]:
     """Rows for every binary shape of ``fused`` plus the roofline, as JSON-able data."""
     from targets.kernels.bench_gemm import gemm_throughput
@@ -137,7 +171,10 @@ def kernel_table(fused: onnx.ModelProto, threads: int, say: Progress) -> dict[st
     rows = []
     for s in binary_shapes(fused):
         say(f"kernels: {s.label}")
-        ours = gemm_throughput(s.m, s.n, s.k, host_target(), threads, repeat=3, min_repeat_ms=50)
+        if s.op == "expand":
+            ours = expand_throughput(s.m, s.n, s.k, s.ratio, threads)
+        else:
+            ours = gemm_throughput(s.m, s.n, s.k, host_target(), threads, repeat=3, min_repeat_ms=50)
         fp = ort_matmul(s.m, s.n, s.k, threads)
         rows.append(
             {
