@@ -80,7 +80,8 @@ def make_expand_pack(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
             pooled = T.arg("pooled", T.Buffer((m, c), "float32"))
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             with T.parallel(0, m) as i:
-                # One stack buffer per row task: the block's h, for the strided pooling loads.
+                # One stack buffer per row task: the block's h, stored once and read back for the
+                # sign mask and the channel means (no recomputation of h per use).
                 hb = T.alloc_buffer((LANES,), "float32", scope="global")
                 with T.serial(0, blocks) as blk:
                     cols = tirx.Ramp(blk * LANES, 1, LANES)
