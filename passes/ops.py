@@ -184,7 +184,7 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
     + _sign("a", "xs")
     + _UNPACK
     + _REPEAT
-    + f"""
+    + """
    wt = Transpose(w_pm)
    d = MatMul(a, wt)
    ds = Mul(d, scale)
@@ -204,12 +204,12 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
    b_w = Constant <value_ints = [-1, 4, 16]> ()
    b_shp = Concat <axis = 0> (r_lead, b_w)
    b_u4 = Reshape(b_u, b_shp)
-   b_sh = Constant <value = uint64[16] {{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}}> ()
+   b_sh = Constant <value = uint64[16] {0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15}> ()
    b_bit = BitShift <direction = "LEFT"> (b_u4, b_sh)
    b_i = Cast <to = 7> (b_bit)
    b_sum = ReduceSum <keepdims = 0> (b_i, r_m1)
    b_q = Cast <to = 13> (b_sum)
-   b_qsh = Constant <value = uint64[4] {{0,16,32,48}}> ()
+   b_qsh = Constant <value = uint64[4] {0,16,32,48}> ()
    b_qs = BitShift <direction = "LEFT"> (b_q, b_qsh)
    b_i0 = Constant <value_int = 0> ()
    b_i1 = Constant <value_int = 1> ()
@@ -222,7 +222,7 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
    b_o1 = BitwiseOr(b_q0, b_q1)
    b_o2 = BitwiseOr(b_q2, b_q3)
    bits = BitwiseOr(b_o1, b_o2)
-}}
+}
 """
 )
 
