@@ -64,7 +64,8 @@ def ort_op_times(model: onnx.ModelProto, threads: int, runs: int = 10) -> dict[s
         x = np.random.default_rng(0).standard_normal([1] + list(inp.shape[1:])).astype(np.float32)
         for _ in range(2 + runs):
             sess.run(None, {inp.name: x})
-        events = json.load(open(sess.end_profiling()))
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
         opt = onnx.load(optimized, load_external_data=False)
     binary = _binary_weights(opt)
     layer_nodes = {n.name for n in opt.graph.node if n.op_type in LAYER_OPS and len(n.input) > 1 and n.input[1] in binary}

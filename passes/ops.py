@@ -57,6 +57,19 @@ _UNPACK = f"""
    w_pm = Add(u_t, u_p1)
 """
 
+# ``{out} = (a @ w_pm^T) * scale + bias``: the binary linear on +-1 ``a`` and unpacked weights.
+_LINEAR = """
+   wt = Transpose(w_pm)
+   d = MatMul(a, wt)
+   ds = Mul(d, scale)
+   {out} = Add(ds, bias)
+"""
+
+
+def _linear(out: str) -> str:
+    return _LINEAR.replace("{out}", out)
+
+
 # The reshape target ``[B, N, h, -1]`` that splits channels into heads (``zax`` is reused after it).
 _HEADS_SHAPE = """
    h = Constant <value_int: int = @num_heads> ()
@@ -75,12 +88,8 @@ BinaryLinear <in_features> (x, shift, w_bits, scale, bias) => (y) {
 """
     + _sign("a", "xs")
     + _UNPACK
-    + """
-   wt = Transpose(w_pm)
-   d = MatMul(a, wt)
-   ds = Mul(d, scale)
-   y = Add(ds, bias)
-}
+    + _linear("y")
+    + """}
 """
 )
 
@@ -184,11 +193,8 @@ BinaryExpandPack <in_features, ratio> (x, shift, w_bits, scale, bias, rp_shift, 
     + _sign("a", "xs")
     + _UNPACK
     + _REPEAT
+    + _linear("y")
     + """
-   wt = Transpose(w_pm)
-   d = MatMul(a, wt)
-   ds = Mul(d, scale)
-   y = Add(ds, bias)
    v = Add(y, res)
    vs = Sub(v, rp_shift)
    pr = PRelu(vs, rp_slope)
@@ -260,11 +266,8 @@ PackedBinaryLinear <in_features> (x_bits, w_bits, scale, bias) => (y) {
 """
     + _UNPACK_X
     + _UNPACK
+    + _linear("yb")
     + """
-   wt = Transpose(w_pm)
-   d = MatMul(a, wt)
-   ds = Mul(d, scale)
-   yb = Add(ds, bias)
    y_n = Shape(scale)
    y_shp = Concat <axis = 0> (x_lead, y_n)
    y = Reshape(yb, y_shp)

@@ -170,6 +170,30 @@ class _BhvitConverter:
         return cls._impl_v1  # type: ignore[attr-defined]
 
 
+def _rows(bb: relax.BlockBuilder, t: relax.Expr, shape: list[int]) -> relax.Expr:
+    """``t`` viewed as ``[prod(shape[:-1]), shape[-1]]`` (a free reshape; none if already 2-D)."""
+    if len(shape) == 2:
+        return t
+    return bb.normalize(relax.op.reshape(t, [int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]]))
+
+
+def _unrows(t: relax.Expr, lead: list[int], n: int) -> relax.Expr:
+    """Inverse of :func:`_rows` for an ``[M, n]`` result of rows ``lead``."""
+    return t if len(lead) == 1 else relax.op.reshape(t, lead + [n])
+
+
+def _pack_rows(bb: relax.BlockBuilder, x2: relax.Expr, shift: relax.Expr, m: int, k: int) -> relax.Expr:
+    """The sign-pack kernel (shift fused) on ``[M, K]`` rows: uint64 ``[M, ceil(K/64)]``."""
+    gv = bb.add_func(_kernel("pack", m, k), f"bhvit_pack_{m}x{k}")
+    return bb.emit(relax.call_tir(gv, [x2, shift], relax.TensorType([m, -(-k // 64)], "uint64")))
+
+
+def _bgemm_rows(bb: relax.BlockBuilder, a_bits: relax.Expr, w_bits: relax.Expr, scale: relax.Expr, bias: relax.Expr, m: int, n: int, k: int) -> relax.Expr:
+    """The XNOR/popcount GEMM kernel with its scale/bias epilogue on packed ``[M, ceil(K/64)]`` rows."""
+    gv = bb.add_func(_kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
+    return bb.emit(relax.call_tir(gv, [a_bits, w_bits, scale, bias], relax.TensorType([m, n], "float32")))
+
+
 class BinaryLinear(_BhvitConverter):
     """``(K - 2 popc(pack(x + shift) ^ w)) * scale + bias`` over the last axis."""
 
@@ -183,26 +207,14 @@ class BinaryLinear(_BhvitConverter):
             raise TargetError(f"{what}: x has {xshape[-1]} features, in_features is {k}")
         n = _shape(w_bits, f"{what}: w_bits")[0]
         m = int(np.prod(xshape[:-1], dtype=np.int64))
-        out_shape = xshape[:-1] + [n]
         if not _Options.packed:
             return _float_linear(bb, _sign(bb, x, shift), w_bits, k, scale, bias, what)
         if _shape(shift, f"{what}: shift") != [k] or _shape(scale, f"{what}: scale") != [n] or _shape(
             bias, f"{what}: bias"
         ) != [n] or x.ty.dtype != "float32":
             raise TargetError(f"{what}: expected float32 x, shift [{k}], scale/bias [{n}]")
-        kw = -(-k // 64)
-        x2 = bb.normalize(relax.op.reshape(x, [m, k])) if len(xshape) != 2 else x
-        pack_gv = bb.add_func(_kernel("pack", m, k), f"bhvit_pack_{m}x{k}")
-        a_bits = bb.emit(
-            relax.call_tir(pack_gv, [x2, shift], relax.TensorType([m, kw], "uint64"))
-        )
-        gemm_gv = bb.add_func(_kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
-        y = bb.emit(
-            relax.call_tir(
-                gemm_gv, [a_bits, w_bits, scale, bias], relax.TensorType([m, n], "float32")
-            )
-        )
-        return relax.op.reshape(y, out_shape) if len(xshape) != 2 else y
+        a_bits = _pack_rows(bb, _rows(bb, x, xshape), shift, m, k)
+        return _unrows(_bgemm_rows(bb, a_bits, w_bits, scale, bias, m, n, k), xshape[:-1], n)
 
 
 def _bits_from_signs(bb: relax.BlockBuilder, v: relax.Expr, lead: list[int], n: int) -> relax.Expr:
@@ -245,9 +257,8 @@ class BinaryExpandPack(_BhvitConverter):
             words = _const_array(w_bits, f"{what}: w_bits")
             if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
                 raise TargetError(f"{what}: w_bits must be uint64 [{n}, {-(-c // 64)}], got {words.dtype}{list(words.shape)}")
-            x2 = bb.normalize(relax.op.reshape(x, [m, c])) if len(xshape) != 2 else x
-            pack_gv = bb.add_func(_kernel("pack", m, c), f"bhvit_pack_{m}x{c}")
-            a_bits = bb.emit(relax.call_tir(pack_gv, [x2, _vector(bb, shift, c, f"{what}: shift")], relax.TensorType([m, -(-c // 64)], "uint64")))
+            x2 = _rows(bb, x, xshape)
+            a_bits = _pack_rows(bb, x2, _vector(bb, shift, c, f"{what}: shift"), m, c)
             gv = bb.add_func(_kernel("expand_pack", m, n, c, ratio), f"bhvit_expand_pack_{m}x{n}x{c}")
             args = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), _vector(bb, scale, n, f"{what}: scale"),
                     _vector(bb, bias, n, f"{what}: bias"), *vecs]
@@ -262,11 +273,8 @@ class BinaryExpandPack(_BhvitConverter):
         pooled = bb.normalize(relax.op.mean(relax.op.reshape(h, lead + [c, ratio]), axis=[-1]))
         hs = bb.normalize(relax.op.add(h, vecs[3]))
         if _Options.packed:  # the sign-pack kernel (CPU and GPU schedules)
-            h2 = bb.normalize(relax.op.reshape(hs, [m, n]))
-            pack_gv = bb.add_func(_kernel("pack", m, n), f"bhvit_pack_{m}x{n}")
-            zero = relax.const(np.zeros(n, np.float32))
-            words = bb.emit(relax.call_tir(pack_gv, [h2, zero], relax.TensorType([m, n // 64], "uint64")))
-            bits = bb.normalize(relax.op.reshape(words, lead + [n // 64]))
+            words = _pack_rows(bb, _rows(bb, hs, lead + [n]), relax.const(np.zeros(n, np.float32)), m, n)
+            bits = bb.normalize(_unrows(words, lead, n // 64))
         else:
             bits = bb.normalize(_bits_from_signs(bb, hs, lead, n))
         return relax.Tuple([bits, pooled])
@@ -289,11 +297,8 @@ class PackedBinaryLinear(_BhvitConverter):
         m = int(np.prod(lead, dtype=np.int64))
         if not _Options.packed:
             return _float_linear(bb, _signs_from_bits(bb, x_bits, lead, k), w_bits, k, scale, bias, what)
-        x2 = bb.normalize(relax.op.reshape(x_bits, [m, kw])) if len(xshape) != 2 else x_bits
-        gemm_gv = bb.add_func(_kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
-        y = bb.emit(relax.call_tir(gemm_gv, [x2, w_bits, _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")],
-                                   relax.TensorType([m, n], "float32")))
-        return relax.op.reshape(y, lead + [n]) if len(xshape) != 2 else y
+        scale, bias = _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")
+        return _unrows(_bgemm_rows(bb, _rows(bb, x_bits, xshape), w_bits, scale, bias, m, n, k), lead, n)
 
 
 class BinaryConv2d(_BhvitConverter):
@@ -375,18 +380,17 @@ class BinaryConv2d(_BhvitConverter):
             args = [pk, relax.const(bconv_nhwc.tap_major_words(geom, words)), relax.const(pat), relax.const(corr),
                     _vector(bb, scale, o, f"{what}: scale"), _vector(bb, bias, o, f"{what}: bias")]
             gv = bb.add_func(_kernel("bconv_nhwc", geom), f"bhvit_bconv_nhwc_{name}")
-            y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, hw, o], "float32")))
-            return relax.op.permute_dims(relax.op.reshape(y, [b, geom.out_h, geom.out_w, o]), [0, 3, 1, 2])
-        args = [
-            x,
-            _vector(bb, shift, c, f"{what}: shift"),
-            w_bits,
-            relax.const(pat),
-            relax.const(corr),
-            _vector(bb, scale, o, f"{what}: scale"),
-            _vector(bb, bias, o, f"{what}: bias"),
-        ]
-        gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{name}")
+        else:
+            args = [
+                x,
+                _vector(bb, shift, c, f"{what}: shift"),
+                w_bits,
+                relax.const(pat),
+                relax.const(corr),
+                _vector(bb, scale, o, f"{what}: scale"),
+                _vector(bb, bias, o, f"{what}: bias"),
+            ]
+            gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{name}")
         y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, hw, o], "float32")))
         # NHWC out (the kernel's layout); the op is NCHW. The token-layout consumers read it back
         # channels-last, so FuseOps turns this permute and theirs into contiguous reads.

@@ -109,6 +109,23 @@ def _outside(n_out: int, stride: int, pad: int, dil: int, taps: int, size: int) 
     ]
 
 
+def _border_patterns(geom: ConvGeometry) -> tuple[list, np.ndarray]:
+    """(the distinct (outside rows, outside cols) tap patterns, no padding first; each output
+    pixel's pattern index ``pat [Ho*Wo]``)."""
+    kh, kw = geom.kernel
+    rows = _outside(geom.out_h, geom.strides[0], geom.pads[0], geom.dilations[0], kh, geom.height)
+    cols = _outside(geom.out_w, geom.strides[1], geom.pads[1], geom.dilations[1], kw, geom.width)
+    none = (tuple([False] * kh), tuple([False] * kw))
+    keys = [none] + sorted({(r, c) for r in rows for c in cols} - {none})
+    index = {key: p for p, key in enumerate(keys)}
+    return keys, np.array([index[(r, c)] for r in rows for c in cols], dtype=np.int32)
+
+
+def num_border_patterns(geom: ConvGeometry) -> int:
+    """Rows ``P`` of the correction table of :func:`border_correction` (what the kernels declare)."""
+    return len(_border_patterns(geom)[0])
+
+
 def border_correction(geom: ConvGeometry, w_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(pat [Ho*Wo] int32, corr [P, O] int32)``: the exact zero-padding correction.
 
@@ -116,12 +133,7 @@ def border_correction(geom: ConvGeometry, w_bits: np.ndarray) -> tuple[np.ndarra
     for pattern ``p``; pattern 0 is always the no-padding one (so ``corr[0] == 0``).
     """
     kh, kw = geom.kernel
-    rows = _outside(geom.out_h, geom.strides[0], geom.pads[0], geom.dilations[0], kh, geom.height)
-    cols = _outside(geom.out_w, geom.strides[1], geom.pads[1], geom.dilations[1], kw, geom.width)
-    none = (tuple([False] * kh), tuple([False] * kw))
-    keys = [none] + sorted({(r, c) for r in rows for c in cols} - {none})
-    index = {key: p for p, key in enumerate(keys)}
-    pat = np.array([index[(r, c)] for r in rows for c in cols], dtype=np.int32)
+    keys, pat = _border_patterns(geom)
     w_pm = unpack_bits(w_bits, geom.k).astype(np.int32).reshape(geom.out_channels, geom.cg, kh, kw)
     corr = np.zeros((len(keys), geom.out_channels), dtype=np.int32)
     for p, (r, c) in enumerate(keys):
@@ -149,7 +161,7 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
     kwords = num_words(g.k)
     ph, pw = g.padded_hw
     ho, wo = g.out_h, g.out_w
-    npat = len(border_correction(g, np.zeros((g.out_channels, kwords), np.uint64))[1])
+    npat = num_border_patterns(g)
     x = te.placeholder((g.batch, g.channels, g.height, g.width), "float32", name="x")
     shift = te.placeholder((g.channels,), "float32", name="shift")
     w = te.placeholder((g.out_channels, kwords), "uint64", name="w_bits")

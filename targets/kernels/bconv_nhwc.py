@@ -29,7 +29,17 @@ from tvm import te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
-from .bconv import ACC_BLOCK, IM2COL_BLOCK, OUT_BLOCK, ConvGeometry, OutDType, _or_tree, grouped_gemm, schedule_tiled_popcount
+from .bconv import (
+    ACC_BLOCK,
+    IM2COL_BLOCK,
+    OUT_BLOCK,
+    ConvGeometry,
+    OutDType,
+    _or_tree,
+    grouped_gemm,
+    num_border_patterns,
+    schedule_tiled_popcount,
+)
 from .reference import WORD_BITS, num_words, pack_bits, unpack_bits
 from .target_info import TargetLike, u64_lanes
 
@@ -103,9 +113,7 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
     kwords = num_words(g.k)
     ph, pw = g.padded_hw
     ho, wo = g.out_h, g.out_w
-    from .bconv import border_correction
-
-    npat = len(border_correction(g, np.zeros((g.out_channels, kwords), np.uint64))[1])
+    npat = num_border_patterns(g)
     pk = te.placeholder((g.batch, g.group, ph, pw), "uint64", name="pk")
     w = te.placeholder((g.out_channels, kwords), "uint64", name="w_bits")
     pat = te.placeholder((ho * wo,), "int32", name="pat")

@@ -36,6 +36,13 @@ def const_array(expr: relax.Expr) -> Optional[np.ndarray]:
     return None
 
 
+def concat_parts(value: Optional[relax.Expr]) -> Optional[tuple[list[relax.Expr], int]]:
+    """``(fields, axis)`` of a ``concat`` of a literal tuple, else ``None``."""
+    if value is None or op_name(value) != "relax.concat" or not isinstance(value.args[0], relax.Tuple):
+        return None
+    return list(value.args[0].fields), int(value.attrs.axis)
+
+
 def int_tuple(expr: relax.Expr) -> Optional[list[int]]:
     """Python ints of a Relax tuple / shape of integer immediates (slice axes, begins, ...)."""
     fields = getattr(expr, "fields", None)

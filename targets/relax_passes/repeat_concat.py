@@ -12,20 +12,20 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .common import Emitter, op_name, rebuild_block, rewrite_functions, static_shape
+from .common import Emitter, concat_parts, rebuild_block, rewrite_functions, static_shape
 
 
 def _rewrite_block(block: relax.BindingBlock) -> relax.BindingBlock:
     bindings: list = []
     emit = Emitter(bindings, isinstance(block, relax.DataflowBlock), "rep")
     for binding in block.bindings:
-        value = binding.value if isinstance(binding, relax.VarBinding) else None
-        if value is not None and op_name(value) == "relax.concat" and isinstance(value.args[0], relax.Tuple):
-            fields = list(value.args[0].fields)
+        parts = concat_parts(binding.value if isinstance(binding, relax.VarBinding) else None)
+        if parts is not None:
+            fields, axis = parts
             shape = static_shape(fields[0])
             out_shape = static_shape(binding.var)
             if len(fields) > 1 and shape is not None and out_shape is not None and all(f.same_as(fields[0]) for f in fields):
-                axis = int(value.attrs.axis) % len(shape)
+                axis %= len(shape)
                 wide = shape[:axis] + [len(fields)] + shape[axis:]
                 rep = emit(relax.op.broadcast_to(emit(relax.op.expand_dims(fields[0], axis)), wide))
                 bindings.append(relax.VarBinding(binding.var, relax.op.reshape(rep, out_shape)))

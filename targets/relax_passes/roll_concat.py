@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import tvm
 from tvm import relax, te, tirx
 
-from .common import int_tuple, op_name, rebuild_block, rewrite_functions, static_shape
+from .common import concat_parts, int_tuple, op_name, rebuild_block, rewrite_functions, static_shape
 
 
 def _slice_of(value: Optional[relax.Expr], axis: int, rank: int) -> Optional[tuple[relax.Expr, int, int]]:
@@ -67,12 +67,13 @@ def _rewrite_block(block: relax.BindingBlock, roll: RollFunc) -> relax.BindingBl
         value = binding.value if isinstance(binding, relax.VarBinding) else None
         if value is not None:
             bound[binding.var] = value
-        if value is not None and op_name(value) == "relax.concat" and isinstance(value.args[0], relax.Tuple):
-            fields = list(value.args[0].fields)
+        parts = concat_parts(value)
+        if parts is not None:
+            fields, axis = parts
             out_shape = static_shape(binding.var)
             if len(fields) == 2 and out_shape is not None:
                 rank = len(out_shape)
-                axis = int(value.attrs.axis) % rank
+                axis %= rank
                 first = _slice_of(bound.get(fields[0]), axis, rank)
                 second = _slice_of(bound.get(fields[1]), axis, rank)
                 src_shape = static_shape(first[0]) if first is not None else None

@@ -111,7 +111,12 @@ def test_bconv_float_epilogue(geom: bconv.ConvGeometry, seed: int) -> None:
     bias = rng.standard_normal(geom.out_channels).astype(np.float32)
     pat, corr = bconv.border_correction(geom, w_bits)
     got = _run(geom, "float32", x, shift, w_bits, pat, corr, scale, bias)
-    dots = _ref(geom, x, shift, w_bits).astype(np.float64)
+    assert_scaled_conv(got, _ref(geom, x, shift, w_bits), scale, bias)
+
+
+def assert_scaled_conv(got: np.ndarray, dots: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> None:
+    """``got`` (NCHW) is the integer conv ``dots`` times ``scale`` plus ``bias`` per channel, to 1e-6."""
+    dots = dots.astype(np.float64)
     s4, b4 = scale.astype(np.float64)[None, :, None, None], bias.astype(np.float64)[None, :, None, None]
     magnitude = np.abs(dots * s4) + np.abs(b4)
     assert np.all(np.abs(got - (dots * s4 + b4)) <= 1e-6 * magnitude + 1e-30)

@@ -22,7 +22,7 @@ import tvm  # noqa: E402
 from targets.kernels import bconv, bconv_nhwc  # noqa: E402
 from targets.kernels.build import build_kernel  # noqa: E402
 from targets.kernels.target_info import X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
-from tests.targets.test_bconv import TINY_D5, _data, _ref  # noqa: E402
+from tests.targets.test_bconv import TINY_D5, _data, _ref, assert_scaled_conv  # noqa: E402
 
 HOST = X86_SAPPHIRERAPIDS
 host_only = pytest.mark.skipif(not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code")
@@ -91,9 +91,7 @@ def test_bconv_nhwc_float_epilogue(geom: bconv.ConvGeometry, seed: int) -> None:
     scale = rng.uniform(0.01, 2.0, geom.out_channels).astype(np.float32)
     bias = rng.standard_normal(geom.out_channels).astype(np.float32)
     got = _run(geom, "float32", x, shift, w_bits, scale, bias)
-    dots = _ref(geom, x, shift, w_bits).astype(np.float64)
-    s4, b4 = scale.astype(np.float64)[None, :, None, None], bias.astype(np.float64)[None, :, None, None]
-    assert np.all(np.abs(got - (dots * s4 + b4)) <= 1e-6 * (np.abs(dots * s4) + np.abs(b4)) + 1e-30)
+    assert_scaled_conv(got, _ref(geom, x, shift, w_bits), scale, bias)
 
 
 def test_tap_major_words_is_a_bit_permutation() -> None:
