@@ -169,7 +169,7 @@ def _say(as_json: bool):
 
 
 @cli.command("compile")
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--target",
     "-t",
@@ -184,15 +184,16 @@ def _say(as_json: bool):
 @click.option("--golden-inputs", type=click.Path(path_type=Path, dir_okay=False), help="Own golden inputs (.npy float32 [N,3,S,S]).")
 @click.option("--golden-outputs", type=click.Path(path_type=Path, dir_okay=False), help="Their reference logits (.npy [N,classes]).")
 @click.option("--no-native", is_flag=True, help="Do not add the native C++ runner and the TVM runtime libraries.")
+@click.option("--allow-float", is_flag=True, help="Compile a graph without bhvit ops (the --reference graph) instead of refusing it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress still goes to stderr unless --json).")
 def compile_cmd(model: Path, target: str, mcpu: str | None, out: Path, batch: int, golden_inputs: Path | None,
-                golden_outputs: Path | None, no_native: bool, as_json: bool) -> None:
+                golden_outputs: Path | None, no_native: bool, allow_float: bool, as_json: bool) -> None:
     """Compile MODEL (a fused .onnx from to-onnx) with TVM into a deploy bundle for a target."""
     from .compile import compile_model
 
     report = compile_model(
         model, out, target=target, mcpu=mcpu, batch=batch, golden_inputs=golden_inputs,
-        golden_outputs=golden_outputs, native=not no_native, progress=_say(as_json),
+        golden_outputs=golden_outputs, native=not no_native, allow_float=allow_float, progress=_say(as_json),
     )
     click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
 

@@ -242,12 +242,14 @@ def compile_model(
     golden_inputs: Optional[Path] = None,
     golden_outputs: Optional[Path] = None,
     native: bool = True,
+    allow_float: bool = False,
     progress: Optional[Progress] = None,
 ) -> CompileReport:
     """Compile the (fused) ONNX at ``model_path`` for ``target`` into a bundle at ``out_path``.
 
     ``out_path`` ending in ``.tar`` writes the archive form. Raises BhvitError subclasses (exit 2)
     for bad models, targets and missing toolchains; nothing is written unless all steps succeed.
+    A graph without bhvit ops (the float reference) is refused unless ``allow_float``.
     """
     from . import __version__
     from .atomic import atomic_path
@@ -282,6 +284,11 @@ def compile_model(
         from targets.build_cuda import require_nvcc
 
         require_nvcc()  # likewise: before the load, not deep in the build
+    times["target"] = time.perf_counter() - t
+    t = time.perf_counter()
+    from .file_kinds import expect_onnx
+
+    expect_onnx(src)  # a checkpoint or a bundle given by mistake: say which command takes it
     say(f"loading {src}")
     model = load_onnx(src)
     size = check_image_model(model, batch)
@@ -290,7 +297,11 @@ def compile_model(
     bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
     if bad:
         raise TargetError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
+    from .graph_kind import require_binary_ops
+
+    float_notes = require_binary_ops(model, src, allow_float)
     golden, notes = _load_golden(model, golden_inputs, golden_outputs)
+    notes = float_notes + notes
     _check_golden(golden, model, size)
     golden = _fit_batch(golden, batch)
     times["load"] = time.perf_counter() - t
@@ -311,6 +322,7 @@ def compile_model(
     say(f"building for {spec.target.kind.name} {spec.name} (this takes a while)")
     ex = build(mod, spec.target)
     times["build"] = time.perf_counter() - t
+    t = time.perf_counter()
     target_info = spec.to_json()
     if spec.device == "cuda":
         from targets.build_cuda import device_code_format
@@ -323,15 +335,21 @@ def compile_model(
     with atomic_path(out, directory=not as_tar) as tmp_out:
         root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
         try:
+            times["build"] += time.perf_counter() - t  # the device-code query above is part of the build
             t = time.perf_counter()
             say(f"linking {mf.LIBRARY}")
             _export(ex, spec, root / mf.LIBRARY)
             times["link"] = time.perf_counter() - t
+            t = time.perf_counter()
             (root / "golden").mkdir()
             np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
             np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
+            times["golden"] = time.perf_counter() - t
+            t = time.perf_counter()
             native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
             notes += native_notes
+            times["native"] = time.perf_counter() - t
+            t = time.perf_counter()
             manifest = mf.Manifest(
                 tool_version=__version__,
                 tvm_version=tvm.__version__,
@@ -366,6 +384,7 @@ def compile_model(
         finally:
             if as_tar:
                 shutil.rmtree(root, ignore_errors=True)
+    times["write"] = time.perf_counter() - t  # manifest, hashes, modes, (tar), the rename into place
     times["total"] = time.perf_counter() - t_all
     return CompileReport(
         model=str(src),

@@ -141,6 +141,9 @@ def convert_checkpoint(
         raise ExportError(f"-o {out} is a directory; give the path of the .onnx file to write")
     if ckpt.exists() and out.exists() and os.path.samefile(ckpt, out):
         raise ExportError(f"-o {out} is the checkpoint itself; refusing to overwrite the input")
+    from ..file_kinds import expect_checkpoint
+
+    expect_checkpoint(ckpt)  # an .onnx or a bundle given by mistake: say which command takes it
     fuse, required = (None, None) if reference else _fuser()
 
     from ..checkpoint import load_checkpoint

@@ -238,6 +238,9 @@ def _pytorch_latency(manifest: mf.Manifest, opts: VerifyOptions) -> tuple[Option
 def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Progress] = None) -> VerifyReport:
     """Check, run and compare the bundle at ``path``; see the module docstring."""
     say = progress or (lambda _msg: None)
+    from ..file_kinds import expect_bundle
+
+    expect_bundle(Path(path))  # an .onnx or a checkpoint given by mistake: say which command takes it
     with open_bundle(Path(path)) as root:
         say("checking the manifest and the SHA-256 of every file")
         manifest = mf.check_bundle(root)
