@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
+from . import cli_examples as ex
 from .checkpoint import ENTRIES  # light: torch is imported inside load_checkpoint
 from .errors import BhvitError
 
@@ -95,16 +96,17 @@ class _Cli(click.Group):
             )
 
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]}, epilog=ex.TOP)
 @click.option("--debug", is_flag=True, help="Show the full traceback of any error.")
 @click.version_option(__version__, "--version", prog_name="bhvit-export")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Export BHViT checkpoints of the official training code to ONNX (and later TVM)."""
+    """Export BHViT checkpoints of the official training code to ONNX with packed-bit ops, compile them
+    with TVM for x86-64, Arm Cortex-A and Jetson, and verify the result on the device."""
     ctx.meta["bhvit.debug"] = debug
 
 
-@cli.command("to-onnx")
+@cli.command("to-onnx", epilog=ex.TO_ONNX)
 @click.argument("ckpt", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
 @click.option(
@@ -152,7 +154,7 @@ def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Pat
             click.echo(line)
 
 
-@cli.command("inspect")
+@cli.command("inspect", epilog=ex.INSPECT)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the census as JSON on stdout (nothing else).")
 def inspect_cmd(model: Path, as_json: bool) -> None:
@@ -168,7 +170,7 @@ def _say(as_json: bool):
     return None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
 
 
-@cli.command("compile")
+@cli.command("compile", epilog=ex.COMPILE)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--target",
@@ -176,7 +178,9 @@ def _say(as_json: bool):
     default="x86_64",
     show_default=True,
     help="x86_64 (this CPU unless --mcpu), aarch64 (cortex-a72 unless --mcpu), jetson-orin, a TVM tag "
-    "(raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, ...) or a JSON target (inline or a .json file).",
+    "(raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, ...), a TVM target string "
+    "(\"llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a53\", \"cuda -arch=sm_87\") or a JSON target "
+    "(inline or a .json file). `bhvit-export targets` lists them.",
 )
 @click.option("--mcpu", default=None, help="CPU model for x86_64/aarch64 (e.g. haswell, cortex-a76).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write (or NAME.tar).")
@@ -205,7 +209,7 @@ def _tolerance_options(f):
     return f
 
 
-@cli.command("verify")
+@cli.command("verify", epilog=ex.VERIFY)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--runs", type=click.IntRange(min=0), default=20, show_default=True, help="Timed runs (0: accuracy only).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed warm-up runs.")
@@ -246,18 +250,24 @@ def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: s
         raise VerificationFailed("the compiled model's outputs are outside the tolerances")
 
 
-@cli.command("emulate")
-@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True)
+@cli.command("emulate", epilog=ex.EMULATE)
+@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True, help="The device's architecture (qemu-user emulates it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
-@click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True, help="TCP port of the RPC server (verify --rpc HOST:PORT).")
 def emulate_cmd(arch: str, host: str, port: int) -> None:
-    """Serve TVM RPC as an emulated ARM device (qemu-user) until stopped (Ctrl-C)."""
+    """Serve TVM RPC as an emulated ARM device (qemu-user) until stopped (Ctrl-C).
+
+    Runs our small C++ RPC server against the aarch64 TVM runtime under qemu-aarch64, so
+    `verify --rpc HOST:PORT` uploads and runs an aarch64 bundle here. Latency under qemu is not the
+    device's latency: this proves the library runs and is correct. Needs g++-aarch64-linux-gnu and
+    qemu-user (scripts/install-system-deps.sh).
+    """
     from targets.emulate import serve
 
     serve(arch, host, port, on_ready=lambda h, p: click.echo(f"emulated {arch} device serving TVM RPC on {h}:{p} (Ctrl-C stops it)", err=True))
 
 
-@cli.command("bench")
+@cli.command("bench", epilog=ex.BENCH)
 @click.option("--model", "models", multiple=True, type=click.Choice(["tiny", "small"]), help="Model size(s) [default: tiny and small].")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), help="Batch size(s) [default: 1 and 8].")
 @click.option("--threads", "threads", multiple=True, type=click.IntRange(min=1), help="Thread count(s) [default: 1 and 2].")
@@ -285,6 +295,16 @@ def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plo
         say=_say(as_json) or (lambda _m: None),
     )
     click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else report.text())
+
+
+@cli.command("targets", epilog=ex.TARGETS)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON on stdout.")
+def targets_cmd(as_json: bool) -> None:
+    """List what compile --target and --mcpu accept: our names, the TVM tags that work, the CPUs."""
+    from targets.catalog import catalog
+
+    c = catalog()
+    click.echo(json.dumps(c.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(c.lines()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,7 +112,12 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
     """
     from targets.kernels.target_info import host_target
 
+    from targets.catalog import check_cpu, target_suggestion
+    from targets.target_string import looks_like_target_string, parse_target_string
+
     what = f"--target {name}"
+    if mcpu is not None and name in ("x86_64", "aarch64") and (bad_cpu := check_cpu(name, mcpu)):
+        raise TargetError(bad_cpu)
     if name == "x86_64":
         if host_arch() != "x86_64" and mcpu is None:
             raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
@@ -134,19 +139,22 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
         if not path.is_file():
             raise TargetError(f"{what}: no such file")
         tgt = _json_target(path.read_text(encoding="utf-8", errors="replace"), what)
+    elif looks_like_target_string(name):  # "llvm -mtriple=... -mcpu=...": TVM 0.27 only takes dicts
+        tgt = _make(parse_target_string(name), what)
     elif "/" in name:
         from tvm.target import tag
 
         if name not in tag.list_tags():
             raise TargetError(
-                f"{what}: unknown TVM target tag (try {', '.join(SHORT_NAMES)}, "
-                "raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, or a JSON target)"
+                f"{what}: unknown TVM target tag{target_suggestion(name)} (try {', '.join(SHORT_NAMES)}, "
+                "raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, or a JSON target; `bhvit-export targets` lists them)"
             )
         tgt = _make(name, what)
     else:
         raise TargetError(
-            f"{what}: unknown target; use one of {', '.join(SHORT_NAMES)}, a TVM tag such as "
-            "raspberry-pi/4b-aarch64, or a JSON target like '{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}'"
+            f"{what}: unknown target{target_suggestion(name)}; use one of {', '.join(SHORT_NAMES)}, a TVM tag such as "
+            "raspberry-pi/4b-aarch64, a TVM target string like \"llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a53\", "
+            "or a JSON target like '{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}' (`bhvit-export targets` lists them)"
         )
     if mcpu is not None and name not in ("x86_64", "aarch64"):
         raise TargetError(f"--mcpu applies to the x86_64 and aarch64 targets only, not {name}")

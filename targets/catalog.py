@@ -1,0 +1,117 @@
+"""What ``--target`` and ``--mcpu`` accept, listed (``bhvit-export targets``) and suggested on a typo.
+
+One list for both uses, so the suggestions and the listing can never disagree: our short names, the
+TVM tags that resolve to a target we build for (an llvm CPU of our two architectures, or CUDA), and
+the CPUs LLVM knows for each architecture (ours checked first).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+#: Our names, what each means.
+SHORT_NAMES = {
+    "x86_64": "this machine's x86-64 CPU (LLVM host detection), or --mcpu",
+    "aarch64": "64-bit Arm Linux, Cortex-A72 unless --mcpu",
+    "jetson-orin": "Jetson Orin: CUDA sm_87, Cortex-A78 host",
+}
+#: String and JSON forms, shown in the listing.
+FORMS = (
+    '"llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a53"  (a TVM target string)',
+    '"cuda -arch=sm_87"  (a TVM target string; the host is this machine)',
+    '\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}\'  (JSON, inline or a .json file)',
+)
+
+
+@dataclass
+class Catalog:
+    names: dict[str, str]
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # tag -> {arch, device}
+    cpus: dict[str, list[str]] = field(default_factory=dict)  # arch -> CPUs (checked ones first)
+    checked_cpus: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": self.names, "tags": self.tags, "cpus": self.cpus, "checked_cpus": self.checked_cpus,
+                "forms": list(FORMS)}
+
+    def lines(self) -> list[str]:
+        out = ["our names (--target):"]
+        out += [f"  {n:<14} {d}" for n, d in self.names.items()]
+        out.append("TVM target strings and JSON:")
+        out += [f"  {f}" for f in FORMS]
+        by_kind: dict[str, list[str]] = {}
+        for t, info in sorted(self.tags.items()):
+            by_kind.setdefault(f"{info['device']} ({info['arch']} host)", []).append(t)
+        out.append(f"TVM tags that resolve to a target we build for ({len(self.tags)}):")
+        for kind, tags in by_kind.items():
+            out.append(f"  {kind}: {', '.join(tags)}")
+        for arch, cpus in self.cpus.items():
+            checked = self.checked_cpus.get(arch, [])
+            out.append(f"CPUs for {arch} (--mcpu; checked with our kernels: {', '.join(checked) or 'any'}; {len(cpus)} known to LLVM):")
+            out.append("  " + ", ".join(cpus))
+        return out
+
+
+def _tvm_cpus(triple: str) -> list[str]:
+    import tvm
+    from tvm.target import codegen
+
+    return sorted(str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple})))
+
+
+def cpus(arch: str) -> list[str]:
+    """CPUs LLVM (inside TVM) knows for ``arch``."""
+    return _tvm_cpus("aarch64-linux-gnu" if arch == "aarch64" else "x86_64-linux-gnu")
+
+
+def working_tags() -> dict[str, dict[str, str]]:
+    """TVM tags that :func:`targets.target_spec.resolve` accepts, with their arch and device."""
+    from tvm.target import tag
+
+    from bhvit_export.errors import TargetError
+    from targets.target_spec import resolve
+
+    out = {}
+    for name in sorted(tag.list_tags()):
+        try:
+            spec = resolve(name)
+        except TargetError:
+            continue
+        out[name] = {"arch": spec.arch, "device": spec.device}
+    return out
+
+
+def catalog() -> Catalog:
+    from targets.target_spec import ARM_CPUS
+
+    import tvm  # noqa: F401  (LLVM's CPU lists come from TVM's LLVM)
+
+    return Catalog(
+        names=dict(SHORT_NAMES),
+        tags=working_tags(),
+        cpus={"x86_64": cpus("x86_64"), "aarch64": cpus("aarch64")},
+        checked_cpus={"x86_64": ["haswell", "sapphirerapids"], "aarch64": list(ARM_CPUS)},
+    )
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """`` (did you mean a, b?)`` for the closest ``choices``, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def target_suggestion(name: str) -> str:
+    """Closest short names and TVM tags to a mistyped ``--target``."""
+    from tvm.target import tag
+
+    return did_you_mean(name, list(SHORT_NAMES) + [str(t) for t in tag.list_tags()])
+
+
+def check_cpu(arch: str, cpu: str) -> Optional[str]:
+    """None if LLVM knows ``cpu`` for ``arch``, else the message (with suggestions)."""
+    known = cpus(arch)
+    if cpu in known or cpu in ("native", "generic"):
+        return None
+    return f"--mcpu {cpu}: not a CPU LLVM knows for {arch}{did_you_mean(cpu, known)} (`bhvit-export targets` lists them)"
