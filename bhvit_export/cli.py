@@ -133,9 +133,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
     default=None,
     help="ONNX opset [default: the reference exporter's; a fused export uses the one the passes need].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (nothing else).")
-def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Path | None, opset: int | None, as_json: bool) -> None:
-    """Convert checkpoint CKPT (.pth of the official training code) to ONNX."""
+@click.option("--no-validate", is_flag=True, help="Skip running the written graph in onnxruntime against PyTorch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress goes to stderr).")
+def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Path | None, opset: int | None,
+            no_validate: bool, as_json: bool) -> None:
+    """Convert checkpoint CKPT (.pth of the official training code) to ONNX.
+
+    The written graph is then run in onnxruntime on the golden inputs and compared with PyTorch
+    (cosine, max |diff|, top-1). Exit 1 when it is outside the tolerance; the file stays.
+    """
+    from .errors import ExportValidationFailed
     from .export.convert import convert_checkpoint
 
     report = convert_checkpoint(
@@ -145,13 +152,19 @@ def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Pat
         entry=entry,
         config_json=config_json,
         opset=opset,
-        progress=None if as_json else (lambda msg: click.echo(f"... {msg}")),
+        validate=not no_validate,
+        progress=_say(as_json, sys.stdout),  # to-onnx's progress has always been on stdout without --json
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
         for line in report.lines():
             click.echo(line)
+    if report.validation is not None and not report.validation.passed:
+        raise ExportValidationFailed(
+            f"the exported graph disagrees with PyTorch beyond the tolerance ({'; '.join(report.validation.failures)}); "
+            f"the file stays for inspection: {out}"
+        )
 
 
 @cli.command("inspect", epilog=ex.INSPECT)
@@ -165,9 +178,11 @@ def inspect_cmd(model: Path, as_json: bool) -> None:
     click.echo(json.dumps(c.to_json(), indent=2, sort_keys=True) if as_json else format_report(c))
 
 
-def _say(as_json: bool):
-    """Progress lines on stderr (stdout stays clean for --json)."""
-    return None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
+def _say(as_json: bool, stream: Any = None):
+    """Progress on stderr (stdout stays clean for --json): a spinner on a terminal, else ``... `` lines."""
+    from .progress import Progress
+
+    return Progress(None if as_json else stream)
 
 
 @cli.command("compile", epilog=ex.COMPILE)

@@ -319,8 +319,10 @@ def compile_model(
     times["import"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"building for {spec.target.kind.name} {spec.name} (this takes a while)")
-    ex = build(mod, spec.target)
+    from .progress import long_step
+
+    with long_step(say, f"building for {spec.target.kind.name} {spec.name} (this takes a while)"):
+        ex = build(mod, spec.target)
     times["build"] = time.perf_counter() - t
     t = time.perf_counter()
     target_info = spec.to_json()

@@ -71,3 +71,10 @@ class VerificationFailed(BhvitError):
 
     exit_code = 1
     stage = "verify"
+
+
+class ExportValidationFailed(BhvitError):
+    """The exported ONNX, run in onnxruntime, disagrees with PyTorch beyond tolerance (the file stays)."""
+
+    exit_code = 1
+    stage = "validate"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import onnx
 
     from ..config import BHViTConfig
+    from ..validate import Validation
 
 Progress = Callable[[str], None]
 #: Fields that torch fills from the environment; pinned so the bytes depend on the weights only.
@@ -41,7 +42,8 @@ class ConvertReport:
     opset: int
     checkpoint_bytes: int
     output_bytes: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # load, export, fuse, write, total
+    seconds: dict[str, float] = field(default_factory=dict)  # load, export, fuse, write, validate, total
+    validation: "Validation | None" = None  # None with validate=False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class ConvertReport:
             "checkpoint_bytes": self.checkpoint_bytes,
             "output_bytes": self.output_bytes,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "validation": self.validation.to_json() if self.validation else None,
         }
 
     def lines(self) -> list[str]:
@@ -65,7 +68,7 @@ class ConvertReport:
             f"inferred: {self.inferred}",
             f"exported {self.kind} ONNX (opset {self.opset}) in {s.get('total', 0.0):.1f} s ({steps})",
             f"wrote {self.output} ({_human(self.output_bytes)}; checkpoint {_human(self.checkpoint_bytes)})",
-        ]
+        ] + ([self.validation.line()] if self.validation else ["not validated (--no-validate)"])
 
 
 def _human(n: int) -> str:
@@ -125,6 +128,7 @@ def convert_checkpoint(
     entry: str = "auto",
     config_json: str | os.PathLike[str] | None = None,
     opset: int | None = None,
+    validate: bool = True,
     progress: Progress | None = None,
 ) -> ConvertReport:
     """Load ``ckpt_path``, export it to ONNX (the float reference, or fused) and write ``out_path``.
@@ -134,6 +138,10 @@ def convert_checkpoint(
 
     Nothing is written unless every step succeeds (temp name + rename), so a failed or interrupted
     run never leaves a file that a later ``compile`` would trust.
+
+    ``validate`` runs the written graph in onnxruntime on the golden inputs against the PyTorch
+    logits (:mod:`bhvit_export.validate`); the result is in the report, and the caller decides what a
+    failure means (the CLI exits 1 and keeps the file).
     """
     say = progress or (lambda _msg: None)
     ckpt, out = Path(ckpt_path), Path(out_path)
@@ -192,6 +200,14 @@ def convert_checkpoint(
     except OSError as e:
         raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
     times["write"] = time.perf_counter() - t
+    validation = None
+    if validate:
+        from ..validate import validate_export
+
+        t = time.perf_counter()
+        say(f"validating {out.name} in onnxruntime against PyTorch on the {DEFAULT_COUNT} golden inputs")
+        validation = validate_export(out, golden)
+        times["validate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
     return ConvertReport(
         checkpoint=str(ckpt),
@@ -204,6 +220,7 @@ def convert_checkpoint(
         checkpoint_bytes=ckpt.stat().st_size,
         output_bytes=size,
         seconds=times,
+        validation=validation,
     )
 
 
