@@ -57,10 +57,29 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
     raise Terminated()
 
 
-def _fail(ctx: click.Context, line: str, code: int) -> NoReturn:
+def _json_mode(ctx: click.Context, _param: Any, value: bool) -> bool:
+    """``--json`` callback: remember it, so that an error is also printed as a JSON object on stdout."""
+    if value:
+        ctx.find_root().meta["bhvit.json"] = ctx.info_name
+    return value
+
+
+def _json_dump(command: str, body: dict[str, Any], outputs: tuple[Path, ...] = ()) -> str:
+    """A report with the shared envelope (schema version, versions, SHA-256 of the outputs)."""
+    from .report import envelope
+
+    return json.dumps(envelope(command, body, outputs), indent=2, sort_keys=True)
+
+
+def _fail(ctx: click.Context, line: str, code: int, stage: str = "bhvit-export") -> NoReturn:
     if ctx.find_root().meta.get("bhvit.debug"):
         traceback.print_exc(file=sys.stderr)
     click.echo(line, err=True)
+    command = ctx.find_root().meta.get("bhvit.json")
+    if command and code != 1:  # exit 1 (a failed check) has already printed its report
+        from .report import error_object
+
+        click.echo(json.dumps(error_object(line.removeprefix("error: "), stage, code, command), sort_keys=True))
     ctx.exit(code)
 
 
@@ -73,11 +92,11 @@ class _Cli(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BhvitError as e:
-            _fail(ctx, f"error: {e}", e.exit_code)
+            _fail(ctx, f"error: {e}", e.exit_code, e.stage)
         except Terminated:
-            _fail(ctx, "error: terminated (SIGTERM); nothing was written", EXIT_TERMINATED)
+            _fail(ctx, "error: terminated (SIGTERM); nothing was written", EXIT_TERMINATED, "terminated")
         except KeyboardInterrupt:
-            _fail(ctx, "error: interrupted; nothing was written", EXIT_INTERRUPTED)
+            _fail(ctx, "error: interrupted; nothing was written", EXIT_INTERRUPTED, "interrupted")
         except Exception as e:  # a missing optional package, else a bug in this tool
             top = (e.name or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
             if top in OPTIONAL_PACKAGES:
@@ -86,6 +105,7 @@ class _Cli(click.Group):
                     f"error: this command needs the Python package '{top}', which is not installed "
                     f"(pip install {OPTIONAL_PACKAGES[top]})",
                     2,
+                    "environment",
                 )
             first = str(e).splitlines()[0] if str(e) else ""
             _fail(
@@ -93,6 +113,7 @@ class _Cli(click.Group):
                 f"error: unexpected {type(e).__name__}: {first} "
                 "(a bug in bhvit-export; rerun with --debug for the traceback and report it)",
                 EXIT_BUG,
+                "internal",
             )
 
 
@@ -134,7 +155,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="ONNX opset [default: the reference exporter's; a fused export uses the one the passes need].",
 )
 @click.option("--no-validate", is_flag=True, help="Skip running the written graph in onnxruntime against PyTorch.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress goes to stderr).")
+@click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the report as JSON on stdout (progress goes to stderr).")
 def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Path | None, opset: int | None,
             no_validate: bool, as_json: bool) -> None:
     """Convert checkpoint CKPT (.pth of the official training code) to ONNX.
@@ -156,7 +177,7 @@ def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Pat
         progress=_say(as_json, sys.stdout),  # to-onnx's progress has always been on stdout without --json
     )
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        click.echo(_json_dump("to-onnx", report.to_json(), (out,)))
     else:
         for line in report.lines():
             click.echo(line)
@@ -169,13 +190,13 @@ def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Pat
 
 @cli.command("inspect", epilog=ex.INSPECT)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the census as JSON on stdout (nothing else).")
+@click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the census as JSON on stdout (nothing else).")
 def inspect_cmd(model: Path, as_json: bool) -> None:
     """Op census, BOPs/FLOPs/OPs, parameters and size of MODEL (.onnx), beside the paper's Table 2."""
     from .census import format_report, inspect_file
 
     c = inspect_file(model)
-    click.echo(json.dumps(c.to_json(), indent=2, sort_keys=True) if as_json else format_report(c))
+    click.echo(_json_dump("inspect", c.to_json()) if as_json else format_report(c))
 
 
 def _say(as_json: bool, stream: Any = None):
@@ -204,7 +225,7 @@ def _say(as_json: bool, stream: Any = None):
 @click.option("--golden-outputs", type=click.Path(path_type=Path, dir_okay=False), help="Their reference logits (.npy [N,classes]).")
 @click.option("--no-native", is_flag=True, help="Do not add the native C++ runner and the TVM runtime libraries.")
 @click.option("--allow-float", is_flag=True, help="Compile a graph without bhvit ops (the --reference graph) instead of refusing it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress still goes to stderr unless --json).")
+@click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the report as JSON on stdout (progress goes to stderr).")
 def compile_cmd(model: Path, target: str, mcpu: str | None, out: Path, batch: int, golden_inputs: Path | None,
                 golden_outputs: Path | None, no_native: bool, allow_float: bool, as_json: bool) -> None:
     """Compile MODEL (a fused .onnx from to-onnx) with TVM into a deploy bundle for a target."""
@@ -214,7 +235,7 @@ def compile_cmd(model: Path, target: str, mcpu: str | None, out: Path, batch: in
         model, out, target=target, mcpu=mcpu, batch=batch, golden_inputs=golden_inputs,
         golden_outputs=golden_outputs, native=not no_native, allow_float=allow_float, progress=_say(as_json),
     )
-    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
+    click.echo(_json_dump("compile", report.to_json(), (out,)) if as_json else "\n".join(report.lines()))
 
 
 def _tolerance_options(f):
@@ -240,7 +261,7 @@ def _tolerance_options(f):
 @click.option("--limit", "images_limit", type=click.IntRange(min=1), default=None, help="With --images: only the first N images.")
 @click.option("--reference", "reference", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --images: the reference model (.onnx via onnxruntime, or the checkpoint via PyTorch).")
 @_tolerance_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the report as JSON on stdout.")
 def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: str | None, tracker: str | None,
                key: str | None, devices: int, native: bool, profile: bool, no_torch: bool, images: Path | None,
                images_limit: int | None, reference: Path | None, min_cosine: float | None,
@@ -260,7 +281,7 @@ def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: s
                          devices=devices, native=native, tolerances=tol, torch_latency=not no_torch, profile=profile,
                          images=images, images_limit=images_limit, reference=reference)
     report = verify_bundle(bundle, opts, progress=_say(as_json))
-    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
+    click.echo(_json_dump("verify", report.to_json()) if as_json else "\n".join(report.lines()))
     if not report.passed:
         raise VerificationFailed("the compiled model's outputs are outside the tolerances")
 
@@ -293,14 +314,14 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
 @click.option("--arm", is_flag=True, help="Only the llvm-mca analysis of the aarch64 kernels (Cortex-A72/A76), no timing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the results as JSON on stdout.")
 def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
     """Time PyTorch, onnxruntime fp32, TVM fp32 and our bundle side by side, interleaved, on this machine."""
     if arm:
         from benchmarks.mca import analyse, format_table
 
         res = analyse()
-        click.echo(json.dumps(res, indent=2, sort_keys=True) if as_json else format_table(res))
+        click.echo(_json_dump("bench", res) if as_json else format_table(res))
         return
     from benchmarks.report import run_bench
 
@@ -309,17 +330,17 @@ def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plo
         rounds=rounds, include=include or None, kernels=kernels, breakdown=breakdown, plot=plot, cache=cache,
         say=_say(as_json) or (lambda _m: None),
     )
-    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else report.text())
+    click.echo(_json_dump("bench", report.to_json()) if as_json else report.text())
 
 
 @cli.command("targets", epilog=ex.TARGETS)
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the list as JSON on stdout.")
 def targets_cmd(as_json: bool) -> None:
     """List what compile --target and --mcpu accept: our names, the TVM tags that work, the CPUs."""
     from targets.catalog import catalog
 
     c = catalog()
-    click.echo(json.dumps(c.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(c.lines()))
+    click.echo(_json_dump("targets", c.to_json()) if as_json else "\n".join(c.lines()))
 
 
 def main(argv: list[str] | None = None) -> None:

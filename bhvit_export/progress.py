@@ -37,8 +37,8 @@ class Progress:
     def step(self, msg: str) -> Iterator[None]:
         start = time.perf_counter()
         stop = threading.Event()
-        if self.tty:
-            from tqdm import tqdm
+        tqdm = _tqdm() if self.tty else None
+        if tqdm is not None:
 
             # a pty without a size (ssh -t, script, CI runners) reports 0x0, and tqdm hides a bar below the
             # last row of the screen: give it the size shutil falls back to (80x24)
@@ -70,6 +70,15 @@ class Progress:
             if bar is not None:
                 bar.close()
         self(f"{msg}: done in {time.perf_counter() - start:.1f} s")
+
+
+def _tqdm() -> Any:
+    """tqdm's class, or None where it is not installed (a device with only numpy, click and TVM)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
 
 @contextlib.contextmanager
