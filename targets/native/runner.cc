@@ -41,6 +41,21 @@ struct Fail : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A model.so is compiled for one static input shape; TVM reports another batch as a raw
+// "match_cast error ... annotation=R.Tensor((1, 3, 224, 224), ...)". Name the compiled shape instead.
+std::string ShapeHint(const std::string& message, const std::vector<int64_t>& given) {
+  const std::string tag = "annotation=R.Tensor((";
+  size_t at = message.find(tag);
+  if (message.find("match_cast") == std::string::npos || at == std::string::npos) return message;
+  size_t end = message.find(")", at + tag.size());
+  std::string compiled = message.substr(at + tag.size(), end - at - tag.size());
+  std::ostringstream got;
+  for (size_t i = 0; i < given.size(); ++i) got << (i ? ", " : "") << given[i];
+  std::string batch = compiled.substr(0, compiled.find(','));
+  return "the library is compiled for input [" + compiled + "] (batch " + batch + "), got [" + got.str() +
+         "]: pass --batch " + batch + " (manifest.json input.shape), or recompile with `bhvit-export compile --batch N`";
+}
+
 struct Array32 {
   std::vector<int64_t> shape;
   std::vector<float> data;
@@ -200,7 +215,12 @@ int Run(const Args& a) {
   std::vector<int64_t> y_shape;
   for (int64_t g = 0; g < groups / a.batch; ++g) {
     std::memcpy(in.data_ptr(), x.data.data() + g * block_numel, block_numel * sizeof(float));
-    ffi::Tensor out = FirstTensor(run(in));
+    ffi::Tensor out;
+    try {
+      out = FirstTensor(run(in));
+    } catch (const ffi::Error& e) {
+      throw Fail(ShapeHint(e.kind() + ": " + e.message(), block_shape));
+    }
     if (out.dtype().code != kDLFloat || out.dtype().bits != 32) throw Fail("main returned a non-float32 tensor");
     if (out.device().device_type != kDLCPU || !out.IsContiguous()) throw Fail("main returned a non-contiguous or non-CPU tensor");
     if (out.ndim() < 1 || out.shape()[0] != a.batch)
