@@ -258,13 +258,14 @@ def _tolerance_options(f):
 @click.option("--profile", is_flag=True, help="Per-function latency of the compiled model (this machine's CPU).")
 @click.option("--no-torch", is_flag=True, help="Do not time the PyTorch reference even if torch is installed.")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False), default=None, help="ImageFolder of labeled images: top-1 of the compiled model (and of --reference).")
-@click.option("--limit", "images_limit", type=click.IntRange(min=1), default=None, help="With --images: only the first N images.")
+@click.option("--limit", "images_limit", type=click.IntRange(min=1), default=None, help="With --images: N images, taken round-robin over the classes.")
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --images: class-index file (JSON or TXT) mapping class folders to the model's classes [1000 classes: ImageNet synset order; else sorted folders].")
 @click.option("--reference", "reference", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --images: the reference model (.onnx via onnxruntime, or the checkpoint via PyTorch).")
 @_tolerance_options
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the report as JSON on stdout.")
 def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: str | None, tracker: str | None,
                key: str | None, devices: int, native: bool, profile: bool, no_torch: bool, images: Path | None,
-               images_limit: int | None, reference: Path | None, min_cosine: float | None,
+               images_limit: int | None, labels: Path | None, reference: Path | None, min_cosine: float | None,
                max_abs_over_std: float | None, min_top1: float | None, as_json: bool) -> None:
     """Check BUNDLE's files, run its golden inputs and compare with the reference; time it.
 
@@ -275,11 +276,14 @@ def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: s
 
     if sum(bool(v) for v in (rpc, tracker, native)) > 1:
         raise BundleError("choose one of --rpc, --tracker and --native")
+    for flag, value in (("--reference", reference), ("--limit", images_limit), ("--labels", labels)):
+        if value is not None and images is None:
+            raise BundleError(f"{flag} applies to --images DIR (top-1 on labeled images); give --images or drop {flag}")
     tol = {k: v for k, v in (("min_cosine", min_cosine), ("max_abs_over_std", max_abs_over_std),
                              ("min_top1_agreement", min_top1)) if v is not None}
     opts = VerifyOptions(runs=runs, warmup=warmup, threads=threads, rpc=rpc, tracker=tracker, key=key,
                          devices=devices, native=native, tolerances=tol, torch_latency=not no_torch, profile=profile,
-                         images=images, images_limit=images_limit, reference=reference)
+                         images=images, images_limit=images_limit, reference=reference, labels=labels)
     report = verify_bundle(bundle, opts, progress=_say(as_json))
     click.echo(_json_dump("verify", report.to_json()) if as_json else "\n".join(report.lines()))
     if not report.passed:

@@ -158,7 +158,7 @@ def _png_header_only(path: Path, w: int, h: int) -> None:
 def _image_folder(root: Path) -> Path:
     from PIL import Image
 
-    for c in ("a", "b"):
+    for c in "abcdefghij":  # the micro model's 10 classes (verify refuses another class count)
         (root / c).mkdir(parents=True)
         Image.new("RGB", (40, 30), (10, 200, 30)).save(root / c / "ok.png")
     return root

@@ -77,9 +77,72 @@ def test_verify_images_reports_top1_and_agreement(micro_bundle: Path, tmp_path: 
 
 
 def test_unreadable_image_is_one_line_exit_2(micro_bundle: Path, tmp_path: Path) -> None:
-    root = _folder(tmp_path / "imgs", 2, 1)
+    root = _folder(tmp_path / "imgs", 10, 1)  # the micro model's 10 classes
     (root / "class00" / "broken.jpg").write_bytes(b"this is not a jpeg")
     res = CliRunner().invoke(cli, ["verify", str(micro_bundle), "--runs", "0", "--no-torch", "--images", str(root)])
     assert res.exit_code == 2
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken.jpg" in errors[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# issue #16: class indices (--labels, ImageNet synset order, refusal of another class count), --limit
+
+
+def test_limit_samples_round_robin_over_the_classes(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", 3, 3)
+    data = find_images(root, limit=4)
+    assert list(data.labels) == [0, 1, 2, 0]  # not [0, 0, 0, 1]
+
+
+def test_imagenet_synset_order_for_1000_classes(tmp_path: Path) -> None:
+    from bhvit_export.verify.class_index import imagenet_synsets
+
+    synsets = imagenet_synsets()
+    assert len(synsets) == 1000 and synsets == sorted(synsets) and synsets[0] == "n01440764"
+    root = tmp_path / "val"
+    for wnid in ("n01443537", "n15075141"):  # ImageNet classes 1 and 999
+        (root / wnid).mkdir(parents=True)
+        PIL.new("RGB", (8, 8)).save(root / wnid / "x.png")
+    data = find_images(root, num_classes=1000)
+    assert list(data.labels) == [1, 999] and data.label_source == "ImageNet-1k synset order"
+
+
+@pytest.mark.parametrize("fmt", ["json-list", "json-index", "json-keras", "txt"])
+def test_labels_file_maps_folders_to_classes(fmt: str, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", 2, 1)  # class00, class01
+    names = ["other", "class01", "class00", "more"]
+    if fmt == "json-list":
+        f = tmp_path / "l.json"
+        f.write_text(json.dumps(names))
+    elif fmt == "json-index":
+        f = tmp_path / "l.json"
+        f.write_text(json.dumps({n: i for i, n in enumerate(names)}))
+    elif fmt == "json-keras":
+        f = tmp_path / "l.json"
+        f.write_text(json.dumps({str(i): [n, f"label {i}"] for i, n in enumerate(names)}))
+    else:
+        f = tmp_path / "l.txt"
+        f.write_text("".join(f"{n} a description, with words\n" for n in names))
+    data = find_images(root, num_classes=4, labels_file=f)
+    assert list(data.labels) == [2, 1]
+
+
+def test_class_count_mismatch_is_refused(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", 3, 1)
+    with pytest.raises(BundleError, match="has 3 class folders, the model outputs 10 classes: pass --labels"):
+        find_images(root, num_classes=10)
+    f = tmp_path / "l.txt"
+    f.write_text("class00\nclass01\nclass02\n")
+    with pytest.raises(BundleError, match="lists 3 classes, the model outputs 10"):
+        find_images(root, num_classes=10, labels_file=f)
+    f.write_text("\n".join(["class00", "class01"] + [f"x{i}" for i in range(8)]))
+    with pytest.raises(BundleError, match="class folders not in --labels l.txt: class02"):
+        find_images(root, num_classes=10, labels_file=f)
+
+
+@pytest.mark.parametrize("flag", [["--reference", "m.onnx"], ["--limit", "5"], ["--labels", "l.json"]])
+def test_image_options_without_images_are_an_error(flag: list[str], tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["verify", str(tmp_path), *flag])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines()[-1].startswith(f"error: {flag[0]} applies to --images DIR")

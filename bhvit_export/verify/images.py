@@ -26,28 +26,46 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 @dataclass(frozen=True)
 class LabeledImages:
     paths: list[Path]
-    labels: np.ndarray  # int64 class indices
-    classes: list[str]
+    labels: np.ndarray  # int64 class indices of the model
+    classes: list[str]  # the class folders, sorted
+    label_source: str = "sorted folder names (ImageFolder)"
 
 
-def find_images(root: Path, limit: Optional[int] = None) -> LabeledImages:
-    """The ImageFolder listing of ``root`` (first ``limit`` images in sorted order, if given)."""
+def find_images(
+    root: Path, limit: Optional[int] = None, num_classes: Optional[int] = None, labels_file: Optional[Path] = None
+) -> LabeledImages:
+    """The ImageFolder listing of ``root``, labelled with the model's class indices.
+
+    ``num_classes`` (the model's) turns on the checks of :mod:`.class_index`; ``limit`` takes images
+    round-robin over the classes (the first of each class, then the second, ...), so a small limit
+    still covers every class instead of the first one or two.
+    """
     if not root.is_dir():
         raise BundleError(f"--images {root}: not a folder")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise BundleError(f"--images {root}: no class folders (expected DIR/<class>/<image>)")
-    paths, labels = [], []
-    for idx, name in enumerate(classes):
-        for p in sorted((root / name).rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS:
-                paths.append(p)
-                labels.append(idx)
-    if not paths:
+    if num_classes is None:
+        index, source = {c: i for i, c in enumerate(classes)}, "sorted folder names (ImageFolder)"
+    else:
+        from .class_index import folder_indices
+
+        index, source = folder_indices(classes, num_classes, labels_file, root)
+    per_class = [
+        [p for p in sorted((root / name).rglob("*")) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+        for name in classes
+    ]
+    if not any(per_class):
         raise BundleError(f"--images {root}: no image files ({', '.join(IMG_EXTENSIONS)}) in the class folders")
-    if limit is not None:
-        paths, labels = paths[:limit], labels[:limit]
-    return LabeledImages(paths, np.asarray(labels, dtype=np.int64), classes)
+    if limit is None:
+        order = [(c, p) for c, files in enumerate(per_class) for p in files]
+    else:  # round-robin over the classes: the i-th image of every class before any (i+1)-th
+        depth = max(len(f) for f in per_class)
+        order = [(c, per_class[c][i]) for i in range(depth) for c in range(len(classes)) if i < len(per_class[c])]
+        order = order[:limit]
+    paths = [p for _, p in order]
+    labels = [index[classes[c]] for c, _ in order]
+    return LabeledImages(paths, np.asarray(labels, dtype=np.int64), classes, source)
 
 
 def preprocess(path: Path, size: int = 224) -> np.ndarray:
@@ -110,9 +128,11 @@ def accuracy_on_images(
     reference: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     limit: Optional[int] = None,
     say: Callable[[str], None] = lambda _m: None,
+    num_classes: Optional[int] = None,
+    labels_file: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Top-1 of the compiled model (and of the reference, and their agreement) on ``root``."""
-    data = find_images(root, limit)
+    data = find_images(root, limit, num_classes, labels_file)
     preds, ref_preds = [], []
     for i in range(0, len(data.paths), batch):
         chunk = data.paths[i : i + batch]
@@ -127,7 +147,8 @@ def accuracy_on_images(
             ref_preds.append(reference(x[: len(chunk)]).argmax(axis=-1))
         say(f"images: {min(i + batch, len(data.paths))}/{len(data.paths)}")
     p = np.concatenate(preds)
-    out: dict[str, Any] = {"images": len(p), "classes": len(data.classes), "top1": float(np.mean(p == data.labels))}
+    out: dict[str, Any] = {"images": len(p), "classes": len(data.classes), "top1": float(np.mean(p == data.labels)),
+                           "labels": data.label_source}
     if ref_preds:
         r = np.concatenate(ref_preds)
         out["reference_top1"] = float(np.mean(r == data.labels))

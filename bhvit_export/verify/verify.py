@@ -44,6 +44,7 @@ class VerifyOptions:
     images: Optional[Path] = None
     images_limit: Optional[int] = None
     reference: Optional[Path] = None  # for --images: the reference .onnx or checkpoint
+    labels: Optional[Path] = None  # for --images: a class-index file (JSON or TXT)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class VerifyReport:
             out += [f"  {r['ms']:9.3f} x {r['calls']:3d}  {r['name']}" for r in self.profile[:15]]
         if self.images:
             im = self.images
-            line = f"images: {im['images']} in {im['classes']} classes, top-1 {im['top1']:.2%} (compiled)"
+            line = f"images: {im['images']} in {im['classes']} classes ({im.get('labels', '?')}), top-1 {im['top1']:.2%} (compiled)"
             if "reference_top1" in im:
                 line += f", {im['reference_top1']:.2%} (reference), agreement {im['agreement']:.2%}"
             out.append(line)
@@ -295,7 +296,8 @@ def _images(runner: runners.Runner, manifest: mf.Manifest, opts: VerifyOptions, 
     assert opts.images is not None
     ref = reference_runner(opts.reference) if opts.reference is not None else None
     size = int(manifest.input["shape"][-1])
-    return accuracy_on_images(opts.images, runner.run, manifest.batch, size, ref, opts.images_limit, say)
+    classes = int(manifest.output["shape"][-1])
+    return accuracy_on_images(opts.images, runner.run, manifest.batch, size, ref, opts.images_limit, say, classes, opts.labels)
 
 
 def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str, Any]]], list[str]]:
