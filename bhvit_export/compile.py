@@ -346,6 +346,9 @@ def compile_model(
             (root / "golden").mkdir()
             np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
             np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
+            from .layer_map import LAYERS_FILE, write_layers
+
+            write_layers(model, root / LAYERS_FILE)  # verify --profile names model layers with it
             times["golden"] = time.perf_counter() - t
             t = time.perf_counter()
             native_info, native_notes = _add_native(spec, root, say) if native else (None, [])

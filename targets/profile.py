@@ -72,6 +72,32 @@ def record_calls(lib: tvm.runtime.Module, x: np.ndarray) -> list[tuple[str, list
     return calls
 
 
+def profile_calls(
+    lib: tvm.runtime.Module, x: np.ndarray, *, repeat: int = 5, min_repeat_ms: int = 5
+) -> list[tuple[str, float]]:
+    """Every compiled-function call of one run of ``main`` on ``x``, in execution order, with its ms.
+
+    The order is what maps calls back to model layers (:mod:`bhvit_export.layer_map`).
+    """
+    kernels = _kernels(lib)
+    dev = tvm.cpu()
+    out = []
+    for name, args in record_calls(lib, x):
+        timer = kernels.time_evaluator(name, dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        out.append((name, min(timer(*args).results) * 1e3))
+    return out
+
+
+def aggregate(calls: list[tuple[str, float]]) -> list[ProfileRow]:
+    """Per function: ms summed over its calls and the call count, slowest first."""
+    totals: dict[str, list[float]] = {}
+    for name, ms in calls:
+        row = totals.setdefault(name, [0.0, 0])
+        row[0] += ms
+        row[1] += 1
+    return sorted(((n, ms, int(c)) for n, (ms, c) in totals.items()), key=lambda r: -r[1])
+
+
 def profile_functions(
     ex_or_mod: Union[tvm.IRModule, relax.VMExecutable, tvm.runtime.Module],
     x: np.ndarray,
@@ -88,16 +114,7 @@ def profile_functions(
     same function are summed. Thread count is whatever ``TVM_NUM_THREADS`` set for this process.
     """
     lib = _library(ex_or_mod, target)
-    kernels = _kernels(lib)
-    dev = tvm.cpu()
-    totals: dict[str, list[float]] = {}
-    for name, args in record_calls(lib, x):
-        timer = kernels.time_evaluator(name, dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-        seconds = min(timer(*args).results)
-        row = totals.setdefault(name, [0.0, 0])
-        row[0] += seconds * 1e3
-        row[1] += 1
-    return sorted(((n, ms, int(c)) for n, (ms, c) in totals.items()), key=lambda r: -r[1])
+    return aggregate(profile_calls(lib, x, repeat=repeat, min_repeat_ms=min_repeat_ms))
 
 
 def format_profile(rows: list[ProfileRow], top: int = 15, width: int = 70) -> str:

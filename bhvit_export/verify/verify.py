@@ -81,6 +81,7 @@ class VerifyReport:
     pytorch_latency_ms: Optional[dict[str, Any]] = None
     profile: Optional[list[dict[str, Any]]] = None
     images: Optional[dict[str, Any]] = None
+    profile_blocks: Optional[list[dict[str, Any]]] = None  # --profile time per model block
 
     @property
     def passed(self) -> bool:
@@ -105,6 +106,7 @@ class VerifyReport:
             "pytorch_latency_ms": self.pytorch_latency_ms,
             "devices": [d.to_json() for d in self.devices],
             "profile": self.profile,
+            "profile_blocks": self.profile_blocks,
             "images": self.images,
             "notes": self.notes,
         }
@@ -130,8 +132,9 @@ class VerifyReport:
             p = self.pytorch_latency_ms
             out.append(f"PyTorch reference (this machine): median {p['median']:.2f} ms, min {p['min']:.2f} ms")
         if self.profile:
-            out.append("slowest functions (ms per call x calls):")
-            out += [f"  {r['ms']:9.3f} x {r['calls']:3d}  {r['name']}" for r in self.profile[:15]]
+            from ..layer_map import format_profile
+
+            out += format_profile(self.profile, self.profile_blocks)
         if self.images:
             im = self.images
             line = f"images: {im['images']} in {im['classes']} classes ({im.get('labels', '?')}), top-1 {im['top1']:.2%} (compiled)"
@@ -267,9 +270,9 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
                 results.append(DeviceResult(runner.where, acc, ok, failed, latency.summary(lat)))
             finally:
                 runner.close()
-        profile = None
+        profile = blocks = None
         if opts.profile:
-            profile, pnotes = _profile(root, manifest)
+            profile, blocks, pnotes = _profile(root, manifest)
             notes += pnotes
         # PyTorch beside the compiled model only where both run on this CPU (not over RPC, not under qemu)
         here = not opts.rpc and not opts.tracker and manifest.arch == host_arch()
@@ -286,6 +289,7 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         pytorch_latency_ms=torch_ms,
         profile=profile,
         images=images,
+        profile_blocks=blocks,
     )
 
 
@@ -300,16 +304,20 @@ def _images(runner: runners.Runner, manifest: mf.Manifest, opts: VerifyOptions, 
     return accuracy_on_images(opts.images, runner.run, manifest.batch, size, ref, opts.images_limit, say, classes, opts.labels)
 
 
-def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str, Any]]], list[str]]:
-    """Per-function latency of the compiled model (this machine only)."""
+def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str, Any]]], Optional[list[dict[str, Any]]], list[str]]:
+    """Per-function latency of the compiled model (this machine only), with the model layers it runs."""
     if manifest.arch != host_arch() or manifest.device != "cpu":
-        return None, ["--profile runs on this machine's CPU only"]
+        return None, None, ["--profile runs on this machine's CPU only"]
     try:
         import tvm
 
-        from targets.profile import profile_functions
+        from targets.profile import profile_calls
     except ImportError:
-        return None, ["--profile is unavailable in this build"]
+        return None, None, ["--profile is unavailable in this build"]
+    from ..layer_map import LAYERS_FILE, profile_rows, read_layers
+
     lib = tvm.runtime.load_module(str(root / mf.LIBRARY))
-    rows = profile_functions(lib, np.zeros(manifest.input["shape"], dtype=np.float32))
-    return [{"name": n, "ms": round(ms, 4), "calls": c} for n, ms, c in rows], []
+    calls = profile_calls(lib, np.zeros(manifest.input["shape"], dtype=np.float32))
+    rows, blocks = profile_rows(calls, read_layers(root / LAYERS_FILE))
+    notes = [] if blocks else ["--profile: no model-layer map in this bundle (compiled by an older bhvit-export); functions only"]
+    return rows, blocks or None, notes
