@@ -51,6 +51,18 @@ def make_model(name: str, seed: int = 0) -> Any:
     return model.freeze()
 
 
+def checkpoint_model(path: str) -> Any:
+    """The frozen PyTorch BHViT of a user's checkpoint (``bench --checkpoint``), loaded safely."""
+    from bhvit_export.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).model.freeze()
+
+
+def label(name: str) -> str:
+    """A paper size as is; a checkpoint by its file stem."""
+    return name if name in PAPER_CONFIGS else Path(name).stem
+
+
 _ARTIFACTS: dict[str, ModelArtifacts] = {}
 
 
@@ -64,9 +76,9 @@ def model_artifacts(name: str, say: Progress) -> ModelArtifacts:
 
     if name not in _ARTIFACTS:
         say(f"{name}: building the PyTorch model and exporting ONNX")
-        model = make_model(name)
+        model = make_model(name) if name in PAPER_CONFIGS else checkpoint_model(name)
         ref = export_reference(model)
-        _ARTIFACTS[name] = ModelArtifacts(name, model, ref, fuse_model(ref))
+        _ARTIFACTS[name] = ModelArtifacts(label(name), model, ref, fuse_model(ref))
     return _ARTIFACTS[name]
 
 

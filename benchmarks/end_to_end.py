@@ -21,7 +21,7 @@ import numpy as np
 
 from bhvit_export.verify.latency import summary
 
-from . import artifacts, systems
+from . import artifacts, peers, systems
 
 Progress = Callable[[str], None]
 
@@ -41,6 +41,8 @@ class Config:
 class ConfigResult:
     config: Config
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> summary
+    skipped: dict[str, str] = field(default_factory=dict)  # system -> why it did not run here
+    agreement: dict[str, dict[str, float]] = field(default_factory=dict)  # system -> cosine/top-1 vs PyTorch
 
     def ratio(self, system: str) -> Optional[float]:
         ours, other = self.latency.get("bhvit"), self.latency.get(system)
@@ -57,6 +59,8 @@ class ConfigResult:
         for name, s in self.latency.items():
             out[name] = {"median_ms": s["median"], "min_ms": s["min"], "p90_ms": s["p90"], "runs": s["runs"]}
         out["speedup_vs"] = {s: self.ratio(s) for s in systems.SYSTEMS if s != "bhvit" and s in self.latency}
+        out["skipped"] = self.skipped
+        out["agreement_with_pytorch"] = self.agreement
         return out
 
 
@@ -89,25 +93,27 @@ def run(
         for batch in batches:
             libs = {}
             if "bhvit" in include:
-                libs["bhvit"] = artifacts.tvm_library(art.fused, batch, True, cache, say, f"{name}-fused")
+                libs["bhvit"] = artifacts.tvm_library(art.fused, batch, True, cache, say, f"{art.name}-fused")
             if "tvm_fp32" in include:
-                libs["tvm_fp32"] = artifacts.tvm_library(art.reference, batch, False, cache, say, f"{name}-reference")
-            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+                libs["tvm_fp32"] = artifacts.tvm_library(art.reference, batch, False, cache, say, f"{art.name}-reference")
+            size = int(art.torch_model.config.image_size)
+            x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
             for t in thread_order:
-                cfg = Config(name, batch, t)
+                cfg = Config(art.name, batch, t)
                 # A clean start per configuration: the previous one's sessions (and their worker
                 # threads) are released, and the CPU set is whole again should a runtime have
                 # pinned the main thread (new worker threads inherit its affinity).
                 calls: dict[str, Callable[[np.ndarray], Any]] = {}
+                skipped: dict[str, str] = {}
                 gc.collect()
                 os.sched_setaffinity(0, all_cpus)
                 for s in include:
-                    if s == "pytorch":
-                        calls[s] = systems.pytorch_call(art.torch_model, t)
-                    elif s == "onnxruntime_fp32":
-                        calls[s] = systems.ort_call(ref_bytes, t)
-                    else:
-                        calls[s] = systems.tvm_call(str(libs[s]), t)
+                    try:
+                        calls[s] = _make_call(s, art, ref_bytes, libs, t, cache)
+                    except peers.Unavailable as e:
+                        skipped[s] = str(e)
+                        say(f"{cfg.label}: skipping {s}: {e}")
+                agreement = _agreement(calls, art.torch_model, x)
                 say(f"{cfg.label}: timing {', '.join(calls)} ({rounds} interleaved rounds)")
                 ms: dict[str, list[float]] = {s: [] for s in calls}
                 order = list(calls)
@@ -117,22 +123,74 @@ def run(
                         v = _time(calls[s], x)
                         if r >= warmup:
                             ms[s].append(v)
-                results.append(ConfigResult(cfg, {s: summary(v) for s, v in ms.items()}))
+                results.append(ConfigResult(cfg, {s: summary(v) for s, v in ms.items()}, skipped, agreement))
     return results
 
 
+def _logits(result: Any) -> np.ndarray:
+    """The logits out of whatever a system's call returns (a tensor, a list, an OpenVINO result)."""
+    if hasattr(result, "to_dict"):  # openvino OVDict
+        result = list(result.to_dict().values())[0]
+    if isinstance(result, (list, tuple)):
+        result = result[0]
+    if hasattr(result, "detach"):
+        result = result.detach()
+    return np.asarray(result.numpy() if hasattr(result, "numpy") else result, dtype=np.float32)
+
+
+def _agreement(calls: dict[str, Callable[[np.ndarray], Any]], model: Any, x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Cosine and top-1 agreement of every system with PyTorch eager on the benchmark input.
+
+    A speed number is only worth quoting next to proof that the system computes the same model
+    (int8 quantization, for one, may not).
+    """
+    import torch
+
+    from bhvit_export.verify.metrics import compare
+
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    out = {}
+    for s, call in calls.items():
+        acc = compare(_logits(call(x)), ref)
+        out[s] = {"cosine": round(acc.cosine, 6), "top1_agreement": acc.top1_agreement,
+                  "max_abs_over_std": round(acc.max_abs_over_std, 4)}
+    return out
+
+
+def _make_call(s: str, art: Any, ref_bytes: bytes, libs: dict[str, Path], t: int, cache: Path) -> Callable[[np.ndarray], Any]:
+    """The timed call of system ``s`` at ``t`` threads; :class:`peers.Unavailable` when it cannot run here."""
+    if s == "pytorch":
+        return systems.pytorch_call(art.torch_model, t)
+    if s == "onnxruntime_fp32":
+        return systems.ort_call(ref_bytes, t)
+    if s == "openvino_fp32":
+        return peers.openvino_call(art.reference, t, cache)
+    if s == "torch_compile":
+        return peers.torch_compile_call(art.torch_model, t)
+    if s == "onnxruntime_int8":
+        return peers.ort_int8_call(art.reference, t, cache)
+    return systems.tvm_call(str(libs[s]), t)
+
+
 def table(results: Sequence[ConfigResult]) -> str:
-    """The printed table: medians in ms, and how many times faster ours is than each other system."""
-    head = f"{'config':<16}" + "".join(f"{s:>18}" for s in systems.SYSTEMS) + f"{'vs ort':>9}{'vs torch':>10}{'vs tvm':>9}"
-    lines = [head, "-" * len(head)]
+    """The printed table: one block per configuration, one row per system, fastest first.
+
+    ``bhvit is`` = the system's median / ours (how many times faster ours is; below 1: slower).
+    """
+    lines = []
     for r in results:
-        cells = "".join(
-            f"{r.latency[s]['median']:>15.2f} ms" if s in r.latency else f"{'-':>18}" for s in systems.SYSTEMS
-        )
-        ratios = "".join(
-            f"{(f'{x:.2f}x' if (x := r.ratio(s)) else '-'):>{w}}"
-            for s, w in (("onnxruntime_fp32", 9), ("pytorch", 10), ("tvm_fp32", 9))
-        )
-        lines.append(f"{r.config.label:<16}{cells}{ratios}")
-    lines.append("medians of interleaved runs, batch latency; 'vs X' = X's median / ours (higher is better)")
+        lines.append(f"{r.config.label}")
+        lines.append(f"  {'system':<18}{'median':>12}{'min':>12}{'p90':>12}{'bhvit is':>14}")
+        for s in sorted(r.latency, key=lambda k: r.latency[k]["median"]):
+            lt, x = r.latency[s], r.ratio(s)
+            rel = "-" if s == "bhvit" else (f"{x:.2f}x faster" if x else "-")
+            lines.append(f"  {s:<18}{lt['median']:>9.2f} ms{lt['min']:>9.2f} ms{lt['p90']:>9.2f} ms{rel:>14}")
+        if r.agreement:
+            worst = min(r.agreement.items(), key=lambda kv: kv[1]["cosine"])
+            lines.append(f"  outputs vs PyTorch eager: lowest cosine {worst[1]['cosine']:.4f} ({worst[0]}); "
+                         + ", ".join(f"{s} top-1 {a['top1_agreement']:.0%}" for s, a in r.agreement.items() if a["top1_agreement"] < 1))
+        for s, why in r.skipped.items():
+            lines.append(f"  {s:<18}{'skipped: ' + why}")
+    lines.append("medians of interleaved runs, batch latency in ms; 'bhvit is' = the system's median / ours")
     return "\n".join(lines)

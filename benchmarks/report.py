@@ -95,7 +95,7 @@ def run_bench(
 
             from targets.profile import profile_functions
 
-            lib = artifacts.tvm_library(art.fused, 1, True, artifacts.ensure_dir(cache), say, f"{models[0]}-fused")
+            lib = artifacts.tvm_library(art.fused, 1, True, artifacts.ensure_dir(cache), say, f"{art.name}-fused")
             say("profiling our compiled model function by function")
             rows = profile_functions(tvm.runtime.load_module(str(lib)), np.zeros((1, 3, 224, 224), np.float32))
             report.breakdown = [{"name": n, "ms": ms, "calls": c} for n, ms, c in rows]

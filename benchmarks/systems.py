@@ -1,8 +1,9 @@
-"""The four systems the benchmark compares, each reduced to ``call(x) -> None`` at fixed threads.
+"""The systems the benchmark compares, each reduced to ``call(x) -> None`` at fixed threads.
 
 PyTorch eager runs our reference model (the official math); onnxruntime fp32 runs the reference
 ONNX (what a user without this tool would deploy); TVM fp32 runs the same reference ONNX through our
-build (float, no bhvit passes); ``bhvit`` is the fused graph with the packed kernels.
+build (float, no bhvit passes); ``bhvit`` is the fused graph with the packed kernels. OpenVINO fp32,
+torch.compile and onnxruntime int8 are in :mod:`.peers` (optional packages: skipped when missing).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 Call = Callable[[np.ndarray], Any]
-SYSTEMS = ("bhvit", "onnxruntime_fp32", "tvm_fp32", "pytorch")
+SYSTEMS = ("bhvit", "onnxruntime_fp32", "tvm_fp32", "pytorch", "openvino_fp32", "torch_compile", "onnxruntime_int8")
 
 
 def pytorch_call(model: Any, threads: int) -> Call:

@@ -312,15 +312,23 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), help="Batch size(s) [default: 1 and 8].")
 @click.option("--threads", "threads", multiple=True, type=click.IntRange(min=1), help="Thread count(s) [default: 1 and 2].")
 @click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True, help="Interleaved timed rounds per configuration.")
-@click.option("--system", "include", multiple=True, type=click.Choice(["bhvit", "onnxruntime_fp32", "tvm_fp32", "pytorch"]), help="Systems to time [default: all four].")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="Your own checkpoint(s) instead of the paper's Tiny/Small.")
+@click.option("--system", "include", multiple=True,
+              type=click.Choice(["bhvit", "onnxruntime_fp32", "tvm_fp32", "pytorch", "openvino_fp32", "torch_compile", "onnxruntime_int8"]),
+              help="Systems to time [default: all; a system whose package is missing is a skipped row].")
 @click.option("--kernels", is_flag=True, help="Also the kernel table: binary GEMM shapes vs the popcount roofline and onnxruntime fp32.")
 @click.option("--breakdown", is_flag=True, help="Also the per-function time of our compiled model (first configuration).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
 @click.option("--arm", is_flag=True, help="Only the llvm-mca analysis of the aarch64 kernels (Cortex-A72/A76), no timing.")
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the results as JSON on stdout.")
-def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
-    """Time PyTorch, onnxruntime fp32, TVM fp32 and our bundle side by side, interleaved, on this machine."""
+def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
+    """Time our compiled model against what you would deploy instead, interleaved, on this machine.
+
+    PyTorch eager, torch.compile (inductor), onnxruntime fp32 and int8 (dynamic quantization),
+    OpenVINO fp32 (LATENCY hint), TVM fp32 and bhvit-export, in one interleaved run per model, batch
+    and thread count.
+    """
     if arm:
         from benchmarks.mca import analyse, format_table
 
@@ -330,7 +338,8 @@ def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plo
     from benchmarks.report import run_bench
 
     report = run_bench(
-        models=models or ("tiny", "small"), batches=batches or (1, 8), threads=threads or (1, 2),
+        models=tuple(str(c) for c in checkpoints) + tuple(models) or ("tiny", "small"),
+        batches=batches or (1, 8), threads=threads or (1, 2),
         rounds=rounds, include=include or None, kernels=kernels, breakdown=breakdown, plot=plot, cache=cache,
         say=_say(as_json) or (lambda _m: None),
     )
