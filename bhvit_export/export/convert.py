@@ -157,6 +157,7 @@ def convert_checkpoint(
     from ..checkpoint import load_checkpoint
     from ..config import check_config_json
     from ..golden import DEFAULT_COUNT, DEFAULT_SEED, METADATA_KEY, pytorch_golden
+    from ..progress import long_step
     from .reference import OPSET, export_reference, save_model
 
     if opset is None:  # the fused graph's passes pin the opset they were written for
@@ -175,8 +176,8 @@ def convert_checkpoint(
     times["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say("exporting the float reference graph")
-    proto = export_reference(loaded.model, opset=opset)
+    with long_step(say, "exporting the float reference graph"):
+        proto = export_reference(loaded.model, opset=opset)
     times["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -187,8 +188,8 @@ def convert_checkpoint(
 
     if fuse is not None:
         t = time.perf_counter()
-        say("fusing binary ops")
-        proto = fuse(proto)
+        with long_step(say, "fusing binary ops"):
+            proto = fuse(proto)
         times["fuse"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -205,8 +206,8 @@ def convert_checkpoint(
         from ..validate import validate_export
 
         t = time.perf_counter()
-        say(f"validating {out.name} in onnxruntime against PyTorch on the {DEFAULT_COUNT} golden inputs")
-        validation = validate_export(out, golden)
+        with long_step(say, f"validating {out.name} in onnxruntime against PyTorch on the {DEFAULT_COUNT} golden inputs"):
+            validation = validate_export(out, golden)
         times["validate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
     return ConvertReport(
