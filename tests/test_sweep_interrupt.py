@@ -143,7 +143,7 @@ def test_to_onnx_interrupted_leaves_nothing_and_a_rerun_succeeds(
     out = out_dir / "m.onnx"
     if existing:
         out.write_bytes(b"an earlier run's output")
-    args = ("to-onnx", str(ckpt), "-o", str(out), "--reference")
+    args = ("to-onnx", str(ckpt), "-o", str(out), "--reference", "--no-validate")  # the stand-in graph is empty
     code, err, tmp = _interrupt(sig, tmp_path / "marker", *args)
     assert (code, err) == (EXPECTED[sig][0], [EXPECTED[sig][1]])
     assert tmp.name.startswith(".m.onnx.") and tmp.name.endswith(".tmp")

@@ -207,7 +207,17 @@ def convert_checkpoint(
 
         t = time.perf_counter()
         with long_step(say, f"validating {out.name} in onnxruntime against PyTorch on the {DEFAULT_COUNT} golden inputs"):
-            validation = validate_export(out, golden)
+            try:
+                validation = validate_export(out, golden)
+            except ImportError:
+                raise
+            except Exception as e:  # onnxruntime refused or failed to run the graph: that is the finding
+                from ..errors import ExportValidationFailed
+
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise ExportValidationFailed(
+                    f"onnxruntime cannot run the exported graph ({type(e).__name__}: {first}); the file stays for inspection: {out}"
+                ) from None
         times["validate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
     return ConvertReport(
