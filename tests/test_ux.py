@@ -170,3 +170,14 @@ def test_json_error_object_on_stdout(tmp_path: Path) -> None:
 def test_every_help_has_examples(command: list[str]) -> None:
     res = run(*command, "--help")
     assert res.exit_code == 0 and "Examples:" in res.stdout and "later TVM" not in res.stdout
+
+
+def test_envelope_hashes_every_file_of_a_bundle_folder(tmp_path: Path) -> None:
+    from bhvit_export.report import envelope
+
+    (tmp_path / "b" / "golden").mkdir(parents=True)
+    (tmp_path / "b" / "model.so").write_bytes(b"lib")
+    (tmp_path / "b" / "golden" / "x.npy").write_bytes(b"x")
+    rep = envelope("compile", {"seconds": {}}, [tmp_path / "b"])
+    assert [o["path"] for o in rep["outputs"]] == [str(tmp_path / "b" / "golden" / "x.npy"), str(tmp_path / "b" / "model.so")]
+    assert rep["outputs"][1]["sha256"] == hashlib.sha256(b"lib").hexdigest() and rep["outputs"][1]["bytes"] == 3
