@@ -31,6 +31,9 @@ def compiled_shape_in_error(message: str) -> Optional[list[int]]:
 
 
 def batch_error(compiled: list[int], got: list[int]) -> BundleError:
+    """The error for input ``got`` on a library compiled for ``compiled`` (a batch hint when only the batch differs)."""
+    if list(got[1:]) != list(compiled[1:]):
+        return BundleError(f"this bundle takes float32 input {compiled} (images of {compiled[1:]}), got {got}")
     return BundleError(
         f"this bundle is compiled for input {compiled} (batch {compiled[0]}), got {got}: feed batches of "
         f"{compiled[0]} (BundleModel.run_batches does), or recompile with `bhvit-export compile MODEL.onnx --batch {got[0]}`"

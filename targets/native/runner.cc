@@ -49,9 +49,12 @@ std::string ShapeHint(const std::string& message, const std::vector<int64_t>& gi
   if (message.find("match_cast") == std::string::npos || at == std::string::npos) return message;
   size_t end = message.find(")", at + tag.size());
   std::string compiled = message.substr(at + tag.size(), end - at - tag.size());
-  std::ostringstream got;
+  std::ostringstream got, rest;
   for (size_t i = 0; i < given.size(); ++i) got << (i ? ", " : "") << given[i];
+  for (size_t i = 1; i < given.size(); ++i) rest << ", " << given[i];
   std::string batch = compiled.substr(0, compiled.find(','));
+  if (compiled.substr(compiled.find(',') == std::string::npos ? compiled.size() : compiled.find(',')) != rest.str())
+    return message;  // not (only) the batch: TVM's message names the dimension
   return "the library is compiled for input [" + compiled + "] (batch " + batch + "), got [" + got.str() +
          "]: pass --batch " + batch + " (manifest.json input.shape), or recompile with `bhvit-export compile --batch N`";
 }
