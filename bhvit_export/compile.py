@@ -10,7 +10,6 @@ Nothing is left at the output path unless every step succeeded.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -94,6 +93,9 @@ def _load_golden(
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    from .limits import MAX_GOLDEN_BYTES, regular_file
+
+    regular_file(path, "golden file", ModelFileError)  # a FIFO would block np.load forever
     try:
         # mmap first: a header claiming a huge shape fails here instead of allocating it
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -103,6 +105,8 @@ def _load_npy(path: Path) -> np.ndarray:
         raise ModelFileError(f"{path}: expected a float array [N, ...], got {arr.dtype}{list(arr.shape)}")
     if not 1 <= arr.shape[0] <= MAX_GOLDEN_COUNT:
         raise ModelFileError(f"{path}: {arr.shape[0]} rows; golden files hold 1 to {MAX_GOLDEN_COUNT}")
+    if arr.nbytes > MAX_GOLDEN_BYTES:
+        raise ModelFileError(f"{path}: {arr.nbytes / 2**20:.0f} MiB, beyond the supported {MAX_GOLDEN_BYTES // 2**20} MiB of golden data")
     return np.array(arr)
 
 
@@ -199,9 +203,58 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
         export_library(ex, path, spec.arch)
     except TargetError:
         raise
+    except OSError:
+        raise  # the caller says "cannot write -o: <the OS's reason>"
     except Exception as e:  # the compiler's stderr is in the message; keep its first line
+        if "No space left on device" in str(e):
+            raise OSError(28, "No space left on device") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TargetError(f"linking the library for {spec.name} failed: {first}") from None
+
+
+def check_compile_output(src: Path, out: Path, as_tar: bool, golden: list[Path], native: bool) -> None:
+    """``-o`` checks before anything slow: not an input, not a device or FIFO, a writable folder with
+    room for the bundle, and an existing folder (or .tar) replaced only when it is a bundle of ours."""
+    from .bundle.ownership import why_not_ours
+    from .output_target import check_output
+
+    need = src.stat().st_size if src.is_file() else 0  # the library holds the model's (packed) weights
+    if native:
+        need += 8 * 2**20  # the runner and the TVM runtime libraries, a few MB
+    check_output(out, folder=not as_tar, error=BundleError, inputs=[src, *golden],
+                 replaceable=lambda p: why_not_ours(p, archive=as_tar), need_bytes=need)
+
+
+def _may_replace(as_tar: bool) -> Callable[[Path], None]:
+    """The check ``atomic_path`` runs right before replacing an existing bundle (it may have changed)."""
+    from .bundle.ownership import why_not_ours
+
+    def check(path: Path) -> None:
+        why = why_not_ours(path, archive=as_tar)
+        if why is not None:
+            raise BundleError(f"-o {path} changed during the build and is no longer a bundle of ours ({why}); "
+                              "refusing to replace it")
+
+    return check
+
+
+def config_of_model(model: Any) -> Optional[dict[str, Any]]:
+    """The ``bhvit.config`` metadata, checked (a damaged one is a ModelFileError before any build)."""
+    from .config import BHViTConfig
+    from .errors import BhvitError
+    from .limits import parse_json
+
+    text = next((p.value for p in model.metadata_props if p.key == "bhvit.config"), None)
+    if text is None:
+        return None
+    try:
+        obj = parse_json(text, "bhvit.config metadata", ModelFileError)
+        if not isinstance(obj, dict):
+            raise ModelFileError(f"a JSON object, got {type(obj).__name__}")
+        BHViTConfig.from_json(obj)
+    except BhvitError as e:
+        raise ModelFileError(f"bhvit.config metadata is damaged: {str(e).removeprefix('bhvit.config metadata: ')}") from None
+    return obj
 
 
 def _add_native(spec: Any, root: Path, say: Progress) -> tuple[Optional[dict[str, Any]], list[str]]:
@@ -259,10 +312,7 @@ def compile_model(
     if batch < 1:
         raise TargetError(f"--batch must be >= 1, got {batch}")
     as_tar = out.suffix == ".tar"
-    if out.exists() and not as_tar and not (out / mf.MANIFEST).is_file() and any(out.iterdir()):
-        raise BundleError(f"-o {out} exists and is not a bundle; refusing to replace it")
-    if out.exists() and as_tar and out.is_dir():
-        raise BundleError(f"-o {out} is a directory")
+    check_compile_output(src, out, as_tar, [p for p in (golden_inputs, golden_outputs) if p is not None], native)
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
 
@@ -285,6 +335,7 @@ def compile_model(
     say(f"loading {src}")
     model = load_onnx(src)
     size = check_image_model(model, batch)
+    cfg = config_of_model(model)  # damaged metadata fails here, not after the build
     from targets.importer import unsupported_ops
 
     bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
@@ -301,15 +352,17 @@ def compile_model(
     from targets.build import build
     from targets.importer import import_fused
 
+    from .tvm_failure import tvm_step
+
     t = time.perf_counter()
     say(f"importing into TVM Relax (batch {batch})")
-    mod = import_fused(model, batch=batch, target=spec.target)
+    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target))
     in_shape = [batch] + list(golden.inputs.shape[1:])
     times["import"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say(f"building for {spec.target.kind.name} {spec.name} (this takes a while)")
-    ex = build(mod, spec.target)
+    ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target))
     times["build"] = time.perf_counter() - t
     target_info = spec.to_json()
     if spec.device == "cuda":
@@ -319,53 +372,57 @@ def compile_model(
         target_info["device_code"] = device_code_format(ex)
 
     meta = {p.key: p.value for p in model.metadata_props}
-    cfg = json.loads(meta["bhvit.config"]) if "bhvit.config" in meta else None
-    with atomic_path(out, directory=not as_tar) as tmp_out:
-        root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
-        try:
-            t = time.perf_counter()
-            say(f"linking {mf.LIBRARY}")
-            _export(ex, spec, root / mf.LIBRARY)
-            times["link"] = time.perf_counter() - t
-            (root / "golden").mkdir()
-            np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
-            np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
-            native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
-            notes += native_notes
-            manifest = mf.Manifest(
-                tool_version=__version__,
-                tvm_version=tvm.__version__,
-                tvm_ffi_version=tvm_ffi.__version__,
-                target=target_info,
-                model={
-                    "source": src.name,
-                    "source_sha256": mf.sha256_file(src),
-                    "config": cfg,
-                    "paper_config": meta.get("bhvit.paper_config"),
-                },
-                input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
-                output={
-                    "name": model.graph.output[0].name,
-                    "shape": [batch] + list(golden.outputs.shape[1:]),
-                    "dtype": "float32",
-                },
-                golden={
-                    "inputs": mf.GOLDEN_INPUTS,
-                    "reference": mf.GOLDEN_REFERENCE,
-                    "source": golden.source,
-                    "count": int(len(golden.inputs)),
-                },
-                native=native_info,
-            )
-            manifest.files = mf.file_entries(root)
-            (root / mf.MANIFEST).write_text(manifest.dumps(), encoding="utf-8")
-            _open_modes(root)
-            if as_tar:
-                archive.pack(root, tmp_out)
-                os.chmod(tmp_out, 0o644)
-        finally:
-            if as_tar:
-                shutil.rmtree(root, ignore_errors=True)
+    try:
+        with atomic_path(out, directory=not as_tar, may_replace=_may_replace(as_tar)) as tmp_out:
+            root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
+            try:
+                t = time.perf_counter()
+                say(f"linking {mf.LIBRARY}")
+                _export(ex, spec, root / mf.LIBRARY)
+                times["link"] = time.perf_counter() - t
+                (root / "golden").mkdir()
+                np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
+                np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
+                native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
+                notes += native_notes
+                manifest = mf.Manifest(
+                    tool_version=__version__,
+                    tvm_version=tvm.__version__,
+                    tvm_ffi_version=tvm_ffi.__version__,
+                    target=target_info,
+                    model={
+                        "source": src.name,
+                        "source_sha256": mf.sha256_file(src),
+                        "config": cfg,
+                        "paper_config": meta.get("bhvit.paper_config"),
+                    },
+                    input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
+                    output={
+                        "name": model.graph.output[0].name,
+                        "shape": [batch] + list(golden.outputs.shape[1:]),
+                        "dtype": "float32",
+                    },
+                    golden={
+                        "inputs": mf.GOLDEN_INPUTS,
+                        "reference": mf.GOLDEN_REFERENCE,
+                        "source": golden.source,
+                        "count": int(len(golden.inputs)),
+                    },
+                    native=native_info,
+                )
+                manifest.files = mf.file_entries(root)
+                (root / mf.MANIFEST).write_text(manifest.dumps(), encoding="utf-8")
+                _open_modes(root)
+                if as_tar:
+                    archive.pack(root, tmp_out)
+                    os.chmod(tmp_out, 0o644)
+            finally:
+                if as_tar:
+                    shutil.rmtree(root, ignore_errors=True)
+    except OSError as e:  # ENOSPC, EACCES, EROFS while writing: the OS's reason; nothing is left behind
+        from .output_target import os_reason
+
+        raise BundleError(f"cannot write {out}: {os_reason(e)}") from None
     times["total"] = time.perf_counter() - t_all
     return CompileReport(
         model=str(src),

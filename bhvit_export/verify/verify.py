@@ -166,10 +166,15 @@ def _golden(root: Path, manifest: mf.Manifest) -> tuple[np.ndarray, np.ndarray]:
     """
     try:
         # mmap: a header claiming a huge shape fails instead of allocating it
-        x = np.array(np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False, mmap_mode="r"))
-        y = np.array(np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False, mmap_mode="r"))
+        xm = np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False, mmap_mode="r")
+        ym = np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise BundleError(f"golden files unreadable: {e}") from None
+    from ..limits import MAX_GOLDEN_BYTES
+
+    if xm.nbytes + ym.nbytes > MAX_GOLDEN_BYTES:
+        raise BundleError(f"golden files hold {(xm.nbytes + ym.nbytes) / 2**20:.0f} MiB, beyond the supported {MAX_GOLDEN_BYTES // 2**20} MiB")
+    x, y = np.array(xm), np.array(ym)
     shape = list(manifest.input["shape"])
     if x.dtype != np.float32 or list(x.shape[1:]) != shape[1:] or not len(x) or len(x) % manifest.batch or len(x) != len(y):
         raise BundleError(
