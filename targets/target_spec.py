@@ -85,11 +85,14 @@ def _make(obj: Any, what: str) -> tvm.target.Target:
         raise TargetError(f"{what}: {first}") from None
 
 
+#: A TVM target as JSON is a few hundred bytes; 64 KiB is room for any host/device pair.
+MAX_TARGET_JSON_BYTES = 64 * 1024
+
+
 def _json_target(text: str, what: str) -> tvm.target.Target:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TargetError(f"{what}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    from bhvit_export.limits import parse_json
+
+    obj = parse_json(text, what, TargetError, MAX_TARGET_JSON_BYTES)
     if not isinstance(obj, dict) or "kind" not in obj:
         raise TargetError(f"{what}: a JSON target must be an object with a \"kind\"")
     return _make(obj, what)
@@ -131,9 +134,10 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
         tgt = _json_target(name, what)
     elif name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
-            raise TargetError(f"{what}: no such file")
-        tgt = _json_target(path.read_text(encoding="utf-8", errors="replace"), what)
+        from bhvit_export.limits import read_bytes
+
+        data = read_bytes(path, what, TargetError, MAX_TARGET_JSON_BYTES)
+        tgt = _json_target(data.decode("utf-8", errors="replace"), what)
     elif "/" in name:
         from tvm.target import tag
 
@@ -151,4 +155,7 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
     if mcpu is not None and name not in ("x86_64", "aarch64"):
         raise TargetError(f"--mcpu applies to the x86_64 and aarch64 targets only, not {name}")
     arch, device = _check_supported(tgt, name)
+    from targets.mcpu import check_mcpu
+
+    check_mcpu(tgt, f"--mcpu {mcpu}" if mcpu is not None else what)
     return TargetSpec(name=name, target=tgt, arch=arch, device=device)

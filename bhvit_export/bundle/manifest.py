@@ -121,7 +121,7 @@ class Manifest:
                 input=dict(obj["input"]),
                 output=dict(obj["output"]),
                 golden=dict(obj["golden"]),
-                tolerances={k: float(v) for k, v in dict(obj.get("tolerances") or DEFAULT_TOLERANCES).items()},
+                tolerances=dict(obj["tolerances"]),  # checked by verify.tolerances: a missing one is an error
                 native=dict(obj["native"]) if obj.get("native") else None,
                 files=dict(files),
             )

@@ -21,6 +21,7 @@ from targets.toolchain import host_arch
 from ..bundle import manifest as mf
 from ..errors import BundleError
 from . import latency, runners
+from . import tolerances as criteria
 from .metrics import Accuracy, compare
 
 Progress = Callable[[str], None]
@@ -44,6 +45,7 @@ class VerifyOptions:
     images: Optional[Path] = None
     images_limit: Optional[int] = None
     reference: Optional[Path] = None  # for --images: the reference .onnx or checkpoint
+    timeout: Optional[float] = None  # seconds an RPC device or tracker may stay silent (None: the default)
 
 
 @dataclass
@@ -194,13 +196,14 @@ def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions) -> lis
     if opts.native:
         return [runners.NativeRunner(root, manifest, opts.threads)]
     if opts.rpc:
-        return [runners.RpcRunner(runners.connect_rpc(opts.rpc), root, manifest, f"rpc {opts.rpc}", opts.threads)]
+        session = runners.connect_rpc(opts.rpc, opts.timeout)
+        return [runners.RpcRunner(session, root, manifest, f"rpc {opts.rpc}", opts.threads, opts.timeout)]
     if opts.tracker:
         if not opts.key:
             raise BundleError("--tracker needs --key (the device key registered with the tracker)")
-        sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices)
+        sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices, opts.timeout)
         return [
-            runners.RpcRunner(s, root, manifest, f"tracker {opts.tracker} key {opts.key} #{i}", opts.threads)
+            runners.RpcRunner(s, root, manifest, f"tracker {opts.tracker} key {opts.key} #{i}", opts.threads, opts.timeout)
             for i, s in enumerate(sessions)
         ]
     if manifest.arch != host_arch():
@@ -243,10 +246,12 @@ def _pytorch_latency(manifest: mf.Manifest, opts: VerifyOptions) -> tuple[Option
 def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Progress] = None) -> VerifyReport:
     """Check, run and compare the bundle at ``path``; see the module docstring."""
     say = progress or (lambda _msg: None)
+    criteria.check_flags(opts.tolerances)  # before anything is read or run
     with open_bundle(Path(path)) as root:
         say("checking the manifest and the SHA-256 of every file")
         manifest = mf.check_bundle(root)
         notes = [n.line() for n in mf.version_notes(manifest)]
+        criteria.check_manifest(manifest.tolerances)
         tol = {**manifest.tolerances, **opts.tolerances}
         x, ref = _golden(root, manifest)
         results = []
@@ -295,8 +300,8 @@ def _images(runner: runners.Runner, manifest: mf.Manifest, opts: VerifyOptions, 
     from .images import accuracy_on_images, reference_runner
 
     assert opts.images is not None
-    ref = reference_runner(opts.reference) if opts.reference is not None else None
     size = int(manifest.input["shape"][-1])
+    ref = reference_runner(opts.reference, size, int(manifest.output["shape"][-1])) if opts.reference is not None else None
     return accuracy_on_images(opts.images, runner.run, manifest.batch, size, ref, opts.images_limit, say)
 
 
