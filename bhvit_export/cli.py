@@ -199,6 +199,16 @@ def compile_cmd(model: Path, target: str, mcpu: str | None, out: Path, batch: in
     click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
 
 
+class _Seconds(click.FloatRange):
+    """A positive, finite number of seconds (click's FloatRange lets NaN through: it compares false)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
+
+
 def _tolerance_options(f):
     f = click.option("--min-cosine", type=float, default=None, help="Pass criterion [bundle: 0.9995].")(f)
     f = click.option("--max-abs-over-std", type=float, default=None, help="Pass criterion: max |diff| / std(reference) [bundle: 0.05].")(f)
@@ -211,7 +221,7 @@ def _tolerance_options(f):
 @click.option("--runs", type=click.IntRange(0, MAX_RUNS), default=20, show_default=True, help="Timed runs (0: accuracy only).")
 @click.option("--warmup", type=click.IntRange(0, MAX_RUNS), default=3, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="CPU threads of the TVM runtime (and of PyTorch).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULT_TIMEOUT_S, show_default=True,
+@click.option("--timeout", type=_Seconds(min=0, min_open=True, max=86400), default=DEFAULT_TIMEOUT_S, show_default=True,
               help="Seconds an --rpc/--tracker peer may stay silent (connect, upload, each run) before verify gives up.")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="Run on the device serving TVM RPC there (a board, or `bhvit-export emulate`).")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="Get devices from this TVM RPC tracker (needs --key).")

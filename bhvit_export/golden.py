@@ -80,7 +80,7 @@ def from_metadata(text: str) -> Golden:
     from .limits import MAX_GOLDEN_BYTES, parse_json
 
     try:
-        meta: dict[str, Any] = parse_json(text, f"{METADATA_KEY} metadata", ModelFileError)
+        meta: dict[str, Any] = parse_json(text, f"{METADATA_KEY} metadata is damaged", ModelFileError)
         if not isinstance(meta, dict):
             raise TypeError(f"a JSON object was expected, got {type(meta).__name__}")
         if meta.get("recipe") != RECIPE:

@@ -23,7 +23,8 @@ MAX_QUOTE = 300
 def _headline(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     pick = next((ln for ln in lines if "Check failed" in ln or "Error" in ln), lines[0] if lines else "")
-    text = f"{type(e).__name__}: {pick}" if pick else type(e).__name__
+    name = type(e).__name__
+    text = pick if pick.startswith(name) else f"{name}: {pick}" if pick else name
     return text if len(text) <= MAX_QUOTE else text[: MAX_QUOTE - 3] + "..."
 
 

@@ -16,28 +16,42 @@ import tvm
 from bhvit_export.errors import TargetError
 
 
-def known_cpus(cpu_target: tvm.target.Target) -> list[str]:
-    """The CPU names LLVM accepts for ``cpu_target``'s triple (empty if TVM cannot say)."""
+def known_cpus(triple: str) -> list[str]:
+    """The CPU names LLVM accepts for ``triple`` ("" for this host's); empty if TVM cannot say."""
     from tvm.target import codegen
 
     try:
-        return [str(c) for c in codegen.llvm_get_cpu_archlist(cpu_target)]
+        probe = tvm.target.Target({"kind": "llvm", **({"mtriple": triple} if triple else {})})
+        return [str(c) for c in codegen.llvm_get_cpu_archlist(probe)]
     except Exception:  # an LLVM-less TVM build: nothing to check against
         return []
 
 
+def close_names(name: str, names: list[str], n: int = 5) -> list[str]:
+    """The ``n`` names most like ``name`` (difflib's ratio; a transposition such as a27/a72 ranks first)."""
+    scored = []
+    for c in names:
+        score = difflib.SequenceMatcher(None, name, c).ratio() + (0.05 if sorted(c) == sorted(name) else 0.0)
+        if score >= 0.6:
+            scored.append((-score, c))
+    return [c for _s, c in sorted(scored)[:n]]
+
+
+def check_mcpu_name(mcpu: str, triple: str, what: str) -> None:
+    """TargetError when LLVM does not know ``mcpu`` for ``triple`` (call before creating the target:
+    TVM prints its own complaint about an unknown CPU when the target is created)."""
+    cpus = known_cpus(triple)
+    if not mcpu or not cpus or mcpu in cpus:
+        return
+    close = close_names(mcpu, cpus)
+    hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(cpus[:5])}"
+    raise TargetError(f"{what}: LLVM does not know the CPU '{mcpu}' for {triple or 'this host'} ({hint})")
+
+
 def check_mcpu(tgt: tvm.target.Target, what: str) -> None:
-    """TargetError when the llvm part of ``tgt`` names an ``mcpu`` unknown to LLVM for its triple."""
+    """The same for the llvm part of a created target (tags, JSON targets, a CUDA target's host)."""
     cpu_target: Optional[tvm.target.Target] = tgt if tgt.kind.name == "llvm" else tgt.host
     if cpu_target is None or cpu_target.kind.name != "llvm":
         return
     mcpu = str(cpu_target.attrs.get("mcpu", "") or "")
-    if not mcpu:
-        return
-    cpus = known_cpus(cpu_target)
-    if not cpus or mcpu in cpus:
-        return
-    triple = str(cpu_target.attrs.get("mtriple", "") or "this host's triple")
-    close = difflib.get_close_matches(mcpu, cpus, n=5, cutoff=0.5)
-    hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(cpus[:5])}"
-    raise TargetError(f"{what}: LLVM does not know the CPU '{mcpu}' for {triple} ({hint})")
+    check_mcpu_name(mcpu, str(cpu_target.attrs.get("mtriple", "") or ""), what)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
+from targets.mcpu import check_mcpu, check_mcpu_name
 from targets.toolchain import host_arch
 
 #: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
@@ -95,6 +96,8 @@ def _json_target(text: str, what: str) -> tvm.target.Target:
     obj = parse_json(text, what, TargetError, MAX_TARGET_JSON_BYTES)
     if not isinstance(obj, dict) or "kind" not in obj:
         raise TargetError(f"{what}: a JSON target must be an object with a \"kind\"")
+    if obj.get("kind") == "llvm" and isinstance(obj.get("mcpu"), str):
+        check_mcpu_name(obj["mcpu"], str(obj.get("mtriple") or ""), what)
     return _make(obj, what)
 
 
@@ -120,9 +123,11 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
         if host_arch() != "x86_64" and mcpu is None:
             raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
         cpu = mcpu or str(host_target().attrs["mcpu"])
+        check_mcpu_name(cpu, "x86_64-linux-gnu", f"--mcpu {cpu}")
         tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}, f"--mcpu {cpu}")
     elif name == "aarch64":
         cpu = mcpu or "cortex-a72"
+        check_mcpu_name(cpu, "aarch64-linux-gnu", f"--mcpu {cpu}")
         attrs = ["+neon"] + (["+dotprod"] if cpu in ("cortex-a55", "cortex-a76", "cortex-a78") else [])
         tgt = _make({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": cpu, "mattr": attrs}, f"--mcpu {cpu}")
     elif name == "jetson-orin":
@@ -136,7 +141,7 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
         path = Path(name)
         from bhvit_export.limits import read_bytes
 
-        data = read_bytes(path, what, TargetError, MAX_TARGET_JSON_BYTES)
+        data = read_bytes(path, "--target", TargetError, MAX_TARGET_JSON_BYTES)
         tgt = _json_target(data.decode("utf-8", errors="replace"), what)
     elif "/" in name:
         from tvm.target import tag
@@ -155,7 +160,5 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
     if mcpu is not None and name not in ("x86_64", "aarch64"):
         raise TargetError(f"--mcpu applies to the x86_64 and aarch64 targets only, not {name}")
     arch, device = _check_supported(tgt, name)
-    from targets.mcpu import check_mcpu
-
     check_mcpu(tgt, f"--mcpu {mcpu}" if mcpu is not None else what)
     return TargetSpec(name=name, target=tgt, arch=arch, device=device)
