@@ -34,24 +34,27 @@ def abandoned() -> bool:
 def call(fn: Callable[[], T], timeout: Optional[float] = None) -> T:
     """``fn()`` in a worker thread; its result or exception, :class:`Timeout`, or the interrupt."""
     box: dict[str, object] = {}
+    # An Event of our own, not Thread.join/is_alive: a signal that interrupts join() can leave the
+    # thread marked as stopped while it still runs (CPython's bpo-45274 handling).
+    done = threading.Event()
 
     def work() -> None:
         try:
             box["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = e
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="bhvit-native-call", daemon=True)
     deadline = None if timeout is None else time.monotonic() + timeout
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(_SLICE_S)
-            if deadline is not None and worker.is_alive() and time.monotonic() > deadline:
-                _abandoned.set()
+        while not done.wait(_SLICE_S):
+            if deadline is not None and time.monotonic() > deadline:
                 raise Timeout()
     except BaseException:
-        if worker.is_alive():
+        if not done.is_set():
             _abandoned.set()
         raise
     if "error" in box:

@@ -275,8 +275,16 @@ def test_full_disk_is_refused_before_the_build(small_fs: Path, fused_onnx: Calla
     assert list(small_fs.iterdir()) == []
 
 
-def test_disk_full_while_writing_names_the_os_reason(small_fs: Path) -> None:
-    """to-onnx's output is larger than the disk: ENOSPC at write time, with the OS's wording, no temp."""
+def test_disk_full_while_writing_names_the_os_reason(small_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """to-onnx's output is larger than the disk: ENOSPC at write time, with the OS's wording, no temp.
+    (The export is a stand-in that returns a 1 MiB graph: the write is under test, not the exporter.)"""
+    from onnx import TensorProto, helper
+
+    import bhvit_export.export.reference as reference
+
+    big = helper.make_tensor("w", TensorProto.FLOAT, [1 << 18], np.zeros(1 << 18, np.float32).tobytes(), raw=True)
+    graph = helper.make_graph([], "big", [], [helper.make_tensor_value_info("w", TensorProto.FLOAT, [1 << 18])], [big])
+    monkeypatch.setattr(reference, "export_reference", lambda model, **_k: helper.make_model(graph))
     out = small_fs / "m.onnx"
     code, _, err = run("to-onnx", str(official_path("micro") / "checkpoint.pth"), "--reference", "-o", str(out))
     one_error(code, err, f"cannot write {out}: No space left on device")
