@@ -218,9 +218,11 @@ def check_compile_output(src: Path, out: Path, as_tar: bool, golden: list[Path],
     from .bundle.ownership import why_not_ours
     from .output_target import check_output
 
-    need = src.stat().st_size if src.is_file() else 0  # the library holds the model's (packed) weights
+    # A lower estimate: the library is ~1.3x the fused ONNX (micro: 7.1 MiB from 5.3 MiB); the runner
+    # and the x86_64 TVM runtime libraries are ~6 MiB.
+    need = (src.stat().st_size * 5 // 4) if src.is_file() else 0
     if native:
-        need += 8 * 2**20  # the runner and the TVM runtime libraries, a few MB
+        need += 6 * 2**20
     check_output(out, folder=not as_tar, error=BundleError, inputs=[src, *golden],
                  replaceable=lambda p: why_not_ours(p, archive=as_tar), need_bytes=need)
 

@@ -95,6 +95,8 @@ class BHViTConfig:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "BHViTConfig":
         """Inverse of :meth:`to_json` (bundle manifests, ONNX metadata); unknown keys are a ConfigError."""
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"a BHViT config is an object, got {type(obj).__name__}")
         names = {f.name for f in fields(cls)} - {"extra"}
         unknown = sorted(set(obj) - names)
         if unknown:

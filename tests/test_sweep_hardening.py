@@ -271,7 +271,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_is_refused_before_the_build(small_fs: Path, fused_onnx: Callable[[str], Path], no_load: None) -> None:
     out = small_fs / "b"
     code, _, err = run("compile", str(fused_onnx("micro")), "-o", str(out), "--no-native")
-    one_error(code, err, f"-o {out}: no space left on device (0.2 MiB free in {small_fs}, about 5.")
+    one_error(code, err, f"-o {out}: no space left on device (0.2 MiB free in {small_fs}, about 6.6 MiB needed)")
     assert list(small_fs.iterdir()) == []
 
 
@@ -592,6 +592,27 @@ def test_bad_tolerances_in_the_manifest(case: str, bundle: Path) -> None:
     else:
         change(obj["tolerances"])
     (bundle / mf.MANIFEST).write_text(json.dumps(obj).replace('"INF"', "Infinity"))  # Python's json would read it
+    code, _, err = verify(str(bundle))
+    one_error(code, err, says)
+
+
+MANIFEST_FIELD_CASES = {
+    "input-shape-text": (lambda o: o["input"].__setitem__("shape", [1, 3, "x", 224]), "manifest.json: input.shape is [1, 3, 'x', 224]"),
+    "input-shape-negative-batch": (lambda o: o["input"].__setitem__("shape", [-1, 3, 224, 224]), "input.shape is [-1, 3, 224, 224]"),
+    "output-shape-null": (lambda o: o["output"].__setitem__("shape", None), "output.shape is None, expected [1, classes]"),
+    "target-empty": (lambda o: o.__setitem__("target", {}), "target.arch is None, expected x86_64 or aarch64"),
+    "config-a-list": (lambda o: o["model"].__setitem__("config", ["depths"]), "model.config is ['depths'], expected an object or null"),
+    "config-bad-value": (lambda o: o["model"]["config"].__setitem__("num_labels", -3), "model.config: BHViT config key 'num_labels' is -3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_FIELD_CASES))
+def test_damaged_manifest_fields(case: str, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tvm
+
+    _forbid(monkeypatch, (tvm.runtime, "load_module"))
+    change, says = MANIFEST_FIELD_CASES[case]
+    edit_manifest(bundle, change)
     code, _, err = verify(str(bundle))
     one_error(code, err, says)
 

@@ -185,9 +185,11 @@ def check_bundle(root: Path) -> Manifest:
     Refuses (BundleError, exit 2) a missing file, an altered file, and any file that is not listed
     (an extra library could be picked up by the loader). Returns the manifest.
     """
+    from .fields import check_fields
     from .named_paths import check_named_paths
 
     manifest = read_manifest(root)
+    check_fields(manifest)
     present = _relpaths(root)  # first: refuses links and FIFOs before anything is opened
     check_named_paths(manifest.to_json(), manifest.files)
     for rel, entry in sorted(manifest.files.items()):
