@@ -122,13 +122,13 @@ def _check_unpacked_size(path: Path, size: int) -> None:
     from .limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES
 
     total, entries = size, 1
-    if zipfile.is_zipfile(path):
-        try:
+    try:
+        if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 infos = z.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            return  # torch.load reports it as truncated or corrupt
-        total, entries = sum(i.file_size for i in infos), len(infos)
+            total, entries = sum(i.file_size for i in infos), len(infos)
+    except Exception:  # BadZipFile, NotImplementedError, struct.error, ...: a damaged directory
+        return  # torch.load then reports the file as truncated or corrupt
     if total > MAX_CHECKPOINT_BYTES or entries > MAX_CHECKPOINT_ENTRIES:
         raise CheckpointError(
             f"{path} unpacks to {total / 2**30:.1f} GiB in {entries} entries, beyond the supported "
