@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import tirx
 
+from .reference import WORD_BITS
 from .target_info import TargetLike, as_target
 
 #: Block names of the computes (kept in sync with ``pack.PACK_BLOCK`` / ``popcount_gemm``; duplicated
@@ -51,21 +52,114 @@ def _max_threads(target: TargetLike) -> int:
     return int(as_target(target).attrs.get("max_num_threads", 1024))
 
 
-def schedule_pack_gpu(func: tirx.PrimFunc, target: TargetLike, *, threads: int = 128) -> tvm.IRModule:
-    """One thread per packed word (``M * Kw`` threads), bit loop unrolled, word kept in a register."""
-    threads = min(threads, _max_threads(target))
+#: Threads per block of the bit-packing stages.
+PACK_THREADS = 128
+#: Words (of 64 bits) per block row in a packing stage: 4 words = 256 floats = 1 KB per row.
+PACK_WORDS = 4
+
+
+def _pow2_at_most(extent: int, want: int) -> int:
+    """Largest power of two not above ``min(extent, want)`` (1 at least)."""
+    out = 1
+    while out * 2 <= min(extent, want):
+        out *= 2
+    return out
+
+
+#: Floats of the largest shared source tile of a packing stage (32 KB).
+PACK_SHARED_FLOATS = 8192
+
+
+def pack_tile(rows: int, words: int, bits: int, threads: int = PACK_THREADS) -> tuple[int, int]:
+    """``(W, R)``: words and rows per block of a packing stage.
+
+    When the row's last word is partial (``bits % 64``), the kernel clamps its column index to
+    ``bits - 1``; a block owning only some of a row's words would then stage a column range whose
+    extent depends on the block index, which TVM cannot size statically (it falls back to the
+    whole source in shared memory). So a partial row is owned whole (``W = words``); a full one
+    is split into the largest divisor of ``words`` up to :data:`PACK_WORDS`. ``R`` is the power of
+    two filling ``threads`` without passing the row count or :data:`PACK_SHARED_FLOATS`.
+    """
+    if bits % WORD_BITS:
+        tw = words
+    else:
+        tw = max(d for d in range(1, min(words, PACK_WORDS) + 1) if words % d == 0)
+    cap = max(1, min(threads // tw, PACK_SHARED_FLOATS // (tw * WORD_BITS)))
+    return tw, _pow2_at_most(rows, cap)
+
+
+def _align_rows(sch: tvm.s_tir.Schedule, cache: "tvm.s_tir.schedule.SBlockRV", ndim: int, elem_bytes: int) -> None:
+    """Pad the row stride of a shared tile to one 4-byte bank past a multiple of 32 banks, so the
+    threads of a warp (consecutive rows, same column) hit 32 different banks."""
+    if elem_bytes in (1, 2, 4):
+        sch.storage_align(cache, 0, axis=ndim - 2, factor=128 // elem_bytes, offset=4 // elem_bytes)
+
+
+def schedule_bitpack_stage_gpu(
+    sch: tvm.s_tir.Schedule,
+    block: str,
+    *,
+    batch: tuple[int, ...],
+    row: int,
+    word: int,
+    source: str,
+    bits: int,
+    threads: int = PACK_THREADS,
+) -> None:
+    """Coalesced GPU schedule of a stage that packs 64 consecutive source values into each word.
+
+    ``batch``/``row``/``word``: positions of those loops among the block's loops (a trailing
+    reduction over the 64 bits, as in :func:`pack.make_pack`, is handled too); ``source``: the name
+    of the buffer the bits are read from (float32 or uint8, its last axis contiguous); ``bits``:
+    the number of valid bits per row (the packed length, ``K``), which decides the tile
+    (:func:`pack_tile`).
+
+    A block owns ``R x W`` words (``R`` rows, ``W`` words, :func:`pack_tile`). Its source tile
+    (``R`` rows x ``64 W`` columns) is first staged in shared memory by all threads, consecutive
+    threads reading consecutive columns (coalesced, 128-byte lines); then thread ``(x, y)`` builds
+    the word ``y`` of row ``x`` from shared memory. Threads of a warp are consecutive *rows* of the
+    tile, whose stride is padded to ``32 k + 1`` banks (:func:`_align_rows`): 32 distinct banks per
+    load. (One thread per word reading its 64 floats straight from global memory, the previous
+    form, made every warp load touch 32 lines for 128 useful bytes.)
+    """
+    blk = sch.get_sblock(block)
+    loops = sch.get_loops(blk)
+    rows, words = int(sch.get(loops[row]).extent), int(sch.get(loops[word]).extent)
+    tw, tr = pack_tile(rows, words, bits, threads)
+    br, xr = sch.split(loops[row], [None, tr])
+    bw, yw = sch.split(loops[word], [None, tw])
+    outer = [loops[i] for i in batch]
+    rest = [lp for i, lp in enumerate(loops) if i not in (*batch, row, word)]
+    sch.reorder(*outer, br, bw, xr, yw, *rest)
+    sch.bind(sch.fuse(*outer, br) if outer else br, "blockIdx.y")
+    sch.bind(bw, "blockIdx.x")
+    sch.bind(xr, "threadIdx.x")
+    sch.bind(yw, "threadIdx.y")
+    idx = [i for i, region in enumerate(sch.get(blk).reads) if region.source.name == source]
+    if len(idx) != 1:
+        raise ValueError(f"{block}: expected one read of {source!r}, got {len(idx)}")
+    buf = sch.get(blk).reads[idx[0]].source
+    cache = sch.cache_read(blk, idx[0], "shared")
+    sch.compute_at(cache, bw, preserve_unit_loops=True)
+    _align_rows(sch, cache, len(buf.shape), tvm.DataType(buf.dtype).bits // 8)
+    fetch = sch.get_loops(cache)[2:]  # under the two block loops
+    _, fy, fx = sch.split(sch.fuse(*fetch), [None, tw, tr])
+    sch.bind(fy, "threadIdx.y")
+    sch.bind(fx, "threadIdx.x")
+    if rest:  # the 64-bit reduction of pack.make_pack: accumulate the word in a register
+        sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(sch.get_sblock(block + "_local"), yw)
+        sch.unroll(rest[-1])
+        sch.decompose_reduction(blk, rest[-1])
+
+
+def schedule_pack_gpu(func: tirx.PrimFunc, target: TargetLike, *, threads: int = PACK_THREADS) -> tvm.IRModule:
+    """Sign-pack ``[M, K] -> [M, Kw]``: :func:`schedule_bitpack_stage_gpu` (coalesced, via shared)."""
     sch = tvm.s_tir.Schedule(func)
-    blk = sch.get_sblock(_PACK_BLOCK)
-    i, w, b = sch.get_loops(blk)
-    total = int(sch.get(i).extent) * int(sch.get(w).extent)
-    bx, tx = sch.split(sch.fuse(i, w), [None, min(threads, total)])
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(tx, "threadIdx.x")
-    sch.cache_write(blk, 0, "local")
-    # cache_write puts the write-back after the loop nest; move it under the thread, after the bits.
-    sch.reverse_compute_at(sch.get_sblock(_PACK_BLOCK + "_local"), tx)
-    sch.unroll(b)
-    sch.decompose_reduction(blk, b)
+    k = int(func.params[0].shape[1])  # x [M, K]
+    schedule_bitpack_stage_gpu(
+        sch, _PACK_BLOCK, batch=(), row=0, word=1, source="x", bits=k, threads=min(threads, _max_threads(target))
+    )
     return sch.mod
 
 
@@ -83,10 +177,7 @@ class GemmTiles:
 
 def _fit(extent: int, want: int) -> int:
     """``want`` shrunk to a power of two not above ``extent`` (no idle threads on tiny dims)."""
-    out = 1
-    while out * 2 <= min(extent, want):
-        out *= 2
-    return out
+    return _pow2_at_most(extent, want)
 
 
 def schedule_popcount_gemm_gpu(

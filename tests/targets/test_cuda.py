@@ -206,7 +206,7 @@ def test_kernels_compile_for_cuda_with_popcll(target) -> None:
         assert "__shared__" in src and "__syncthreads()" in src
         # The accumulator tile is exactly one thread's tm x tn: had the epilogue been placed over
         # a hull covering other threads' columns, the compacted register array would be larger.
-        assert re.search(rf"uint64_t popc_local\w*\[{tiles.tm * tiles.tn}\];", src), src[:3000]
+        assert re.search(rf"\bint popc_local\w*\[{tiles.tm * tiles.tn}\];", src), src[:3000]  # 32-bit accumulators
     src = _cuda_source(pack.pack_module(50, 300, target, shift=True), target)
     assert "__global__" in src and re.search(r"uint64_t pack_local\w*\[1\];", src)
 
