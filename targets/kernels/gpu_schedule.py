@@ -139,7 +139,7 @@ def schedule_bitpack_stage_gpu(
     if len(idx) != 1:
         raise ValueError(f"{block}: expected one read of {source!r}, got {len(idx)}")
     buf = sch.get(blk).reads[idx[0]].source
-    cache = sch.cache_read(blk, idx[0], "shared")
+    cache = sch.cache_read(blk, idx[0], "shared", consumer_blocks=[blk])
     sch.compute_at(cache, bw, preserve_unit_loops=True)
     _align_rows(sch, cache, len(buf.shape), tvm.DataType(buf.dtype).bits // 8)
     fetch = sch.get_loops(cache)[2:]  # under the two block loops
@@ -227,6 +227,94 @@ def schedule_popcount_gemm_gpu(
     return sch.mod
 
 
+def _read_index(sch: tvm.s_tir.Schedule, blk: "tvm.s_tir.schedule.SBlockRV", name: str) -> int:
+    """Position of the read of buffer ``name`` among ``blk``'s reads (for ``cache_read``)."""
+    idx = [i for i, region in enumerate(sch.get(blk).reads) if region.source.name == name]
+    if len(idx) != 1:
+        raise ValueError(f"expected one read of {name!r}, got {len(idx)}")
+    return idx[0]
+
+
+def schedule_batched_popcount_gpu(
+    sch: tvm.s_tir.Schedule,
+    acc_name: str,
+    out_name: str,
+    target: TargetLike,
+    *,
+    stage: tuple[str, ...],
+    tiles: GemmTiles = GemmTiles(),
+) -> None:
+    """The shared-memory tiled popcount GEMM of :func:`schedule_popcount_gemm_gpu`, batched.
+
+    ``acc`` has loops ``(batch, row, column, reduction)`` (the conv's ``(b, pixel, channel, word)``,
+    the scores' ``(b*h, query, key, word)``, the QD context's ``(b, query, channel, word)``) and
+    ``out`` is its elementwise epilogue. The batch is ``blockIdx.z``; a block of ``ty x tx``
+    threads owns ``(ty*tm) x tx`` outputs, thread ``(y, x)`` a ``tm x 1`` column of int32
+    accumulators in registers; the words of every buffer in ``stage`` for one chunk of ``kc``
+    words are staged in shared memory by the whole block (coalesced: consecutive threads fetch
+    consecutive words), with an odd row stride. Consecutive threads of a warp own consecutive
+    columns, so the epilogue's stores coalesce.
+    """
+    acc = sch.get_sblock(acc_name)
+    out = sch.get_sblock(out_name)
+    b, i, j, r = sch.get_loops(acc)
+    m, n, kw = (int(sch.get(lp).extent) for lp in (i, j, r))
+    tx = _fit(n, tiles.tx)
+    ty = _fit(m, min(tiles.ty, _max_threads(target) // tx))
+    tm = min(tiles.tm, max(1, m // ty))
+    kc = min(tiles.kc, kw)
+    bi, ti, ii = sch.split(i, [None, ty, tm])
+    bj, tj = sch.split(j, [None, tx])
+    ro, ri = sch.split(r, [None, kc])
+    sch.reorder(b, bi, bj, ti, tj, ro, ri, ii)
+    sch.bind(b, "blockIdx.z")
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bj, "blockIdx.x")
+    sch.bind(ti, "threadIdx.y")
+    sch.bind(tj, "threadIdx.x")
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, tj)
+    for name in stage:
+        source = sch.get(acc).reads[_read_index(sch, acc, name)].source
+        cache = sch.cache_read(acc, _read_index(sch, acc, name), "shared", consumer_blocks=[acc])
+        sch.compute_at(cache, ro, preserve_unit_loops=True)
+        sch.storage_align(cache, 0, axis=len(source.shape) - 2, factor=2, offset=1)
+        _, fy, fx = sch.split(sch.fuse(*sch.get_loops(cache)[6:]), [None, ty, tx])
+        sch.bind(fy, "threadIdx.y")
+        sch.bind(fx, "threadIdx.x")
+    for lp in sch.get_loops(out)[5:]:
+        sch.unroll(lp)
+    sch.decompose_reduction(acc, ro)
+    for lp in sch.get_loops(acc)[-2:]:
+        sch.unroll(lp)
+
+
+def schedule_elementwise_gpu(sch: tvm.s_tir.Schedule, block: str, target: TargetLike, *, threads: int = 256) -> None:
+    """All loops of ``block`` fused, one thread per element (coalesced when the last axis is the
+    contiguous one in both the reads and the write)."""
+    blk = sch.get_sblock(block)
+    fused = sch.fuse(*sch.get_loops(blk))
+    total = int(sch.get(fused).extent)
+    bx, tx = sch.split(fused, [None, min(threads, _max_threads(target), total)])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+def schedule_columns_gpu(sch: tvm.s_tir.Schedule, block: str, target: TargetLike, *, threads: int = 128) -> None:
+    """One thread per element, the *last* loop split across ``threadIdx.x`` and the others fused
+    into ``blockIdx.y``: for stages whose output column is also the contiguous axis of every read
+    (the conv's im2col along pixels, the QD ``v`` bits along features), so a warp reads
+    consecutive addresses at every step of its unrolled 64-bit loop."""
+    blk = sch.get_sblock(block)
+    loops = sch.get_loops(blk)
+    last = loops[-1]
+    bx, tx = sch.split(last, [None, _pow2_at_most(int(sch.get(last).extent), min(threads, _max_threads(target)))])
+    sch.reorder(*loops[:-1], bx, tx)
+    sch.bind(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0], "blockIdx.y")
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
 def serialize_threads(mod: tvm.IRModule) -> tvm.IRModule:
     """CPU-runnable copy of a GPU-scheduled module: thread-bound loops become serial loops and
     ``shared``/``local`` buffers become ``global``.
@@ -240,6 +328,7 @@ def serialize_threads(mod: tvm.IRModule) -> tvm.IRModule:
     """
     text = _THREAD_LOOP.sub(r"T.serial(\1)", mod.script())
     text = _GPU_SCOPE.sub('scope="global"', text)
+    text = _BIG_U64.sub(_split_u64, text)
     if "thread_binding" in text or _GPU_SCOPE.search(text):
         raise RuntimeError("serialize_threads: thread bindings or GPU scopes left after the rewrite")
     return tvm.script.from_source(text)
@@ -247,3 +336,13 @@ def serialize_threads(mod: tvm.IRModule) -> tvm.IRModule:
 
 _THREAD_LOOP = re.compile(r'T\.thread_binding\(([^,()]+), thread="(?:blockIdx|threadIdx)\.[xyz]"\)')
 _GPU_SCOPE = re.compile(r'scope="(?:shared|local)"')
+#: uint64 literals the script parser refuses (it reads them as int64): bit 63 of a packed word.
+_BIG_U64 = re.compile(r"T\.uint64\((\d{19,20})\)")
+
+
+def _split_u64(match: "re.Match[str]") -> str:
+    """A uint64 literal of 2^63 or more as ``hi << 32 | lo`` (parseable, same value)."""
+    value = int(match.group(1))
+    if value < 2**63:
+        return match.group(0)
+    return f"(T.shift_left(T.uint64({value >> 32}), T.uint64(32)) | T.uint64({value & 0xFFFFFFFF}))"
