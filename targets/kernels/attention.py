@@ -220,13 +220,27 @@ def schedule_qd_context(
 def scores_module(
     b: int, n: int, c: int, h: int, scale: float, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel`."""
+    """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel` (CUDA targets:
+    :func:`gpu_attention.scores_module_gpu`; ``tiles`` are the CPU's ``mr``/``nr``)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        from .gpu_attention import scores_module_gpu
+
+        return scores_module_gpu(b, n, c, h, scale, target, out_dtype=out_dtype)
     return schedule_scores(make_scores(b, n, c, h, scale, out_dtype=out_dtype), target, **tiles)
 
 
 def qd_context_module(
     b: int, n: int, c: int, h: int, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel`."""
+    """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel` (CUDA targets:
+    :func:`gpu_attention.qd_context_module_gpu`)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        from .gpu_attention import qd_context_module_gpu
+
+        return qd_context_module_gpu(b, n, c, h, target, out_dtype=out_dtype)
     func = make_qd_context(b, n, c, h, out_dtype=out_dtype).with_attr("bhvit.head_dim", c // h)
     return schedule_qd_context(func, target, **tiles)

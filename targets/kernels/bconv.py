@@ -324,6 +324,12 @@ def _out_w(func: tirx.PrimFunc) -> int:
 def bconv_module(
     geom: ConvGeometry, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled module, ready for :func:`build.build_kernel`."""
+    """Scheduled module, ready for :func:`build.build_kernel` (CUDA targets: :func:`gpu_bconv.bconv_module_gpu`)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        from .gpu_bconv import bconv_module_gpu
+
+        return bconv_module_gpu(geom, target, out_dtype=out_dtype)
     func = make_bconv(geom, out_dtype=out_dtype).with_attr("bhvit.out_w", geom.out_w)
     return schedule_bconv(func, target, **tiles)

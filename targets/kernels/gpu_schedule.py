@@ -227,6 +227,25 @@ def schedule_popcount_gemm_gpu(
     return sch.mod
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """The decomposition a batched popcount GEMM runs with (what :func:`gemm_plan` decides):
+    ``ty x tx`` threads, ``tm`` rows per thread, ``kc`` words per shared-memory stage."""
+
+    ty: int
+    tx: int
+    tm: int
+    kc: int
+
+
+def gemm_plan(m: int, n: int, kw: int, tiles: GemmTiles = GemmTiles(), max_threads: int = 1024) -> BlockPlan:
+    """Tiles of :func:`schedule_batched_popcount_gpu` for an ``m x n`` output over ``kw`` words:
+    the wanted tiles shrunk to the problem (powers of two, so no block of mostly idle threads)."""
+    tx = _fit(n, tiles.tx)
+    ty = _fit(m, min(tiles.ty, max_threads // tx))
+    return BlockPlan(ty=ty, tx=tx, tm=min(tiles.tm, max(1, m // ty)), kc=min(tiles.kc, kw))
+
+
 def _read_index(sch: tvm.s_tir.Schedule, blk: "tvm.s_tir.schedule.SBlockRV", name: str) -> int:
     """Position of the read of buffer ``name`` among ``blk``'s reads (for ``cache_read``)."""
     idx = [i for i, region in enumerate(sch.get(blk).reads) if region.source.name == name]
@@ -259,10 +278,8 @@ def schedule_batched_popcount_gpu(
     out = sch.get_sblock(out_name)
     b, i, j, r = sch.get_loops(acc)
     m, n, kw = (int(sch.get(lp).extent) for lp in (i, j, r))
-    tx = _fit(n, tiles.tx)
-    ty = _fit(m, min(tiles.ty, _max_threads(target) // tx))
-    tm = min(tiles.tm, max(1, m // ty))
-    kc = min(tiles.kc, kw)
+    plan = gemm_plan(m, n, kw, tiles, _max_threads(target))
+    ty, tx, tm, kc = plan.ty, plan.tx, plan.tm, plan.kc
     bi, ti, ii = sch.split(i, [None, ty, tm])
     bj, tj = sch.split(j, [None, tx])
     ro, ri = sch.split(r, [None, kc])
