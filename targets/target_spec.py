@@ -9,6 +9,7 @@ checks) only depends on the target's architecture and device kind, so those are 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +23,10 @@ from targets.toolchain import host_arch
 ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
 #: CPUs ``--mcpu`` accepts for ``aarch64`` without a warning (what our NEON schedules were checked on).
 ARM_CPUS = ("cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "cortex-a78")
-SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin")
+SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin", "cuda-sm90")
+#: ``cuda-smNN``: an NVIDIA GPU of compute capability N.N on an x86-64 host (``cuda-sm90``: H100/H200),
+#: the same kernels as ``jetson-orin`` (sm_87) built for another arch, so a data-centre GPU can stand in.
+_CUDA_SM = re.compile(r"cuda-sm(\d{2,3})")
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,11 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
             raise TargetError("--mcpu does not apply to jetson-orin (its CPU is cortex-a78)")
         tgt = _make(tvm.target.Target("nvidia/jetson-orin-nano"), what)
         tgt = tvm.target.Target(tgt, host=ORIN_HOST)
+    elif _CUDA_SM.fullmatch(name):
+        if mcpu is not None:
+            raise TargetError(f"--mcpu does not apply to {name} (its host is generic x86-64)")
+        sm = _CUDA_SM.fullmatch(name).group(1)  # type: ignore[union-attr]
+        tgt = _make({"kind": "cuda", "arch": f"sm_{sm}", "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}, what)
     elif name.lstrip().startswith("{"):
         tgt = _json_target(name, what)
     elif name.endswith(".json"):
