@@ -116,6 +116,38 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None], runs: int, warmup: i
 # --- the bundle, through the native runner ----------------------------------------------------------
 
 
+def cudart_dirs() -> list[str]:
+    """Folders holding ``libcudart.so.13`` (TVM's CUDA plugin links it) that the loader may not search:
+    the CUDA toolkit beside ``nvcc``, ``/usr/local/cuda*``, and the ``nvidia`` wheels torch installs."""
+    import glob
+    import importlib.util
+    import shutil
+
+    roots = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parent.parent))
+    roots += sorted(glob.glob("/usr/local/cuda*"))
+    spec = importlib.util.find_spec("nvidia")
+    if spec is not None and spec.submodule_search_locations:
+        roots += list(spec.submodule_search_locations)
+    found = []
+    for root in roots:
+        for lib in sorted(glob.glob(f"{root}/**/libcudart.so.13*", recursive=True)):
+            folder = str(Path(lib).parent)
+            if folder not in found:
+                found.append(folder)
+    return found
+
+
+def _runner_env(device: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if device == "cuda":
+        extra = cudart_dirs()
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(extra + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+    return env
+
+
 def run_native(
     payload: Path, lib: Path, x: np.ndarray, device: str, budget: Budget, *, batch: int = 1, runs: int = 0, warmup: int = 0
 ) -> tuple[np.ndarray, list[float]]:
@@ -128,7 +160,7 @@ def run_native(
         np.save(inp, np.ascontiguousarray(x, np.float32))
         cmd = [str(runner), str(lib), str(inp), str(out), "--batch", str(batch), "--runs", str(runs),
                "--warmup", str(warmup), "--device", device]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(5.0, budget.left()))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(5.0, budget.left()), env=_runner_env(device))
         if proc.returncode != 0:
             raise RuntimeError((proc.stderr.strip().splitlines() or ["bhvit-run failed"])[-1])
         lat = json.loads(proc.stdout.strip().splitlines()[-1])["latency_ms"]
@@ -274,6 +306,8 @@ def check(payload: Path, *, device: str = "cuda", budget_s: float = 300.0, runs:
     """Every step in order; the report (``pass`` is the verdict, ``None`` if the bundle did not run)."""
     budget = Budget(budget_s)
     report: dict[str, Any] = {"payload": str(payload), "device": device, "budget_s": budget_s, "tolerances": TOLERANCES}
+    if device == "cuda":
+        report["cudart_dirs"] = cudart_dirs()
     info = payload / "payload.json"
     if info.is_file():
         meta = json.loads(info.read_text())
