@@ -1,14 +1,21 @@
-"""CUDA schedules of the packed kernels (sign-pack and the shared popcount GEMM).
+"""CUDA schedules of the packed kernels: bit-packing stages and the popcount GEMMs.
 
-Same computes as the CPU paths (``pack.make_pack``, ``popcount_gemm.popcount_gemm_stages``); only the
-loop nests differ, so the CPU schedules dispatch here when the target's kind is ``cuda``.
+Same computes as the CPU paths (``pack.make_pack``, ``popcount_gemm.popcount_gemm_stages``, the conv
+and attention stages of ``bconv``/``attention``); only the loop nests differ, so the CPU schedules
+dispatch here when the target's kind is ``cuda`` (``gpu_bconv``/``gpu_attention`` assemble the
+conv and attention kernels from the rules below). On CUDA the popcount accumulators are ``int32``
+(``popcount_gemm.acc_dtype_for``): ``__popcll`` returns an int, and one 32-bit register per output
+instead of a 64-bit pair halves the accumulator registers and the adds.
 
-* Sign-pack: one thread per output word, the 64-bit loop unrolled and the word accumulated in a
-  register (``local``) and stored once. A thread reads 64 consecutive floats (256 bytes, two L1
-  lines reused by the unrolled loop); a warp-ballot packing would coalesce better but TIR has no
-  ballot intrinsic, and pack is a small share of the model's time next to the GEMMs.
-* Popcount GEMM: the classic shared-memory tiled GEMM. A block of ``ty x tx`` threads owns a
-  ``(ty*tm) x (tx*tn)`` output tile, each thread a ``tm x tn`` accumulator tile in registers; the
+* Bit-packing stages (:func:`schedule_bitpack_stage_gpu`: the sign-pack, the attention's ``q``/
+  ``k`` bits, the QD level planes): a block stages its rows' source values in shared memory,
+  consecutive threads reading consecutive values (coalesced), then each thread ORs the 64 bits of
+  one word from shared memory, the threads of a warp on 32 consecutive rows of a row stride padded
+  to one bank past a multiple of 32 (conflict-free). TIR has no warp ballot, which would avoid the
+  staging; ``gpu_emulation.PackStats`` measures both claims on the emulated decomposition.
+* Popcount GEMM (:func:`schedule_popcount_gemm_gpu`, and :func:`schedule_batched_popcount_gpu` with
+  a batch on ``blockIdx.z``): the classic shared-memory tiled GEMM. A block of ``ty x tx`` threads
+  owns a ``(ty*tm) x (tx*tn)`` output tile, each thread a ``tm x tn`` accumulator tile in registers; the
   words of ``a`` and ``w`` for one K chunk are staged in shared memory by all threads of the block.
   The CPU kernel's transpose stage ``w_t`` is inlined: on the GPU the shared tile of ``w`` is read
   row-wise with an odd row stride (``storage_align``), which is bank-conflict free for 64-bit words
