@@ -257,6 +257,9 @@ def _check_model_build(fused, target, host_cc, machine: int, tmp_path: Path) -> 
     src = "".join(m.inspect_source() for m in cuda_mods)
     assert "__popcll(" in src
     assert re.search(r"bhvit_bgemm_\w+_kernel", src) and re.search(r"bhvit_pack_\w+_kernel", src)
+    for kind in ("bconv", "scores", "qd_context"):  # the conv and attention ops as packed GPU kernels
+        assert re.search(rf"bhvit_{kind}_\w+_kernel", src), kind
+    assert not re.search(r"uint64_t popc_local", src)  # 32-bit accumulators everywhere
 
 
 @needs_nvcc
