@@ -126,7 +126,8 @@ def schedule_bitpack_stage_gpu(
     threads reading consecutive columns (coalesced, 128-byte lines); then thread ``(x, y)`` builds
     the word ``y`` of row ``x`` from shared memory. Threads of a warp are consecutive *rows* of the
     tile, whose stride is padded to ``32 k + 1`` banks (:func:`_align_rows`): 32 distinct banks per
-    load. (One thread per word reading its 64 floats straight from global memory, the previous
+    load when the tile has 32 rows or more (every BHViT shape; a tile of fewer rows puts several
+    words of a row in one warp, a ``W``-way conflict that ``gpu_emulation.PackStats`` reports). (One thread per word reading its 64 floats straight from global memory, the previous
     form, made every warp load touch 32 lines for 128 useful bytes.)
     """
     blk = sch.get_sblock(block)
@@ -142,11 +143,9 @@ def schedule_bitpack_stage_gpu(
     sch.bind(bw, "blockIdx.x")
     sch.bind(xr, "threadIdx.x")
     sch.bind(yw, "threadIdx.y")
-    idx = [i for i, region in enumerate(sch.get(blk).reads) if region.source.name == source]
-    if len(idx) != 1:
-        raise ValueError(f"{block}: expected one read of {source!r}, got {len(idx)}")
-    buf = sch.get(blk).reads[idx[0]].source
-    cache = sch.cache_read(blk, idx[0], "shared", consumer_blocks=[blk])
+    idx = _read_index(sch, blk, source)
+    buf = sch.get(blk).reads[idx].source
+    cache = sch.cache_read(blk, idx, "shared", consumer_blocks=[blk])
     sch.compute_at(cache, bw, preserve_unit_loops=True)
     _align_rows(sch, cache, len(buf.shape), tvm.DataType(buf.dtype).bits // 8)
     fetch = sch.get_loops(cache)[2:]  # under the two block loops
