@@ -158,7 +158,7 @@ def _packed_gpu() -> bool:
 
 
 def _packed_cpu() -> bool:
-    """The conv/attention kernels are scheduled for CPUs only: other targets keep the Relax path."""
+    """The CPU schedules of the conv/attention kernels apply (llvm targets; cuda: :func:`_packed_gpu`)."""
     target = _Options.target
     return _Options.packed and target is not None and target.kind.name == "llvm"
 
