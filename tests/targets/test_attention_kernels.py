@@ -26,16 +26,15 @@ from passes.ops import DOMAIN, ONNX_OPSET, function_protos, qd_thresholds  # noq
 from targets.kernels import attention  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.kernels.build import build_kernel  # noqa: E402
-from targets.kernels.target_info import X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
+from tests.targets.host import HOST, runs_here  # noqa: E402
 
-HOST = X86_SAPPHIRERAPIDS
 PROPS = settings(max_examples=15, deadline=None)
 SEED = st.integers(0, 2**32 - 1)
 BATCH = st.integers(1, 2)
 TOKENS = st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 130]))
 HEADS = st.integers(1, 3)
 HEAD_DIM = st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 130]))
-host_only = pytest.mark.skipif(not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code")
+host_only = runs_here(HOST)
 
 
 def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
