@@ -14,8 +14,10 @@ OS-gated extensions (``aes``, ``sha2``, ``pku``, ``shstk``, ``uintr``, ``waitpkg
 out because LLVM only emits them through intrinsics our kernels never call, while boards and
 hypervisors routinely lack or hide them (LLVM's ``cortex-a72`` has ``aes``, a Raspberry Pi 4 does not).
 
-``BHVIT_PRETEND_CPU=znver4`` makes this machine report that CPU's name and LLVM feature list
-instead of its own: a test hook to see what the gating does on a CPU we do not have.
+``BHVIT_PRETEND_CPU=znver4`` makes this machine report that CPU's name and its LLVM features
+instead of its own: a test hook to see what the gating does on a CPU we do not have. Features
+of that CPU this machine lacks are dropped (LLVM's znver4 code uses SSE4A's ``insertq``, which an
+Intel CPU lacks), so what is built for "this CPU" still runs here: ``znver4`` with ``-sse4a``.
 """
 
 from __future__ import annotations
@@ -195,14 +197,14 @@ def _host(pretend: Optional[str]) -> tuple[str, frozenset[str]]:
     from targets.toolchain import host_arch
 
     arch = host_arch()
-    if pretend:
-        return pretend, frozenset(target_features(_arch_target(arch, pretend)))
     try:
         parsed = parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
         parsed = None
     if parsed is None or parsed[0] != arch:
         raise RuntimeError("cannot read this CPU's features from /proc/cpuinfo")
+    if pretend:  # only what this machine can also run: what it builds for "this CPU" must run here
+        return pretend, frozenset(target_features(_arch_target(arch, pretend))) & parsed[1]
     try:
         from tvm.target import codegen
 
