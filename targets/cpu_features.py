@@ -193,7 +193,8 @@ def target_cpu(target: Any) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _host(pretend: Optional[str]) -> tuple[str, frozenset[str]]:
+def _host(pretend: Optional[str]) -> tuple[str, Optional[frozenset[str]]]:
+    """(CPU name, LLVM features or None where /proc/cpuinfo cannot tell) of this machine."""
     from targets.toolchain import host_arch
 
     arch = host_arch()
@@ -201,17 +202,17 @@ def _host(pretend: Optional[str]) -> tuple[str, frozenset[str]]:
         parsed = parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
         parsed = None
-    if parsed is None or parsed[0] != arch:
-        raise RuntimeError("cannot read this CPU's features from /proc/cpuinfo")
+    have = parsed[1] if parsed is not None and parsed[0] == arch else None
     if pretend:  # only what this machine can also run: what it builds for "this CPU" must run here
-        return pretend, frozenset(target_features(_arch_target(arch, pretend))) & parsed[1]
+        wanted = frozenset(target_features(_arch_target(arch, pretend)))
+        return pretend, wanted & have if have is not None else wanted
     try:
         from tvm.target import codegen
 
         name = str(codegen.llvm_get_system_cpu())
     except ImportError:  # a verify-only device: the name is for messages only
         name = platform.processor() or arch
-    return name, parsed[1]
+    return name, have
 
 
 def host_cpu() -> str:
@@ -220,8 +221,14 @@ def host_cpu() -> str:
 
 
 def host_features() -> frozenset[str]:
-    """The LLVM features (of the tables above) this machine's CPU has (or the pretended CPU's)."""
-    return _host(_pretend())[1]
+    """The LLVM features (of the tables above) this machine's CPU has (or the pretended CPU's).
+
+    RuntimeError where ``/proc/cpuinfo`` cannot tell (not Linux).
+    """
+    have = _host(_pretend())[1]
+    if have is None:
+        raise RuntimeError("cannot read this CPU's features from /proc/cpuinfo")
+    return have
 
 
 def host_mattr() -> list[str]:
@@ -234,8 +241,11 @@ def host_mattr() -> list[str]:
     from targets.toolchain import host_arch
 
     arch = host_arch()
+    try:
+        have = host_features()
+    except RuntimeError:  # no /proc/cpuinfo (not Linux): LLVM's model of the CPU is all we know
+        return []
     model = set(target_features(_arch_target(arch, host_cpu())))
-    have = host_features()
     return [f"+{f}" for f in sorted(have - model)] + [f"-{f}" for f in sorted(model - have)]
 
 
