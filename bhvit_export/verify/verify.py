@@ -201,7 +201,8 @@ def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions, notes:
         sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices)
         wheres = [f"tracker {opts.tracker} key {opts.key} #{i}" for i in range(len(sessions))]
         for s, where in zip(sessions, wheres):
-            notes += [n for n in cpu_check.check(manifest, cpu_check.session_cpu(s, manifest, where), where, local=False) if n not in notes]
+            said = cpu_check.check(manifest, cpu_check.session_cpu(s, manifest, where), where, local=False)
+            notes += [n for n in said if n not in notes]
         return [runners.RpcRunner(s, root, manifest, where, opts.threads) for s, where in zip(sessions, wheres)]
     if manifest.arch != host_arch():
         raise BundleError(

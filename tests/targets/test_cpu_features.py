@@ -56,7 +56,10 @@ def test_pretend_cpu_is_what_the_host_reports(monkeypatch) -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(flags=st.sets(st.sampled_from(sorted(set(cf.X86_FEATURES.values())))), need=st.sets(st.sampled_from(sorted(cf.X86_FEATURES))))
+@given(
+    flags=st.sets(st.sampled_from(sorted(set(cf.X86_FEATURES.values())))),
+    need=st.sets(st.sampled_from(sorted(cf.X86_FEATURES))),
+)
 def test_missing_is_exactly_what_the_flags_do_not_give(flags: set[str], need: set[str]) -> None:
     have = cf.from_linux_flags("x86_64", flags)
     assert have == {f for f, linux in cf.X86_FEATURES.items() if linux in flags}
