@@ -49,11 +49,16 @@ class TargetSpec:
         return self.arch != host_arch() or self.device != "cpu"
 
     def to_json(self) -> dict[str, Any]:
+        from targets.cpu_features import target_cpu, target_features
+
         return {
             "name": self.name,
             "tvm": json.loads(json.dumps(_plain(self.target.export()))),
             "arch": self.arch,
             "device": self.device,
+            # what verify checks the CPU for before loading the library (LLVM feature names)
+            "cpu": target_cpu(self.host),
+            "cpu_features": target_features(self.host),
         }
 
 
@@ -118,10 +123,14 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
 
     what = f"--target {name}"
     if name == "x86_64":
-        if host_arch() != "x86_64" and mcpu is None:
+        if host_arch() != "x86_64" and mcpu in (None, "native"):
             raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
-        cpu = mcpu or str(host_target().attrs["mcpu"])
-        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}, f"--mcpu {cpu}")
+        if mcpu in (None, "native"):  # this CPU: its LLVM name and its exact features
+            here = host_target()
+            attrs = {"mcpu": str(here.attrs["mcpu"]), **({"mattr": list(here.attrs["mattr"])} if "mattr" in here.attrs else {})}
+        else:
+            attrs = {"mcpu": mcpu}
+        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", **attrs}, f"--mcpu {attrs['mcpu']}")
     elif name == "aarch64":
         cpu = mcpu or "cortex-a72"
         attrs = ["+neon"] + (["+dotprod"] if cpu in ("cortex-a55", "cortex-a76", "cortex-a78") else [])

@@ -1,6 +1,7 @@
 // bhvit-run: run a compiled Relax VM library on a device without Python.
 //
 //   bhvit-run LIB.so INPUT.npy OUTPUT.npy [--batch B] [--runs N] [--warmup W] [--device cpu|cuda]
+//   bhvit-run --cpu-features        (prints "ARCH: flag ...": what verify checks first)
 //
 // Loads LIB.so the way python's relax.VirtualMachine(tvm.runtime.load_module(p), tvm.cpu()) does
 // (vm_load_executable, then vm_initialization with the CPU device and the pooled allocator), runs
@@ -35,6 +36,8 @@
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
+
+#include "cpu_features.h"
 #include <string>
 #include <vector>
 
@@ -298,6 +301,10 @@ std::string OneLine(std::string s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--cpu-features") {
+    std::cout << CpuFeatureReport() << std::endl;
+    return 0;
+  }
   try {
     return Run(ParseArgs(argc, argv));
   } catch (const ffi::Error& e) {

@@ -23,12 +23,10 @@ from bhvit_export.errors import TargetError  # noqa: E402
 from passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits, qd_thresholds  # noqa: E402
 from targets.build import build, run, vm  # noqa: E402
 from targets.importer import bhvit_converters, import_fused, unsupported_ops  # noqa: E402
-from targets.kernels.target_info import has_vector_popcount, host_target  # noqa: E402
+from tests.targets.host import runs_here  # noqa: E402
 from tests.helpers import assert_end_to_end  # noqa: E402
 
-host_only = pytest.mark.skipif(
-    not has_vector_popcount(host_target()), reason="host CPU has no vector popcount"
-)
+host_only = runs_here()  # build() defaults to the host target
 
 
 def _model(nodes, inputs, outputs, inits, used) -> onnx.ModelProto:
