@@ -180,7 +180,7 @@ def _say(as_json: bool):
     help="x86_64 (this CPU unless --mcpu), aarch64 (cortex-a72 unless --mcpu), jetson-orin, a TVM tag "
     "(raspberry-pi/4b-aarch64, nvidia/jetson-orin-nano, ...) or a JSON target (inline or a .json file).",
 )
-@click.option("--mcpu", default=None, help="CPU model for x86_64/aarch64 (e.g. haswell, cortex-a76).")
+@click.option("--mcpu", default=None, help="CPU model for x86_64/aarch64 (e.g. haswell, cortex-a76; x86_64: native = this CPU, the default).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write (or NAME.tar).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="The batch size compiled in.")
 @click.option("--golden-inputs", type=click.Path(path_type=Path, dir_okay=False), help="Own golden inputs (.npy float32 [N,3,S,S]).")

@@ -448,3 +448,9 @@ def _open_modes(root: Path) -> None:
         for f in filenames:
             p = Path(dirpath) / f
             os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
+
+
+# ``from bhvit_export import compile``: this module is also the public function (see api.py).
+from .api import compile as _api_compile, make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, _api_compile)

@@ -9,6 +9,7 @@ checks) only depends on the target's architecture and device kind, so those are 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +24,10 @@ from targets.toolchain import host_arch
 ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
 #: CPUs ``--mcpu`` accepts for ``aarch64`` without a warning (what our NEON schedules were checked on).
 ARM_CPUS = ("cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "cortex-a78")
-SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin")
+SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin", "cuda-sm90")
+#: ``cuda-smNN``: an NVIDIA GPU of compute capability N.N on an x86-64 host (``cuda-sm90``: H100/H200),
+#: the same kernels as ``jetson-orin`` (sm_87) built for another arch, so a data-centre GPU can stand in.
+_CUDA_SM = re.compile(r"cuda-sm(\d{2,3})")
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,16 @@ class TargetSpec:
         return self.arch != host_arch() or self.device != "cpu"
 
     def to_json(self) -> dict[str, Any]:
+        from targets.cpu_features import target_cpu, target_features
+
         return {
             "name": self.name,
             "tvm": json.loads(json.dumps(_plain(self.target.export()))),
             "arch": self.arch,
             "device": self.device,
+            # what verify checks the CPU for before loading the library (LLVM feature names)
+            "cpu": target_cpu(self.host),
+            "cpu_features": target_features(self.host),
         }
 
 
@@ -120,11 +129,15 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
 
     what = f"--target {name}"
     if name == "x86_64":
-        if host_arch() != "x86_64" and mcpu is None:
+        if host_arch() != "x86_64" and mcpu in (None, "native"):
             raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
-        cpu = mcpu or str(host_target().attrs["mcpu"])
-        check_mcpu_name(cpu, "x86_64-linux-gnu", f"--mcpu {cpu}")
-        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}, f"--mcpu {cpu}")
+        if mcpu in (None, "native"):  # this CPU: its LLVM name and its exact features
+            here = host_target()
+            attrs = {"mcpu": str(here.attrs["mcpu"]), **({"mattr": list(here.attrs["mattr"])} if "mattr" in here.attrs else {})}
+        else:
+            check_mcpu_name(mcpu, "x86_64-linux-gnu", f"--mcpu {mcpu}")
+            attrs = {"mcpu": mcpu}
+        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", **attrs}, f"--mcpu {attrs['mcpu']}")
     elif name == "aarch64":
         cpu = mcpu or "cortex-a72"
         check_mcpu_name(cpu, "aarch64-linux-gnu", f"--mcpu {cpu}")
@@ -135,6 +148,11 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
             raise TargetError("--mcpu does not apply to jetson-orin (its CPU is cortex-a78)")
         tgt = _make(tvm.target.Target("nvidia/jetson-orin-nano"), what)
         tgt = tvm.target.Target(tgt, host=ORIN_HOST)
+    elif _CUDA_SM.fullmatch(name):
+        if mcpu is not None:
+            raise TargetError(f"--mcpu does not apply to {name} (its host is generic x86-64)")
+        sm = _CUDA_SM.fullmatch(name).group(1)  # type: ignore[union-attr]
+        tgt = _make({"kind": "cuda", "arch": f"sm_{sm}", "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}, what)
     elif name.lstrip().startswith("{"):
         tgt = _json_target(name, what)
     elif name.endswith(".json"):

@@ -20,7 +20,7 @@ from targets.toolchain import host_arch
 
 from ..bundle import manifest as mf
 from ..errors import BundleError
-from . import latency, runners
+from . import cpu_check, latency, runners
 from . import tolerances as criteria
 from .metrics import Accuracy, compare
 
@@ -192,25 +192,31 @@ def _golden(root: Path, manifest: mf.Manifest) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions) -> list[runners.Runner]:
+def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions, notes: list[str]) -> list[runners.Runner]:
+    """The runners, each opened only after its CPU was checked for the bundle's features (notes: what was not)."""
     if opts.native:
+        notes += cpu_check.check(manifest, cpu_check.runner_cpu(root, manifest), "the native runner", local=True)
         return [runners.NativeRunner(root, manifest, opts.threads)]
     if opts.rpc:
+        where = f"rpc {opts.rpc}"
         session = runners.connect_rpc(opts.rpc, opts.timeout)
-        return [runners.RpcRunner(session, root, manifest, f"rpc {opts.rpc}", opts.threads, opts.timeout)]
+        notes += cpu_check.check(manifest, cpu_check.session_cpu(session, manifest, where), where, local=False)
+        return [runners.RpcRunner(session, root, manifest, where, opts.threads, opts.timeout)]
     if opts.tracker:
         if not opts.key:
             raise BundleError("--tracker needs --key (the device key registered with the tracker)")
         sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices, opts.timeout)
-        return [
-            runners.RpcRunner(s, root, manifest, f"tracker {opts.tracker} key {opts.key} #{i}", opts.threads, opts.timeout)
-            for i, s in enumerate(sessions)
-        ]
+        wheres = [f"tracker {opts.tracker} key {opts.key} #{i}" for i in range(len(sessions))]
+        for s, where in zip(sessions, wheres):
+            said = cpu_check.check(manifest, cpu_check.session_cpu(s, manifest, where), where, local=False)
+            notes += [n for n in said if n not in notes]
+        return [runners.RpcRunner(s, root, manifest, where, opts.threads, opts.timeout) for s, where in zip(sessions, wheres)]
     if manifest.arch != host_arch():
         raise BundleError(
             f"this bundle is for {manifest.arch} and this machine is {host_arch()}: run verify on the device, "
             "or use --rpc HOST:PORT (a device or `bhvit-export emulate`), or --native (qemu)"
         )
+    notes += cpu_check.check(manifest, cpu_check.this_cpu(), "this machine", local=True)
     return [runners.LocalRunner(root, manifest, opts.threads)]
 
 
@@ -256,7 +262,7 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         x, ref = _golden(root, manifest)
         results = []
         images = None
-        for i, runner in enumerate(_open_runners(root, manifest, opts)):
+        for i, runner in enumerate(_open_runners(root, manifest, opts, notes)):
             try:
                 if i == 0 and opts.images is not None:
                     images = _images(runner, manifest, opts, say)
@@ -309,6 +315,8 @@ def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str,
     """Per-function latency of the compiled model (this machine only)."""
     if manifest.arch != host_arch() or manifest.device != "cpu":
         return None, ["--profile runs on this machine's CPU only"]
+    if not cpu_check.runs_here(manifest):
+        return None, ["--profile: this CPU lacks features the bundle was built for"]
     try:
         import tvm
 
