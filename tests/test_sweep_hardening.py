@@ -605,6 +605,7 @@ MANIFEST_FIELD_CASES = {
     "input-shape-negative-batch": (lambda o: o["input"].__setitem__("shape", [-1, 3, 224, 224]), "input.shape is [-1, 3, 224, 224]"),
     "output-shape-null": (lambda o: o["output"].__setitem__("shape", None), "output.shape is None, expected [1, classes]"),
     "target-empty": (lambda o: o.__setitem__("target", {}), "target.arch is None, expected x86_64 or aarch64"),
+    "cpu-features-not-names": (lambda o: o["target"].__setitem__("cpu_features", [None]), "target.cpu_features is [None], expected a list of feature names"),
     "config-a-list": (lambda o: o["model"].__setitem__("config", ["depths"]), "model.config is ['depths'], expected an object or null"),
     "config-bad-value": (lambda o: o["model"]["config"].__setitem__("num_labels", -3), "model.config: BHViT config key 'num_labels' is -3"),
 }

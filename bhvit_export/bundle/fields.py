@@ -38,6 +38,9 @@ def check_fields(m: Any) -> None:
         raise bad("target.device", m.target.get("device"), " or ".join(DEVICES))
     if not isinstance(m.target.get("name"), str):
         raise bad("target.name", m.target.get("name"), "a string")
+    features = m.target.get("cpu_features", [])  # recorded by compile for verify's CPU check
+    if features is not None and not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+        raise bad("target.cpu_features", features, "a list of feature names")
     shape = m.input.get("shape")
     if not _ints(shape, 4) or shape[1] != 3 or shape[2] != shape[3] or shape[2] > MAX_IMAGE_SIZE:
         raise bad("input.shape", shape, f"[batch, 3, S, S] with S up to {MAX_IMAGE_SIZE}")
