@@ -8,12 +8,12 @@ multiply-accumulates. Counted for one 224x224 image. QD's ``P.V`` counts as thre
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnx import shape_inference
 
@@ -64,9 +64,14 @@ class Census:
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load and check an ONNX file, mapping every failure to one ModelFileError line."""
+    from .limits import file_kind
+
     p = Path(path)
-    if not p.is_file():
+    kind = file_kind(p)
+    if kind == "missing":
         raise ModelFileError(f"no such file: {p}")
+    if kind is not None:  # /dev/zero never ends and a FIFO blocks the reader: regular files only
+        raise ModelFileError(f"{p} is {kind}, expected an ONNX file")
     try:
         model = onnx.load(str(p))
     except Exception as e:  # protobuf raises DecodeError; onnx a ValidationError for external data
@@ -79,6 +84,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except Exception as e:
         raise ModelFileError(f"{p} is not a valid ONNX model: {str(e).splitlines()[0]}") from None
     _check_dims(model, p)
+    from .op_attributes import check_bhvit_nodes
+
+    check_bhvit_nodes(model, p)
     return model
 
 
@@ -147,8 +155,8 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
                 w_in = 1 if n.op_type == "PackedBinaryLinear" else 2
                 n_out = shape(n.input[w_in])[0]
                 # BinaryExpandPack's first output is packed bits: count its MACs from x's rows.
-                rows = int(np.prod(shape(n.input[0])[:-1])) * n_out if n.op_type == "BinaryExpandPack" else None
-                cost_b = (rows if rows is not None else int(np.prod(shape(n.output[0])))) * k
+                rows = math.prod(shape(n.input[0])[:-1]) * n_out if n.op_type == "BinaryExpandPack" else None
+                cost_b = (rows if rows is not None else math.prod(shape(n.output[0]))) * k
                 binary_params += n_out * k
                 binary_inputs.add(n.input[w_in])
             elif n.op_type == "BinaryAttentionScores":
@@ -161,22 +169,22 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
             out = shape(n.output[0])
             w = shape(n.input[1])
             if n.op_type == "Conv":
-                k = int(np.prod(w[1:]))
+                k = math.prod(w[1:])
             elif n.op_type == "Gemm":
                 trans_b = any(a.name == "transB" and a.i for a in n.attribute)
                 k = w[1] if trans_b else w[0]
             else:
                 k = shape(n.input[0])[-1]
-            cost_f = int(np.prod(out)) * k
+            cost_f = math.prod(out) * k
         elif n.op_type not in ("Constant", "Reshape", "Transpose", "Slice", "Concat", "Unsqueeze", "Shape"):
             if n.output and n.output[0] in shapes:
-                other += int(np.prod(shapes[n.output[0]]))
+                other += math.prod(shapes[n.output[0]])
         if cost_b or cost_f:
             per_op.append({"node": n.name, "op": n.op_type, "bops": cost_b, "flops": cost_f})
         bops += cost_b
         flops += cost_f
     float_params = sum(
-        int(np.prod(i.dims)) for name, i in inits.items()
+        math.prod(i.dims) for name, i in inits.items()
         if name not in binary_inputs and i.data_type == onnx.TensorProto.FLOAT
     )
     # The torch exporter writes folded weights as Constant nodes rather than initializers.
@@ -184,7 +192,7 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
-                    float_params += int(np.prod(a.t.dims))
+                    float_params += math.prod(a.t.dims)
     return Census(
         file_bytes=file_bytes,
         ops=dict(sorted(ops.items(), key=lambda kv: -kv[1])),

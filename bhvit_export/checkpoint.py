@@ -82,8 +82,12 @@ def _read(path: Path) -> Any:
         size = path.stat().st_size
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    from .limits import regular_file
+
+    regular_file(path, "checkpoint", CheckpointError)  # /dev/zero never ends; a FIFO blocks on open
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
+    _check_unpacked_size(path, size)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the refusal below says enough
@@ -109,6 +113,61 @@ def _read(path: Path) -> Any:
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, UnicodeDecodeError) as e:
         # The restricted unpickler raises these on malformed streams that are not zip files.
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__} while unpickling)") from None
+
+
+def _check_unpacked_size(path: Path, size: int) -> None:
+    """Refuse a checkpoint that would unpack beyond the limit (a zip bomb) before torch inflates it."""
+    import zipfile
+
+    from .limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_ENTRIES
+
+    total, entries = size, 1
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                infos = z.infolist()
+            total, entries = sum(i.file_size for i in infos), len(infos)
+    except Exception:  # BadZipFile, NotImplementedError, struct.error, ...: a damaged directory
+        return  # torch.load then reports the file as truncated or corrupt
+    if total > MAX_CHECKPOINT_BYTES or entries > MAX_CHECKPOINT_ENTRIES:
+        raise CheckpointError(
+            f"{path} unpacks to {total / 2**30:.1f} GiB in {entries} entries, beyond the supported "
+            f"{MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB and {MAX_CHECKPOINT_ENTRIES} entries (BHViT-Small's "
+            "training checkpoint is about 0.35 GiB): not a BHViT checkpoint, or a zip bomb"
+        )
+
+
+#: Tensor dtypes a BHViT checkpoint may hold: real floats (weights, cast to float32 on load) and
+#: integer counters (BatchNorm's num_batches_tracked). Anything else cannot come from the official
+#: training code and would be cast silently (complex drops its imaginary part, bool becomes 0/1).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+INT_DTYPES = ("int32", "int64")
+
+
+def _check_tensor_kinds(sd: Mapping[str, "torch.Tensor"]) -> None:
+    """Refuse sparse, meta and quantized tensors and dtypes outside the ones above, naming the key."""
+    import torch
+
+    for k, v in sd.items():
+        dtype = str(v.dtype).removeprefix("torch.")
+        if v.layout != torch.strided:
+            raise CheckpointError(f"tensor '{k}' is {str(v.layout).removeprefix('torch.')} ({dtype}); only dense tensors are loaded")
+        if v.is_meta or v.device.type != "cpu":
+            raise CheckpointError(f"tensor '{k}' ({dtype}) is on device '{v.device.type}' and holds no data")
+        if dtype not in FLOAT_DTYPES + INT_DTYPES:
+            raise CheckpointError(
+                f"tensor '{k}' has dtype {dtype}; a BHViT checkpoint holds {', '.join(FLOAT_DTYPES)} weights "
+                f"and {', '.join(INT_DTYPES)} counters"
+            )
+
+
+def _check_dtypes_fit(sd: Mapping[str, "torch.Tensor"], expected: Mapping[str, "torch.Tensor"]) -> None:
+    """A float where the model has a float, an integer where it has one (no silent cast across)."""
+    for k, v in expected.items():
+        got = sd[k]
+        if got.is_floating_point() != v.is_floating_point():
+            want = "a float" if v.is_floating_point() else "an integer"
+            raise CheckpointError(f"tensor '{k}' has dtype {str(got.dtype).removeprefix('torch.')}, the model needs {want} tensor")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -186,7 +245,10 @@ def _check_finite(sd: Mapping[str, "torch.Tensor"]) -> None:
     """NaN/Inf weights export fine and then give garbage logits: refuse them up front."""
     import torch
 
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        k for k, v in sd.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v.detach()).all())
+    ]
     if bad:
         raise CheckpointError(
             f"{len(bad)} tensors hold NaN or Inf values (training diverged?): {_names(bad)}"
@@ -235,6 +297,7 @@ def load_checkpoint(path: str | Path, *, entry: Entry | str = "auto") -> LoadedC
         raise CheckpointError(f"entry '{used}' of {path} has non-string keys: not a state_dict")
     sd, stripped = _strip_prefix(raw)
     _check_values(sd)
+    _check_tensor_kinds(sd)
     try:
         cfg = infer_config(sd)
     except BhvitError:
@@ -250,6 +313,7 @@ def load_checkpoint(path: str | Path, *, entry: Entry | str = "auto") -> LoadedC
     model = BHViT(cfg)
     expected = model.state_dict()
     _check_keys(sd, expected, cfg)
+    _check_dtypes_fit(sd, expected)
     _check_finite(sd)
     # A half-precision file loads into float32 parameters: load_state_dict copies with a cast.
     try:

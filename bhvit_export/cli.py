@@ -14,6 +14,7 @@ pip install; anything else is a bug in this tool: one line, exit 3, and ``--debu
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -26,6 +27,7 @@ from . import __version__
 from . import cli_examples as ex
 from .checkpoint import ENTRIES  # light: torch is imported inside load_checkpoint
 from .errors import BhvitError
+from .limits import DEFAULT_TIMEOUT_S, MAX_RUNS, MAX_THREADS
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
@@ -218,7 +220,7 @@ def _say(as_json: bool, stream: Any = None):
     "(\"llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a53\", \"cuda -arch=sm_87\") or a JSON target "
     "(inline or a .json file). `bhvit-export targets` lists them.",
 )
-@click.option("--mcpu", default=None, help="CPU model for x86_64/aarch64 (e.g. haswell, cortex-a76).")
+@click.option("--mcpu", default=None, help="CPU model for x86_64/aarch64 (e.g. haswell, cortex-a76; x86_64: native = this CPU, the default).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write (or NAME.tar).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="The batch size compiled in.")
 @click.option("--golden-inputs", type=click.Path(path_type=Path, dir_okay=False), help="Own golden inputs (.npy float32 [N,3,S,S]).")
@@ -238,6 +240,16 @@ def compile_cmd(model: Path, target: str, mcpu: str | None, out: Path, batch: in
     click.echo(_json_dump("compile", report.to_json(), (out,)) if as_json else "\n".join(report.lines()))
 
 
+class _Seconds(click.FloatRange):
+    """A positive, finite number of seconds (click's FloatRange lets NaN through: it compares false)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
+
+
 def _tolerance_options(f):
     f = click.option("--min-cosine", type=float, default=None, help="Pass criterion [bundle: 0.9995].")(f)
     f = click.option("--max-abs-over-std", type=float, default=None, help="Pass criterion: max |diff| / std(reference) [bundle: 0.05].")(f)
@@ -247,9 +259,11 @@ def _tolerance_options(f):
 
 @cli.command("verify", epilog=ex.VERIFY)
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--runs", type=click.IntRange(min=0), default=20, show_default=True, help="Timed runs (0: accuracy only).")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of the TVM runtime (and of PyTorch).")
+@click.option("--runs", type=click.IntRange(0, MAX_RUNS), default=20, show_default=True, help="Timed runs (0: accuracy only).")
+@click.option("--warmup", type=click.IntRange(0, MAX_RUNS), default=3, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="CPU threads of the TVM runtime (and of PyTorch).")
+@click.option("--timeout", type=_Seconds(min=0, min_open=True, max=86400), default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds an --rpc/--tracker peer may stay silent (connect, upload, each run) before verify gives up.")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="Run on the device serving TVM RPC there (a board, or `bhvit-export emulate`).")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="Get devices from this TVM RPC tracker (needs --key).")
 @click.option("--key", default=None, help="Device key registered with the tracker.")
@@ -263,7 +277,7 @@ def _tolerance_options(f):
 @click.option("--reference", "reference", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --images: the reference model (.onnx via onnxruntime, or the checkpoint via PyTorch).")
 @_tolerance_options
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the report as JSON on stdout.")
-def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: str | None, tracker: str | None,
+def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, timeout: float, rpc: str | None, tracker: str | None,
                key: str | None, devices: int, native: bool, profile: bool, no_torch: bool, images: Path | None,
                images_limit: int | None, labels: Path | None, reference: Path | None, min_cosine: float | None,
                max_abs_over_std: float | None, min_top1: float | None, as_json: bool) -> None:
@@ -283,7 +297,7 @@ def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, rpc: s
                              ("min_top1_agreement", min_top1)) if v is not None}
     opts = VerifyOptions(runs=runs, warmup=warmup, threads=threads, rpc=rpc, tracker=tracker, key=key,
                          devices=devices, native=native, tolerances=tol, torch_latency=not no_torch, profile=profile,
-                         images=images, images_limit=images_limit, reference=reference, labels=labels)
+                         images=images, images_limit=images_limit, reference=reference, labels=labels, timeout=timeout)
     report = verify_bundle(bundle, opts, progress=_say(as_json))
     click.echo(_json_dump("verify", report.to_json()) if as_json else "\n".join(report.lines()))
     if not report.passed:
@@ -362,9 +376,17 @@ def main(argv: list[str] | None = None) -> None:
     SIGTERM (``kill``, a CI timeout, systemd) is turned into :class:`Terminated` here, not in the
     click group, so that tests invoking ``cli`` in-process keep their own signal handling.
     """
+    from . import background
+
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="bhvit-export")
+    except SystemExit as e:
+        if background.abandoned():  # a TVM call still runs in a worker: do not wait for it, or crash in it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -10,7 +10,6 @@ Nothing is left at the output path unless every step succeeded.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -94,6 +93,9 @@ def _load_golden(
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    from .limits import MAX_GOLDEN_BYTES, regular_file
+
+    regular_file(path, "golden file", ModelFileError)  # a FIFO would block np.load forever
     try:
         # mmap first: a header claiming a huge shape fails here instead of allocating it
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -103,6 +105,8 @@ def _load_npy(path: Path) -> np.ndarray:
         raise ModelFileError(f"{path}: expected a float array [N, ...], got {arr.dtype}{list(arr.shape)}")
     if not 1 <= arr.shape[0] <= MAX_GOLDEN_COUNT:
         raise ModelFileError(f"{path}: {arr.shape[0]} rows; golden files hold 1 to {MAX_GOLDEN_COUNT}")
+    if arr.nbytes > MAX_GOLDEN_BYTES:
+        raise ModelFileError(f"{path}: {arr.nbytes / 2**20:.0f} MiB, beyond the supported {MAX_GOLDEN_BYTES // 2**20} MiB of golden data")
     return np.array(arr)
 
 
@@ -199,9 +203,60 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
         export_library(ex, path, spec.arch)
     except TargetError:
         raise
+    except OSError:
+        raise  # the caller says "cannot write -o: <the OS's reason>"
     except Exception as e:  # the compiler's stderr is in the message; keep its first line
+        if "No space left on device" in str(e):
+            raise OSError(28, "No space left on device") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TargetError(f"linking the library for {spec.name} failed: {first}") from None
+
+
+def check_compile_output(src: Path, out: Path, as_tar: bool, golden: list[Path], native: bool) -> None:
+    """``-o`` checks before anything slow: not an input, not a device or FIFO, a writable folder with
+    room for the bundle, and an existing folder (or .tar) replaced only when it is a bundle of ours."""
+    from .bundle.ownership import why_not_ours
+    from .output_target import check_output
+
+    # A lower estimate: the library is ~1.3x the fused ONNX (micro: 7.1 MiB from 5.3 MiB); the runner
+    # and the x86_64 TVM runtime libraries are ~6 MiB.
+    need = (src.stat().st_size * 5 // 4) if src.is_file() else 0
+    if native:
+        need += 6 * 2**20
+    check_output(out, folder=not as_tar, error=BundleError, inputs=[src, *golden],
+                 replaceable=lambda p: why_not_ours(p, archive=as_tar), need_bytes=need)
+
+
+def _may_replace(as_tar: bool) -> Callable[[Path], None]:
+    """The check ``atomic_path`` runs right before replacing an existing bundle (it may have changed)."""
+    from .bundle.ownership import why_not_ours
+
+    def check(path: Path) -> None:
+        why = why_not_ours(path, archive=as_tar)
+        if why is not None:
+            raise BundleError(f"-o {path} changed during the build and is no longer a bundle of ours ({why}); "
+                              "refusing to replace it")
+
+    return check
+
+
+def config_of_model(model: Any) -> Optional[dict[str, Any]]:
+    """The ``bhvit.config`` metadata, checked (a damaged one is a ModelFileError before any build)."""
+    from .config import BHViTConfig
+    from .errors import BhvitError
+    from .limits import parse_json
+
+    text = next((p.value for p in model.metadata_props if p.key == "bhvit.config"), None)
+    if text is None:
+        return None
+    try:
+        obj = parse_json(text, "bhvit.config metadata", ModelFileError)
+        if not isinstance(obj, dict):
+            raise ModelFileError(f"a JSON object, got {type(obj).__name__}")
+        BHViTConfig.from_json(obj)
+    except BhvitError as e:
+        raise ModelFileError(f"bhvit.config metadata is damaged: {str(e).removeprefix('bhvit.config metadata: ')}") from None
+    return obj
 
 
 def _add_native(spec: Any, root: Path, say: Progress) -> tuple[Optional[dict[str, Any]], list[str]]:
@@ -261,10 +316,7 @@ def compile_model(
     if batch < 1:
         raise TargetError(f"--batch must be >= 1, got {batch}")
     as_tar = out.suffix == ".tar"
-    if out.exists() and not as_tar and not (out / mf.MANIFEST).is_file() and any(out.iterdir()):
-        raise BundleError(f"-o {out} exists and is not a bundle; refusing to replace it")
-    if out.exists() and as_tar and out.is_dir():
-        raise BundleError(f"-o {out} is a directory")
+    check_compile_output(src, out, as_tar, [p for p in (golden_inputs, golden_outputs) if p is not None], native)
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
 
@@ -292,6 +344,7 @@ def compile_model(
     say(f"loading {src}")
     model = load_onnx(src)
     size = check_image_model(model, batch)
+    cfg = config_of_model(model)  # damaged metadata fails here, not after the build
     from targets.importer import unsupported_ops
 
     bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
@@ -312,9 +365,11 @@ def compile_model(
     from targets.build import build
     from targets.importer import import_fused
 
+    from .tvm_failure import tvm_step
+
     t = time.perf_counter()
     say(f"importing into TVM Relax (batch {batch})")
-    mod = import_fused(model, batch=batch, target=spec.target)
+    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target))
     in_shape = [batch] + list(golden.inputs.shape[1:])
     times["import"] = time.perf_counter() - t
 
@@ -322,7 +377,7 @@ def compile_model(
     from .progress import long_step
 
     with long_step(say, f"building for {spec.target.kind.name} {spec.name} (this takes a while)"):
-        ex = build(mod, spec.target)
+        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target))
     times["build"] = time.perf_counter() - t
     t = time.perf_counter()
     target_info = spec.to_json()
@@ -333,62 +388,66 @@ def compile_model(
         target_info["device_code"] = device_code_format(ex)
 
     meta = {p.key: p.value for p in model.metadata_props}
-    cfg = json.loads(meta["bhvit.config"]) if "bhvit.config" in meta else None
-    with atomic_path(out, directory=not as_tar) as tmp_out:
-        root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
-        try:
-            times["build"] += time.perf_counter() - t  # the device-code query above is part of the build
-            t = time.perf_counter()
-            say(f"linking {mf.LIBRARY}")
-            _export(ex, spec, root / mf.LIBRARY)
-            times["link"] = time.perf_counter() - t
-            t = time.perf_counter()
-            (root / "golden").mkdir()
-            np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
-            np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
-            from .layer_map import LAYERS_FILE, write_layers
+    try:
+        with atomic_path(out, directory=not as_tar, may_replace=_may_replace(as_tar)) as tmp_out:
+            root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
+            try:
+                times["build"] += time.perf_counter() - t  # the device-code query above is part of the build
+                t = time.perf_counter()
+                say(f"linking {mf.LIBRARY}")
+                _export(ex, spec, root / mf.LIBRARY)
+                times["link"] = time.perf_counter() - t
+                t = time.perf_counter()
+                (root / "golden").mkdir()
+                np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
+                np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
+                from .layer_map import LAYERS_FILE, write_layers
 
-            write_layers(model, root / LAYERS_FILE)  # verify --profile names model layers with it
-            times["golden"] = time.perf_counter() - t
-            t = time.perf_counter()
-            native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
-            notes += native_notes
-            times["native"] = time.perf_counter() - t
-            t = time.perf_counter()
-            manifest = mf.Manifest(
-                tool_version=__version__,
-                tvm_version=tvm.__version__,
-                tvm_ffi_version=tvm_ffi.__version__,
-                target=target_info,
-                model={
-                    "source": src.name,
-                    "source_sha256": mf.sha256_file(src),
-                    "config": cfg,
-                    "paper_config": meta.get("bhvit.paper_config"),
-                },
-                input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
-                output={
-                    "name": model.graph.output[0].name,
-                    "shape": [batch] + list(golden.outputs.shape[1:]),
-                    "dtype": "float32",
-                },
-                golden={
-                    "inputs": mf.GOLDEN_INPUTS,
-                    "reference": mf.GOLDEN_REFERENCE,
-                    "source": golden.source,
-                    "count": int(len(golden.inputs)),
-                },
-                native=native_info,
-            )
-            manifest.files = mf.file_entries(root)
-            (root / mf.MANIFEST).write_text(manifest.dumps(), encoding="utf-8")
-            _open_modes(root)
-            if as_tar:
-                archive.pack(root, tmp_out)
-                os.chmod(tmp_out, 0o644)
-        finally:
-            if as_tar:
-                shutil.rmtree(root, ignore_errors=True)
+                write_layers(model, root / LAYERS_FILE)  # verify --profile names model layers with it
+                times["golden"] = time.perf_counter() - t
+                t = time.perf_counter()
+                native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
+                notes += native_notes
+                times["native"] = time.perf_counter() - t
+                t = time.perf_counter()
+                manifest = mf.Manifest(
+                    tool_version=__version__,
+                    tvm_version=tvm.__version__,
+                    tvm_ffi_version=tvm_ffi.__version__,
+                    target=target_info,
+                    model={
+                        "source": src.name,
+                        "source_sha256": mf.sha256_file(src),
+                        "config": cfg,
+                        "paper_config": meta.get("bhvit.paper_config"),
+                    },
+                    input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
+                    output={
+                        "name": model.graph.output[0].name,
+                        "shape": [batch] + list(golden.outputs.shape[1:]),
+                        "dtype": "float32",
+                    },
+                    golden={
+                        "inputs": mf.GOLDEN_INPUTS,
+                        "reference": mf.GOLDEN_REFERENCE,
+                        "source": golden.source,
+                        "count": int(len(golden.inputs)),
+                    },
+                    native=native_info,
+                )
+                manifest.files = mf.file_entries(root)
+                (root / mf.MANIFEST).write_text(manifest.dumps(), encoding="utf-8")
+                _open_modes(root)
+                if as_tar:
+                    archive.pack(root, tmp_out)
+                    os.chmod(tmp_out, 0o644)
+            finally:
+                if as_tar:
+                    shutil.rmtree(root, ignore_errors=True)
+    except OSError as e:  # ENOSPC, EACCES, EROFS while writing: the OS's reason; nothing is left behind
+        from .output_target import os_reason
+
+        raise BundleError(f"cannot write {out}: {os_reason(e)}") from None
     times["write"] = time.perf_counter() - t  # manifest, hashes, modes, (tar), the rename into place
     times["total"] = time.perf_counter() - t_all
     return CompileReport(
@@ -413,3 +472,9 @@ def _open_modes(root: Path) -> None:
         for f in filenames:
             p = Path(dirpath) / f
             os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
+
+
+# ``from bhvit_export import compile``: this module is also the public function (see api.py).
+from .api import compile as _api_compile, make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, _api_compile)

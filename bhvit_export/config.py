@@ -7,7 +7,6 @@ weights and, when the user passes the official ``config.json``, check the two ag
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -96,12 +95,46 @@ class BHViTConfig:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "BHViTConfig":
         """Inverse of :meth:`to_json` (bundle manifests, ONNX metadata); unknown keys are a ConfigError."""
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"a BHViT config is an object, got {type(obj).__name__}")
         names = {f.name for f in fields(cls)} - {"extra"}
         unknown = sorted(set(obj) - names)
         if unknown:
             raise ConfigError(f"unknown BHViT config keys {unknown}")
+        for k, v in obj.items():
+            _check_field(k, v)
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
         return cls(**kw)
+
+
+#: What each field of a config read from a file (ONNX metadata, a manifest) may hold: a hostile or
+#: damaged value must be refused here, not crash the model constructor (e.g. ``depths: "abc"``).
+_STAGE_FIELDS = {"hidden_sizes": 1 << 16, "depths": 64, "num_heads": 1 << 10, "intermediate_sizes": 1 << 18}
+_BOOL_FIELDS = ("shift3", "shift5", "binary_downsample", "layerscale")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_field(key: str, v: Any) -> None:
+    if key in _STAGE_FIELDS:
+        ok = isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_int(x) and 1 <= x <= _STAGE_FIELDS[key] for x in v)
+        want = f"4 integers from 1 to {_STAGE_FIELDS[key]}"
+    elif key in _BOOL_FIELDS:
+        ok, want = isinstance(v, bool), "true or false"
+    elif key == "norm":
+        ok, want = v in ("batchnorm", "layernorm"), "'batchnorm' or 'layernorm'"
+    elif key == "num_labels":
+        ok, want = _is_int(v) and 1 <= v <= 1_000_000, "an integer from 1 to 1000000"
+    elif key == "image_size":
+        ok, want = _is_int(v) and PATCH_SIZE * 8 <= v <= 4096 and v % (PATCH_SIZE * 8) == 0, "a multiple of 32 up to 4096"
+    elif key == "layer_norm_eps":
+        ok, want = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, "a number in (0, 1)"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"BHViT config key '{key}' is {v!r:.80}, expected {want}")
 
 
 def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:
@@ -182,7 +215,17 @@ def infer_config(sd: Mapping[str, Any]) -> BHViTConfig:
 
 def config_from_args(args: Any, cfg: BHViTConfig) -> BHViTConfig:
     """Apply the training flags stored in a checkpoint's ``args`` (refusing unsupported ones)."""
-    get = (lambda k, d=None: getattr(args, k, d)) if not isinstance(args, Mapping) else args.get
+    raw = (lambda k, d=None: getattr(args, k, d)) if not isinstance(args, Mapping) else args.get
+
+    def get(key: str, default: Any = None) -> Any:
+        """A training flag: a number, a bool or None (a tensor or string there is not a flag of the official code)."""
+        v = raw(key, default)
+        if v is not None and not isinstance(v, (bool, int, float)):
+            raise ConfigError(f"training args: '{key}' is a {type(v).__name__} ({v!r:.60}), expected a number or a bool")
+        if isinstance(v, float) and not v.is_integer():
+            raise ConfigError(f"training args: '{key}' is {v!r}, expected an integer or a bool")
+        return v
+
     if get("gsb", False):
         raise UnsupportedVariantError("unsupported variant: the GSB attention quantizer (--gsb) is not supported")
     for flag in ("weight_bits", "input_bits"):
@@ -202,12 +245,9 @@ def config_from_args(args: Any, cfg: BHViTConfig) -> BHViTConfig:
 
 def check_config_json(path: str | Path, cfg: BHViTConfig) -> None:
     """Compare an official config.json with what the weights say; raise on any disagreement."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config: no such file: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--config: {path} is not a readable JSON file ({e.__class__.__name__})") from None
+    from .limits import read_json
+
+    data = read_json(path, "--config", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} does not hold a JSON object")
     checks = {
@@ -222,7 +262,10 @@ def check_config_json(path: str | Path, cfg: BHViTConfig) -> None:
     bad = [
         f"{k}: config says {data[k]}, weights say {v}" for k, v in checks.items() if k in data and data[k] != v
     ]
-    if "layer_norm_eps" in data and abs(float(data["layer_norm_eps"]) - cfg.layer_norm_eps) > 1e-12:
+    eps = data.get("layer_norm_eps", cfg.layer_norm_eps)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        bad.append(f"layer_norm_eps: config says {eps!r:.40}, expected a number")
+    elif abs(float(eps) - cfg.layer_norm_eps) > 1e-12:
         bad.append(f"layer_norm_eps: config says {data['layer_norm_eps']}, this tool supports 1e-05")
     if bad:
         raise ConfigError(f"--config {path} disagrees with the weights: " + "; ".join(bad))

@@ -77,24 +77,37 @@ class Golden:
 
 def from_metadata(text: str) -> Golden:
     """Rebuild the golden pair from ``bhvit.golden``; a damaged entry is a ModelFileError."""
+    from .limits import MAX_GOLDEN_BYTES, parse_json
+
     try:
-        meta: dict[str, Any] = json.loads(text)
+        meta: dict[str, Any] = parse_json(text, f"{METADATA_KEY} metadata is damaged", ModelFileError)
+        if not isinstance(meta, dict):
+            raise TypeError(f"a JSON object was expected, got {type(meta).__name__}")
         if meta.get("recipe") != RECIPE:
-            raise ModelFileError(f"{METADATA_KEY}: unknown input recipe {meta.get('recipe')!r}")
-        count, size = int(meta["count"]), int(meta["image_size"])
+            raise ModelFileError(f"{METADATA_KEY}: unknown input recipe {meta.get('recipe')!r:.80}")
+        count, size, seed = (_int(meta, k) for k in ("count", "image_size", "seed"))
         if not (1 <= count <= MAX_GOLDEN_COUNT and 1 <= size <= MAX_IMAGE_SIZE):
             raise ModelFileError(
                 f"{METADATA_KEY}: {count} inputs of {size}x{size} is out of range "
                 f"(1 to {MAX_GOLDEN_COUNT} inputs, 1 to {MAX_IMAGE_SIZE} pixels)"
             )
-        x = golden_inputs(count, size, int(meta["seed"]))
+        if count * 3 * size * size * 4 > MAX_GOLDEN_BYTES:
+            raise ModelFileError(
+                f"{METADATA_KEY}: {count} inputs of {size}x{size} are {count * 3 * size * size * 4 / 2**20:.0f} MiB, "
+                f"beyond the supported {MAX_GOLDEN_BYTES // 2**20} MiB of golden inputs"
+            )
+        if not isinstance(meta.get("inputs_sha256"), str) or not isinstance(meta.get("outputs_f32le_b64"), str):
+            raise KeyError("inputs_sha256 and outputs_f32le_b64 must be strings")
+        x = golden_inputs(count, size, seed)
         raw = base64.b64decode(meta["outputs_f32le_b64"], validate=True)
-        shape = [int(d) for d in meta["outputs_shape"]]
+        shape = meta["outputs_shape"]
+        if not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"outputs_shape {shape!r:.80} is not [count, classes]")
         y = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelFileError(f"{METADATA_KEY} metadata is damaged ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ModelFileError(f"{METADATA_KEY} metadata is damaged ({type(e).__name__}: {str(e)[:200]})") from None
     if sha256_array(x) != meta["inputs_sha256"]:
         raise ModelFileError(
             f"{METADATA_KEY}: this numpy generates other golden inputs than the one that exported the model "
@@ -103,6 +116,14 @@ def from_metadata(text: str) -> Golden:
     if y.shape[0] != x.shape[0]:
         raise ModelFileError(f"{METADATA_KEY}: {y.shape[0]} outputs for {x.shape[0]} inputs")
     return Golden(inputs=x, outputs=y, source=str(meta.get("source", "pytorch")))
+
+
+def _int(meta: dict[str, Any], key: str) -> int:
+    """An integer field of the metadata (not a float, string or bool that int() would accept)."""
+    v = meta[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+        raise ValueError(f"{key} is {v!r:.40}, expected a non-negative integer")
+    return v
 
 
 def pytorch_golden(model: Any, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> Golden:

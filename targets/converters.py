@@ -20,12 +20,16 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   (border pattern, output channel) table computed here in numpy from the weights.
 * ``BinaryAttentionScores`` on llvm targets -> one ``call_tir`` kernel
   (:mod:`targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
-* ``QDAttentionContext`` keeps the float Relax lowering on every target by default: measured
+* ``QDAttentionContext`` keeps the float Relax lowering on llvm targets by default: measured
   single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
   for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
   The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`.
-* Other targets (cuda, ...) and ``packed=False`` keep the float Relax lowerings: for the conv,
+* On cuda targets the same three ops use the GPU schedules of the same kernels
+  (:mod:`targets.kernels.gpu_bconv`, :mod:`targets.kernels.gpu_attention`: ``__popcll`` into int32,
+  shared-memory tiles, coalesced bit-pack stages), the QD context included
+  (:data:`PACKED_QD_CONTEXT_GPU`); the conv always takes the channel-first kernel there.
+* Other targets and ``packed=False`` keep the float Relax lowerings: for the conv,
   ``where(x + shift < 0, -1, 1)`` then ``conv2d`` with the +-1 weights decoded once at import
   (zero padding after the sign, as the spec says) and ``* scale + bias``; for attention, the
   function bodies transcribed to Relax ops.
@@ -143,8 +147,18 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
 PACKED_QD_CONTEXT = False
 
 
+#: Lower ``QDAttentionContext`` with the packed kernel on cuda targets (not measured yet: no GPU run).
+PACKED_QD_CONTEXT_GPU = True
+
+
+def _packed_gpu() -> bool:
+    """The conv/attention kernels also have GPU schedules (``targets.kernels.gpu_*``)."""
+    target = _Options.target
+    return _Options.packed and target is not None and target.kind.name == "cuda"
+
+
 def _packed_cpu() -> bool:
-    """The conv/attention kernels are scheduled for CPUs only: other targets keep the Relax path."""
+    """The CPU schedules of the conv/attention kernels apply (llvm targets; cuda: :func:`_packed_gpu`)."""
     target = _Options.target
     return _Options.packed and target is not None and target.kind.name == "llvm"
 
@@ -317,7 +331,7 @@ class BinaryConv2d(_BhvitConverter):
         if k != (c // group) * kh * kw:
             raise TargetError(f"{what}: in_features={k} != C/g*kh*kw = {(c // group) * kh * kw}")
         pads = [int(p) for p in attr.get("pads", (0, 0, 0, 0))]
-        if _packed_cpu():
+        if _packed_cpu() or _packed_gpu():
             return cls._packed(bb, x, shift, w_bits, scale, bias, attr, pads, what)
         w_pm = _decode_weights(w_bits, k, what)
         o = w_pm.shape[0]
@@ -369,7 +383,7 @@ class BinaryConv2d(_BhvitConverter):
         o = geom.out_channels
         hw = geom.out_h * geom.out_w
         name = f"{c}x{hgt}x{wid}_{o}_g{geom.group}_d{geom.dilations[0]}"
-        if bconv_nhwc.supports(geom):
+        if bconv_nhwc.supports(geom) and not _packed_gpu():
             # Channels-last: the sign-pack reads x as NHWC (a permute FuseOps folds into the
             # token-layout producer) and packs each group's channels into one word per pixel.
             xt = bb.normalize(relax.op.permute_dims(x, [0, 2, 3, 1]))
@@ -415,7 +429,7 @@ class BinaryAttentionScores(_BhvitConverter):
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
         scale = float(attr.get("scale", float(np.sqrt(c // h))))
-        if _packed_cpu():
+        if _packed_cpu() or _packed_gpu():
             _f32(q, f"{what}: q")
             if _shape(k, f"{what}: k") != [b, n, c]:
                 raise TargetError(f"{what}: k must have q's shape {[b, n, c]}")
@@ -441,7 +455,7 @@ class QDAttentionContext(_BhvitConverter):
         h = int(attr.get("num_heads", _shape(alpha, f"{what}: alpha")[0]))
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
-        if _packed_cpu() and PACKED_QD_CONTEXT:
+        if (_packed_cpu() and PACKED_QD_CONTEXT) or (_packed_gpu() and PACKED_QD_CONTEXT_GPU):
             if _shape(p, f"{what}: p") != [b, h, n, n] or _shape(thresholds, f"{what}: thresholds") != [h, 3]:
                 raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}] and thresholds [{h}, 3]")
             for t, nm in ((p, "p"), (v, "v"), (thresholds, "thresholds")):

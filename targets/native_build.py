@@ -38,6 +38,8 @@ def _key(name: str, arch: str, cxx: str) -> str:
     for part in (name, arch, os.path.basename(cxx), " ".join(_FLAGS + _LINK), *versions()):
         h.update(part.encode() + b"\0")
     h.update((NATIVE_DIR / SOURCES[name]).read_bytes())
+    for header in sorted(NATIVE_DIR.glob("*.h")):  # included by the sources
+        h.update(header.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ checks) only depends on the target's architecture and device kind, so those are 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -16,13 +17,17 @@ from typing import Any, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
+from targets.mcpu import check_mcpu, check_mcpu_name
 from targets.toolchain import host_arch
 
 #: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
 ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
 #: CPUs ``--mcpu`` accepts for ``aarch64`` without a warning (what our NEON schedules were checked on).
 ARM_CPUS = ("cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "cortex-a78")
-SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin")
+SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin", "cuda-sm90")
+#: ``cuda-smNN``: an NVIDIA GPU of compute capability N.N on an x86-64 host (``cuda-sm90``: H100/H200),
+#: the same kernels as ``jetson-orin`` (sm_87) built for another arch, so a data-centre GPU can stand in.
+_CUDA_SM = re.compile(r"cuda-sm(\d{2,3})")
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,16 @@ class TargetSpec:
         return self.arch != host_arch() or self.device != "cpu"
 
     def to_json(self) -> dict[str, Any]:
+        from targets.cpu_features import target_cpu, target_features
+
         return {
             "name": self.name,
             "tvm": json.loads(json.dumps(_plain(self.target.export()))),
             "arch": self.arch,
             "device": self.device,
+            # what verify checks the CPU for before loading the library (LLVM feature names)
+            "cpu": target_cpu(self.host),
+            "cpu_features": target_features(self.host),
         }
 
 
@@ -85,13 +95,18 @@ def _make(obj: Any, what: str) -> tvm.target.Target:
         raise TargetError(f"{what}: {first}") from None
 
 
+#: A TVM target as JSON is a few hundred bytes; 64 KiB is room for any host/device pair.
+MAX_TARGET_JSON_BYTES = 64 * 1024
+
+
 def _json_target(text: str, what: str) -> tvm.target.Target:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TargetError(f"{what}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    from bhvit_export.limits import parse_json
+
+    obj = parse_json(text, what, TargetError, MAX_TARGET_JSON_BYTES)
     if not isinstance(obj, dict) or "kind" not in obj:
         raise TargetError(f"{what}: a JSON target must be an object with a \"kind\"")
+    if obj.get("kind") == "llvm" and isinstance(obj.get("mcpu"), str):
+        check_mcpu_name(obj["mcpu"], str(obj.get("mtriple") or ""), what)
     return _make(obj, what)
 
 
@@ -119,12 +134,18 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
     if mcpu is not None and name in ("x86_64", "aarch64") and (bad_cpu := check_cpu(name, mcpu)):
         raise TargetError(bad_cpu)
     if name == "x86_64":
-        if host_arch() != "x86_64" and mcpu is None:
+        if host_arch() != "x86_64" and mcpu in (None, "native"):
             raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
-        cpu = mcpu or str(host_target().attrs["mcpu"])
-        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": cpu}, f"--mcpu {cpu}")
+        if mcpu in (None, "native"):  # this CPU: its LLVM name and its exact features
+            here = host_target()
+            attrs = {"mcpu": str(here.attrs["mcpu"]), **({"mattr": list(here.attrs["mattr"])} if "mattr" in here.attrs else {})}
+        else:
+            check_mcpu_name(mcpu, "x86_64-linux-gnu", f"--mcpu {mcpu}")
+            attrs = {"mcpu": mcpu}
+        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", **attrs}, f"--mcpu {attrs['mcpu']}")
     elif name == "aarch64":
         cpu = mcpu or "cortex-a72"
+        check_mcpu_name(cpu, "aarch64-linux-gnu", f"--mcpu {cpu}")
         attrs = ["+neon"] + (["+dotprod"] if cpu in ("cortex-a55", "cortex-a76", "cortex-a78") else [])
         tgt = _make({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": cpu, "mattr": attrs}, f"--mcpu {cpu}")
     elif name == "jetson-orin":
@@ -132,13 +153,19 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
             raise TargetError("--mcpu does not apply to jetson-orin (its CPU is cortex-a78)")
         tgt = _make(tvm.target.Target("nvidia/jetson-orin-nano"), what)
         tgt = tvm.target.Target(tgt, host=ORIN_HOST)
+    elif _CUDA_SM.fullmatch(name):
+        if mcpu is not None:
+            raise TargetError(f"--mcpu does not apply to {name} (its host is generic x86-64)")
+        sm = _CUDA_SM.fullmatch(name).group(1)  # type: ignore[union-attr]
+        tgt = _make({"kind": "cuda", "arch": f"sm_{sm}", "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}, what)
     elif name.lstrip().startswith("{"):
         tgt = _json_target(name, what)
     elif name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
-            raise TargetError(f"{what}: no such file")
-        tgt = _json_target(path.read_text(encoding="utf-8", errors="replace"), what)
+        from bhvit_export.limits import read_bytes
+
+        data = read_bytes(path, "--target", TargetError, MAX_TARGET_JSON_BYTES)
+        tgt = _json_target(data.decode("utf-8", errors="replace"), what)
     elif looks_like_target_string(name):  # "llvm -mtriple=... -mcpu=...": TVM 0.27 only takes dicts
         tgt = _make(parse_target_string(name), what)
     elif "/" in name:
@@ -159,4 +186,5 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
     if mcpu is not None and name not in ("x86_64", "aarch64"):
         raise TargetError(f"--mcpu applies to the x86_64 and aarch64 targets only, not {name}")
     arch, device = _check_supported(tgt, name)
+    check_mcpu(tgt, f"--mcpu {mcpu}" if mcpu is not None else what)
     return TargetSpec(name=name, target=tgt, arch=arch, device=device)

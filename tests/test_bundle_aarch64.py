@@ -49,6 +49,7 @@ def test_native_runner_under_qemu_passes(micro_bundle_aarch64: Path) -> None:
     r = _verify_json(str(micro_bundle_aarch64), "--native", "--runs", "1", "--warmup", "0")
     assert r["passed"] and r["top1_agreement"] == 1.0 and r["cosine"] >= 0.9995
     assert "qemu" in r["devices"][0]["where"] and r["latency_ms"]["runs"] == 1
+    assert not [n for n in r["notes"] if "CPU features" in n]  # qemu's CPU was asked (bhvit-run --cpu-features)
 
 
 def test_rpc_on_emulated_device_passes(micro_bundle_aarch64: Path) -> None:
@@ -59,6 +60,7 @@ def test_rpc_on_emulated_device_passes(micro_bundle_aarch64: Path) -> None:
         r = _verify_json(str(micro_bundle_aarch64), "--rpc", f"{host}:{port}", "--runs", "1", "--warmup", "0")
     assert r["passed"] and r["top1_agreement"] == 1.0 and r["max_abs_over_std"] <= 0.05
     assert r["devices"][0]["where"].startswith("rpc ")
+    assert not [n for n in r["notes"] if "CPU features" in n]  # the device was asked (bhvit.cpu_features)
 
 
 def test_local_load_of_foreign_bundle_is_refused(micro_bundle_aarch64: Path) -> None:

@@ -222,7 +222,7 @@ def test_config_json_missing(tmp_path: Path, micro: Path) -> None:
 def test_config_json_not_json(tmp_path: Path, micro: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text("{ not json")
-    export_fails(tmp_path, micro / "checkpoint.pth", "--config", str(cfg), expect="not a readable JSON file")
+    export_fails(tmp_path, micro / "checkpoint.pth", "--config", str(cfg), expect="not valid JSON")
 
 
 def test_output_is_the_checkpoint_itself(tmp_path: Path, micro: Path) -> None:

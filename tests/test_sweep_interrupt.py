@@ -169,9 +169,9 @@ def test_compile_interrupted_leaves_nothing_and_a_rerun_succeeds(
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / ("b.tar" if form == "tar" else "b")
-    if existing:  # an earlier bundle (only its manifest matters to compile's overwrite check)
+    if existing:  # an earlier bundle: our format tag and every file listed is what compile checks
         out.mkdir()
-        (out / mf.MANIFEST).write_text("{}")
+        (out / mf.MANIFEST).write_text('{"format": "bhvit-bundle", "files": {}}')
     before = _digest(out) if existing else None
     args = ("compile", str(fused_onnx("micro")), "-o", str(out), "--no-native")
     code, err, _ = _interrupt(sig, tmp_path / "marker", *args)

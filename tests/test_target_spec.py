@@ -18,6 +18,7 @@ from targets.target_spec import resolve  # noqa: E402
         ("x86_64", "x86_64", "cpu", False),
         ("aarch64", "aarch64", "cpu", True),
         ("jetson-orin", "aarch64", "cuda", True),
+        ("cuda-sm90", "x86_64", "cuda", True),
         ("raspberry-pi/4b-aarch64", "aarch64", "cpu", True),
         ("nvidia/jetson-orin-nano", "aarch64", "cuda", True),
         ('{"kind": "llvm", "mcpu": "haswell"}', "x86_64", "cpu", False),
@@ -34,6 +35,7 @@ def test_mcpu_and_orin_host() -> None:
     assert str(resolve("x86_64", mcpu="haswell").target.attrs["mcpu"]) == "haswell"
     assert resolve("jetson-orin").target.arch == "sm_87"
     assert str(resolve("jetson-orin").host.attrs["mcpu"]) == "cortex-a78"
+    assert resolve("cuda-sm90").target.arch == "sm_90" and resolve("cuda-sm80").target.arch == "sm_80"
 
 
 def test_json_file(tmp_path) -> None:

@@ -51,6 +51,12 @@ def test_verify_fans_out_over_the_tracker(micro_bundle: Path, fleet: str) -> Non
     assert report["passed"] and len(report["devices"]) == 2
     assert all(d["passed"] and d["top1_agreement"] == 1.0 for d in report["devices"])
     assert {d["where"] for d in report["devices"]} == {f"tracker {fleet} key x86 #0", f"tracker {fleet} key x86 #1"}
+    # TVM's Python server has no bhvit.cpu_features: said once, not pretended
+    count = len(report["target"]["cpu_features"])
+    assert [n for n in report["notes"] if "CPU features" in n] == [
+        f"tracker {fleet} key x86 #{i} did not report its CPU features: the {count} the bundle needs were not checked"
+        for i in range(2)
+    ]
 
 
 def test_tracker_without_key_is_bad_input(micro_bundle: Path) -> None:

@@ -121,7 +121,7 @@ class Manifest:
                 input=dict(obj["input"]),
                 output=dict(obj["output"]),
                 golden=dict(obj["golden"]),
-                tolerances={k: float(v) for k, v in dict(obj.get("tolerances") or DEFAULT_TOLERANCES).items()},
+                tolerances=dict(obj["tolerances"]),  # checked by verify.tolerances: a missing one is an error
                 native=dict(obj["native"]) if obj.get("native") else None,
                 files=dict(files),
             )
@@ -138,15 +138,10 @@ def _safe_relpath(root: Path, rel: str) -> Path:
 
 
 def _relpaths(root: Path) -> list[str]:
-    """Every regular file under ``root`` except the manifest, as sorted POSIX relative paths."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel != MANIFEST:
-                out.append(rel)
-    return out
+    """Every regular file under ``root`` except the manifest (refusing links and special files)."""
+    from .tree import bundle_files
+
+    return bundle_files(root, skip=MANIFEST)
 
 
 def file_entries(root: Path) -> dict[str, dict[str, Any]]:
@@ -163,13 +158,13 @@ def read_manifest(root: Path) -> Manifest:
     if not root.is_dir():
         raise BundleError(f"{root}: a bundle is a folder (or a .tar made by compile)")
     path = root / MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise BundleError(f"{root}: no manifest.json; not a bundle written by bhvit-export compile")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
-    return Manifest.from_json(obj)
+    if os.path.islink(path):
+        raise BundleError(f"{root}: manifest.json is a symbolic link; a bundle holds only regular files and folders")
+    from ..limits import read_json
+
+    return Manifest.from_json(read_json(path, str(path), BundleError))
 
 
 @dataclass
@@ -190,14 +185,20 @@ def check_bundle(root: Path) -> Manifest:
     Refuses (BundleError, exit 2) a missing file, an altered file, and any file that is not listed
     (an extra library could be picked up by the loader). Returns the manifest.
     """
+    from .fields import check_fields
+    from .named_paths import check_named_paths
+
     manifest = read_manifest(root)
+    check_fields(manifest)
+    present = _relpaths(root)  # first: refuses links and FIFOs before anything is opened
+    check_named_paths(manifest.to_json(), manifest.files)
     for rel, entry in sorted(manifest.files.items()):
         path = _safe_relpath(root, rel)
         if not path.is_file():
             raise BundleError(f"{root}: {rel} is missing (listed in manifest.json)")
         if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             raise BundleError(f"{root}: {rel} was altered (its SHA-256 does not match manifest.json); refusing to load it")
-    extra = sorted(set(_relpaths(root)) - set(manifest.files))  # names only: the listed ones were hashed above
+    extra = sorted(set(present) - set(manifest.files))  # names only: the listed ones were hashed above
     if extra:
         raise BundleError(f"{root}: {extra[0]} is not listed in manifest.json; refusing a bundle with unlisted files")
     for required in (LIBRARY, GOLDEN_INPUTS, GOLDEN_REFERENCE):

@@ -150,8 +150,11 @@ def convert_checkpoint(
     if ckpt.exists() and out.exists() and os.path.samefile(ckpt, out):
         raise ExportError(f"-o {out} is the checkpoint itself; refusing to overwrite the input")
     from ..file_kinds import expect_checkpoint
+    from ..output_target import check_output
 
     expect_checkpoint(ckpt)  # an .onnx or a bundle given by mistake: say which command takes it
+    # before loading: a device file, a FIFO, a path under a file, a read-only folder, the --config file
+    check_output(out, folder=False, error=ExportError, inputs=[ckpt] + ([Path(config_json)] if config_json else []))
     fuse, required = (None, None) if reference else _fuser()
 
     from ..checkpoint import load_checkpoint
@@ -198,8 +201,10 @@ def convert_checkpoint(
     try:
         size = save_model(proto, out)
         _chmod_like_open(out)
-    except OSError as e:
-        raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
+    except OSError as e:  # e.g. the disk filled up during the export: the OS's reason, nothing left
+        from ..output_target import os_reason
+
+        raise ExportError(f"cannot write {out}: {os_reason(e)}") from None
     times["write"] = time.perf_counter() - t
     validation = None
     if validate:

@@ -95,16 +95,18 @@ def preprocess(path: Path, size: int = 224) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
-def reference_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The reference model for ``--reference``: an .onnx (onnxruntime) or a checkpoint (PyTorch)."""
+def reference_runner(path: Path, size: int = 224, classes: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The reference model for ``--reference``: an .onnx (onnxruntime) or a checkpoint (PyTorch).
+
+    Checked before any image is read: a missing, corrupt or foreign file, or a model for other image
+    sizes or class counts than the bundle's, is one line naming what is wrong (exit 2).
+    """
+    from ..limits import regular_file
+
+    what = f"--reference {path}"
+    regular_file(path, "--reference", BundleError)
     if path.suffix == ".onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BundleError("--reference MODEL.onnx needs onnxruntime installed") from None
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+        return _onnx_reference(path, size, classes, what)
     try:
         import torch
     except ImportError:
@@ -112,10 +114,50 @@ def reference_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     from ..checkpoint import load_checkpoint
 
     model = load_checkpoint(path).model.freeze()
+    cfg = model.config
+    if cfg.image_size != size or (classes is not None and cfg.num_labels != classes):
+        raise BundleError(
+            f"{what}: a model of {cfg.image_size}x{cfg.image_size} images and {cfg.num_labels} classes, "
+            f"the bundle's takes {size}x{size} and {classes}"
+        )
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _onnx_reference(path: Path, size: int, classes: Optional[int], what: str) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BundleError("--reference MODEL.onnx needs onnxruntime installed") from None
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BundleError(f"{what}: not an ONNX model onnxruntime can load ({first})") from None
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    want_in, want_out = [3, size, size], classes
+    if (
+        len(ins) != 1 or len(outs) != 1 or ins[0].type != "tensor(float)" or len(ins[0].shape) != 4
+        or list(ins[0].shape[1:]) != want_in or len(outs[0].shape) != 2
+        or (want_out is not None and isinstance(outs[0].shape[1], int) and outs[0].shape[1] != want_out)
+    ):
+        got = f"inputs {[(i.name, i.shape) for i in ins]}, outputs {[(o.name, o.shape) for o in outs]}"
+        raise BundleError(f"{what}: not an image classifier for this bundle (expected float [N, 3, {size}, {size}] -> [N, {classes}], got {got})")
+    name = ins[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        try:
+            y = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise BundleError(f"{what}: onnxruntime failed to run it ({first})") from None
+        if y.ndim != 2 or (want_out is not None and y.shape[1] != want_out):
+            raise BundleError(f"{what}: returned {list(y.shape)}, expected [N, {classes}]")
+        return y
 
     return run
 

@@ -30,11 +30,12 @@ class Accuracy:
         failed = []
         if not self.finite:
             failed.append("the outputs contain NaN or Inf")
-        if self.cosine < tol["min_cosine"]:
+        # written as "not (ok)" so that a NaN metric (or threshold) fails instead of passing
+        if not self.cosine >= tol["min_cosine"]:
             failed.append(f"cosine {self.cosine:.6f} < {tol['min_cosine']}")
-        if self.max_abs_over_std > tol["max_abs_over_std"]:
+        if not self.max_abs_over_std <= tol["max_abs_over_std"]:
             failed.append(f"max |diff| {self.max_abs_over_std:.4f} of std > {tol['max_abs_over_std']}")
-        if self.top1_agreement < tol["min_top1_agreement"]:
+        if not self.top1_agreement >= tol["min_top1_agreement"]:
             failed.append(f"top-1 agreement {self.top1_agreement:.3f} < {tol['min_top1_agreement']}")
         return not failed, failed
 

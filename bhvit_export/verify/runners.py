@@ -38,10 +38,27 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _bounded(fn, timeout: Optional[float], what: str):
+    """``fn()`` within ``timeout`` seconds (None: directly, in this thread); a silent peer is exit 2."""
+    if timeout is None:
+        return fn()
+    from .. import background
+
+    try:
+        return background.call(fn, timeout)
+    except background.Timeout:
+        raise TargetError(
+            f"{what}: no answer within {timeout:g} s; is a TVM RPC server running and responsive there? "
+            "(--timeout sets the wait)"
+        ) from None
+
+
 class _VmRunner:
     """The Relax VM on a (local or remote) device; subclasses say how the module is obtained."""
 
     where = "?"
+    #: seconds each call to the device may take (None: local, called directly)
+    timeout: Optional[float] = None
 
     def __init__(self, module, dev, batch: int, input_shape: list[int]):
         from tvm import runtime
@@ -61,19 +78,26 @@ class _VmRunner:
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         outs = []
+        main = self.vm["main"]
         for i in range(0, len(inputs), self.batch):
-            y = self.vm["main"](self._tensor(inputs[i : i + self.batch]))
+            x = self._tensor(inputs[i : i + self.batch])
+            y = _bounded(lambda: main(x), self.timeout, self.where)
             if not hasattr(y, "numpy"):  # a tuple: the model has one output, logits
                 y = y[0]
             outs.append(y.numpy())
         return np.concatenate(outs, axis=0)
 
     def time(self, runs: int, warmup: int) -> list[float]:
+        # One run per call: TVM's timing loop is C++, where Ctrl-C and SIGTERM wait until it returns;
+        # between runs they act at once (and each run over RPC gets the timeout).
         x = self._tensor(np.zeros(self.input_shape, dtype=np.float32))
-        if warmup:
-            self.vm.time_evaluator("main", self.dev, number=1, repeat=warmup)(x)
-        res = self.vm.time_evaluator("main", self.dev, number=1, repeat=runs)(x)
-        return [float(r) * 1e3 for r in res.results]
+        once = self.vm.time_evaluator("main", self.dev, number=1, repeat=1)
+        ms = []
+        for i in range(warmup + runs):
+            res = _bounded(lambda: once(x), self.timeout, self.where)
+            if i >= warmup:
+                ms.append(float(res.results[0]) * 1e3)
+        return ms
 
     def close(self) -> None:
         self.vm = None
@@ -100,13 +124,24 @@ class LocalRunner(_VmRunner):
 class RpcRunner(_VmRunner):
     """The library uploaded to a TVM RPC server (a board, or ``bhvit-export emulate``)."""
 
-    def __init__(self, session, root: Path, manifest: mf.Manifest, where: str, threads: Optional[int] = None):
+    def __init__(self, session, root: Path, manifest: mf.Manifest, where: str, threads: Optional[int] = None,
+                 timeout: Optional[float] = None):
+        from ..limits import DEFAULT_TIMEOUT_S
+
         self.session = session
-        try:
+        self.timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
+
+        def load():
             session.upload(str(root / mf.LIBRARY), "bhvit_model.so")
             module = session.load_module("bhvit_model.so")
             if threads:
                 session.get_function("runtime.config_threadpool")(1, threads)
+            return module
+
+        try:
+            module = _bounded(load, self.timeout, where)
+        except TargetError:
+            raise
         except Exception as e:
             raise TargetError(f"{where}: could not load the library on the device: {_first_line(e)}") from None
         dev = session.cuda(0) if manifest.device == "cuda" else session.cpu(0)
@@ -122,25 +157,37 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def connect_rpc(text: str, timeout: float = 30.0):
-    """A session with the RPC server at ``HOST:PORT``."""
+def connect_rpc(text: str, timeout: Optional[float] = None):
+    """A session with the RPC server at ``HOST:PORT`` (a peer silent for ``timeout`` s is an error)."""
     from tvm import rpc
+
+    from ..limits import DEFAULT_TIMEOUT_S
 
     host, port = parse_hostport(text, "--rpc")
     try:
-        return rpc.connect(host, port, session_timeout=0)
+        return _bounded(lambda: rpc.connect(host, port, session_timeout=0), timeout or DEFAULT_TIMEOUT_S, f"--rpc {text}")
+    except TargetError:
+        raise
     except Exception as e:
         raise TargetError(f"--rpc {text}: cannot connect ({_first_line(e)}); is the RPC server running?") from None
 
 
-def connect_tracker(text: str, key: str, count: int = 1, timeout: float = 60.0) -> list:
+def connect_tracker(text: str, key: str, count: int = 1, timeout: Optional[float] = None) -> list:
     """``count`` sessions of devices with ``key`` from the RPC tracker at ``HOST:PORT``."""
     from tvm import rpc
 
+    from ..limits import DEFAULT_TIMEOUT_S
+
     host, port = parse_hostport(text, "--tracker")
-    try:
+
+    def sessions() -> list:
         tracker = rpc.connect_tracker(host, port)
         return [tracker.request(key, priority=1, session_timeout=0) for _ in range(count)]
+
+    try:
+        return _bounded(sessions, timeout or DEFAULT_TIMEOUT_S, f"--tracker {text}")
+    except TargetError:
+        raise
     except Exception as e:
         raise TargetError(f"--tracker {text} --key {key}: no device ({_first_line(e)})") from None
 

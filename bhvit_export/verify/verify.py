@@ -20,7 +20,8 @@ from targets.toolchain import host_arch
 
 from ..bundle import manifest as mf
 from ..errors import BundleError
-from . import latency, runners
+from . import cpu_check, latency, runners
+from . import tolerances as criteria
 from .metrics import Accuracy, compare
 
 Progress = Callable[[str], None]
@@ -45,6 +46,7 @@ class VerifyOptions:
     images_limit: Optional[int] = None
     reference: Optional[Path] = None  # for --images: the reference .onnx or checkpoint
     labels: Optional[Path] = None  # for --images: a class-index file (JSON or TXT)
+    timeout: Optional[float] = None  # seconds an RPC device or tracker may stay silent (None: the default)
 
 
 @dataclass
@@ -170,10 +172,15 @@ def _golden(root: Path, manifest: mf.Manifest) -> tuple[np.ndarray, np.ndarray]:
     """
     try:
         # mmap: a header claiming a huge shape fails instead of allocating it
-        x = np.array(np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False, mmap_mode="r"))
-        y = np.array(np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False, mmap_mode="r"))
+        xm = np.load(root / mf.GOLDEN_INPUTS, allow_pickle=False, mmap_mode="r")
+        ym = np.load(root / mf.GOLDEN_REFERENCE, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise BundleError(f"golden files unreadable: {e}") from None
+    from ..limits import MAX_GOLDEN_BYTES
+
+    if xm.nbytes + ym.nbytes > MAX_GOLDEN_BYTES:
+        raise BundleError(f"golden files hold {(xm.nbytes + ym.nbytes) / 2**20:.0f} MiB, beyond the supported {MAX_GOLDEN_BYTES // 2**20} MiB")
+    x, y = np.array(xm), np.array(ym)
     shape = list(manifest.input["shape"])
     if x.dtype != np.float32 or list(x.shape[1:]) != shape[1:] or not len(x) or len(x) % manifest.batch or len(x) != len(y):
         raise BundleError(
@@ -189,24 +196,31 @@ def _golden(root: Path, manifest: mf.Manifest) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions) -> list[runners.Runner]:
+def _open_runners(root: Path, manifest: mf.Manifest, opts: VerifyOptions, notes: list[str]) -> list[runners.Runner]:
+    """The runners, each opened only after its CPU was checked for the bundle's features (notes: what was not)."""
     if opts.native:
+        notes += cpu_check.check(manifest, cpu_check.runner_cpu(root, manifest), "the native runner", local=True)
         return [runners.NativeRunner(root, manifest, opts.threads)]
     if opts.rpc:
-        return [runners.RpcRunner(runners.connect_rpc(opts.rpc), root, manifest, f"rpc {opts.rpc}", opts.threads)]
+        where = f"rpc {opts.rpc}"
+        session = runners.connect_rpc(opts.rpc, opts.timeout)
+        notes += cpu_check.check(manifest, cpu_check.session_cpu(session, manifest, where), where, local=False)
+        return [runners.RpcRunner(session, root, manifest, where, opts.threads, opts.timeout)]
     if opts.tracker:
         if not opts.key:
             raise BundleError("--tracker needs --key (the device key registered with the tracker)")
-        sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices)
-        return [
-            runners.RpcRunner(s, root, manifest, f"tracker {opts.tracker} key {opts.key} #{i}", opts.threads)
-            for i, s in enumerate(sessions)
-        ]
+        sessions = runners.connect_tracker(opts.tracker, opts.key, opts.devices, opts.timeout)
+        wheres = [f"tracker {opts.tracker} key {opts.key} #{i}" for i in range(len(sessions))]
+        for s, where in zip(sessions, wheres):
+            said = cpu_check.check(manifest, cpu_check.session_cpu(s, manifest, where), where, local=False)
+            notes += [n for n in said if n not in notes]
+        return [runners.RpcRunner(s, root, manifest, where, opts.threads, opts.timeout) for s, where in zip(sessions, wheres)]
     if manifest.arch != host_arch():
         raise BundleError(
             f"this bundle is for {manifest.arch} and this machine is {host_arch()}: run verify on the device, "
             "or use --rpc HOST:PORT (a device or `bhvit-export emulate`), or --native (qemu)"
         )
+    notes += cpu_check.check(manifest, cpu_check.this_cpu(), "this machine", local=True)
     return [runners.LocalRunner(root, manifest, opts.threads)]
 
 
@@ -242,6 +256,7 @@ def _pytorch_latency(manifest: mf.Manifest, opts: VerifyOptions) -> tuple[Option
 def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Progress] = None) -> VerifyReport:
     """Check, run and compare the bundle at ``path``; see the module docstring."""
     say = progress or (lambda _msg: None)
+    criteria.check_flags(opts.tolerances)  # before anything is read or run
     from ..file_kinds import expect_bundle
 
     expect_bundle(Path(path))  # an .onnx or a checkpoint given by mistake: say which command takes it
@@ -249,11 +264,12 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         say("checking the manifest and the SHA-256 of every file")
         manifest = mf.check_bundle(root)
         notes = [n.line() for n in mf.version_notes(manifest)]
+        criteria.check_manifest(manifest.tolerances)
         tol = {**manifest.tolerances, **opts.tolerances}
         x, ref = _golden(root, manifest)
         results = []
         images = None
-        for i, runner in enumerate(_open_runners(root, manifest, opts)):
+        for i, runner in enumerate(_open_runners(root, manifest, opts, notes)):
             try:
                 if i == 0 and opts.images is not None:
                     images = _images(runner, manifest, opts, say)
@@ -298,9 +314,9 @@ def _images(runner: runners.Runner, manifest: mf.Manifest, opts: VerifyOptions, 
     from .images import accuracy_on_images, reference_runner
 
     assert opts.images is not None
-    ref = reference_runner(opts.reference) if opts.reference is not None else None
     size = int(manifest.input["shape"][-1])
     classes = int(manifest.output["shape"][-1])
+    ref = reference_runner(opts.reference, size, classes) if opts.reference is not None else None
     return accuracy_on_images(opts.images, runner.run, manifest.batch, size, ref, opts.images_limit, say, classes, opts.labels)
 
 
@@ -308,6 +324,8 @@ def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str,
     """Per-function latency of the compiled model (this machine only), with the model layers it runs."""
     if manifest.arch != host_arch() or manifest.device != "cpu":
         return None, None, ["--profile runs on this machine's CPU only"]
+    if not cpu_check.runs_here(manifest):
+        return None, None, ["--profile: this CPU lacks features the bundle was built for"]
     try:
         import tvm
 

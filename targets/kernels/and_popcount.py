@@ -11,13 +11,14 @@ import tvm
 from tvm import te, tirx
 
 from . import neon_gemm
-from .popcount_gemm import OUT_BLOCK, popcount_gemm_stages, schedule_popcount_gemm
+from .popcount_gemm import OUT_BLOCK, acc_dtype_for, popcount_gemm_stages, schedule_popcount_gemm
 from .target_info import TargetLike, is_aarch64
 
 
-def make_and_popcount(m: int, n: int, k: int) -> tirx.PrimFunc:
-    """Unscheduled PrimFunc ``(m_bits [M,Kw] u64, v_bits [N,Kw] u64, out [M,N] i32)``."""
-    a, v, acc = popcount_gemm_stages(m, n, k, lambda x, y: x & y)
+def make_and_popcount(m: int, n: int, k: int, *, acc_dtype: str = "uint64") -> tirx.PrimFunc:
+    """Unscheduled PrimFunc ``(m_bits [M,Kw] u64, v_bits [N,Kw] u64, out [M,N] i32)`` (``acc_dtype``
+    as in :func:`bgemm.make_bgemm`)."""
+    a, v, acc = popcount_gemm_stages(m, n, k, lambda x, y: x & y, acc_dtype=acc_dtype)
     out = te.compute((m, n), lambda i, j: acc[i, j].astype("int32"), name=OUT_BLOCK)
     return te.create_prim_func([a, v, out])
 
@@ -40,4 +41,4 @@ def and_popcount_module(m: int, n: int, k: int, target: TargetLike, **tiles: int
     if is_aarch64(target) and neon_gemm.supports(n):
         func = make_and_popcount_neon(m, n, k, dotprod=neon_gemm.has_dotprod(target), **tiles)
         return tvm.IRModule({"main": func})
-    return schedule_and_popcount(make_and_popcount(m, n, k), target, **tiles)
+    return schedule_and_popcount(make_and_popcount(m, n, k, acc_dtype=acc_dtype_for(target)), target, **tiles)

@@ -38,6 +38,7 @@ import tvm
 from tvm import te, tirx
 
 from .bconv import _largest_divisor, _or_tree, schedule_tiled_popcount
+from .popcount_gemm import popcount_as
 from .reference import WORD_BITS, num_words
 from .target_info import TargetLike, u64_lanes
 
@@ -78,11 +79,12 @@ def _packed_word(count: int, w: tirx.Expr, bit_of: "callable") -> tirx.Expr:  # 
 
 
 def make_scores(
-    b: int, n: int, c: int, h: int, scale: float, *, out_dtype: OutDType = "float32"
+    b: int, n: int, c: int, h: int, scale: float, *, out_dtype: OutDType = "float32", acc_dtype: str = "uint64"
 ) -> tirx.PrimFunc:
     """``(q [B,N,C], k [B,N,C], q_shift [C], k_shift [C], out [B*h,N,N])`` (reshape to [B,h,N,N]).
 
     ``out`` is ``(d - 2 popc(q_h ^ k_h)) / scale`` (float32) or the int dot (``out_dtype="int32"``).
+    ``acc_dtype``: the popcount accumulator (``popcount_gemm.acc_dtype_for``: int32 on CUDA).
     """
     d = _check(b, n, c, h)
     dw = num_words(d)
@@ -100,7 +102,7 @@ def make_scores(
     r = te.reduce_axis((0, dw), name="r")
     acc = te.compute(
         (b * h, n, n),
-        lambda bh, i, j: te.sum(tirx.popcount(q_bits[bh, i, r] ^ k_bits[bh, r, j]), axis=r),
+        lambda bh, i, j: te.sum(popcount_as(q_bits[bh, i, r] ^ k_bits[bh, r, j], acc_dtype), axis=r),
         name=ACC_BLOCK,
     )
 
@@ -115,11 +117,14 @@ def make_scores(
     return te.create_prim_func([q, k, qs, ks, out])
 
 
-def make_qd_context(b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "float32") -> tirx.PrimFunc:
+def make_qd_context(
+    b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "float32", acc_dtype: str = "uint64"
+) -> tirx.PrimFunc:
     """``(p [B,h,N,N], v [B,N,C], v_shift [C], thresholds [h,3], alpha [h], out [B,N,C])``.
 
     ``out[b, n, hh*d + e] = alpha[hh] * sum_m L[b, hh, n, m] sign(v + shift)[b, m, hh*d + e]``;
     the int32 variant returns the integer sum (no alpha, which it then does not take).
+    ``acc_dtype`` as in :func:`make_scores`.
     """
     d = _check(b, n, c, h)
     nw = num_words(n)
@@ -156,13 +161,12 @@ def make_qd_context(b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "fl
         # |sum| <= 3N < 2^31, so the final int32 cast is exact.
         bh, e = bi * h + ch // d, ch % d
         m0, m1, vn = plane0[bh, i, r], plane1[bh, i, r], v_bits[bh, r, e]
-        u1, u2 = tirx.const(1, "uint64"), tirx.const(2, "uint64")
-        word = (
-            tirx.popcount(m0)
-            - (tirx.popcount(m0 & vn) << u1)
-            + (tirx.popcount(m1) << u1)
-            - (tirx.popcount(m1 & vn) << u2)
-        )
+        u1, u2 = tirx.const(1, acc_dtype), tirx.const(2, acc_dtype)
+
+        def pc(word: tirx.Expr) -> tirx.Expr:
+            return popcount_as(word, acc_dtype)
+
+        word = pc(m0) - (pc(m0 & vn) << u1) + (pc(m1) << u1) - (pc(m1 & vn) << u2)
         return te.sum(word, axis=r)
 
     acc = te.compute((b, n, c), count, name=ACC_BLOCK)
@@ -216,13 +220,27 @@ def schedule_qd_context(
 def scores_module(
     b: int, n: int, c: int, h: int, scale: float, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel`."""
+    """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel` (CUDA targets:
+    :func:`gpu_attention.scores_module_gpu`; ``tiles`` are the CPU's ``mr``/``nr``)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        from .gpu_attention import scores_module_gpu
+
+        return scores_module_gpu(b, n, c, h, scale, target, out_dtype=out_dtype)
     return schedule_scores(make_scores(b, n, c, h, scale, out_dtype=out_dtype), target, **tiles)
 
 
 def qd_context_module(
     b: int, n: int, c: int, h: int, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel`."""
+    """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel` (CUDA targets:
+    :func:`gpu_attention.qd_context_module_gpu`)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        from .gpu_attention import qd_context_module_gpu
+
+        return qd_context_module_gpu(b, n, c, h, target, out_dtype=out_dtype)
     func = make_qd_context(b, n, c, h, out_dtype=out_dtype).with_attr("bhvit.head_dim", c // h)
     return schedule_qd_context(func, target, **tiles)

@@ -34,6 +34,7 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from .popcount_gemm import popcount_as
 from .reference import WORD_BITS, num_words, unpack_bits
 from .target_info import TargetLike, u64_lanes
 
@@ -149,12 +150,13 @@ def _or_tree(terms: list[tirx.Expr]) -> tirx.Expr:
     return terms[0]
 
 
-def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.PrimFunc:
+def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32", acc_dtype: str = "uint64") -> tirx.PrimFunc:
     """Unscheduled PrimFunc.
 
     Arguments: ``(x [B,C,H,W] f32, shift [C] f32, w_bits [O,Kw] u64, pat [Ho*Wo] i32,
     corr [P,O] i32, [scale [O] f32, bias [O] f32,] out [B,Ho*Wo,O])``; scale/bias only for
-    ``out_dtype="float32"``, the int32 variant returns the exact integer conv for tests.
+    ``out_dtype="float32"``, the int32 variant returns the exact integer conv for tests;
+    ``acc_dtype``: the popcount accumulator (``popcount_gemm.acc_dtype_for``: int32 on CUDA).
     """
     g = geom
     kh, kw = g.kernel
@@ -199,11 +201,12 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
         return _or_tree(parts)
 
     a_t = te.compute((g.batch, g.group, kwords, ho * wo), patch_word, name=IM2COL_BLOCK)
-    return te.create_prim_func([x, shift, *grouped_gemm(g, a_t, w, pat, corr, out_dtype)])
+    return te.create_prim_func([x, shift, *grouped_gemm(g, a_t, w, pat, corr, out_dtype, acc_dtype)])
 
 
 def grouped_gemm(
-    g: ConvGeometry, a_t: te.Tensor, w: te.Tensor, pat: te.Tensor, corr: te.Tensor, out_dtype: OutDType
+    g: ConvGeometry, a_t: te.Tensor, w: te.Tensor, pat: te.Tensor, corr: te.Tensor, out_dtype: OutDType,
+    acc_dtype: str = "uint64",
 ) -> list[te.Tensor]:
     """The GEMM + epilogue stages shared by both conv kernels, from the im2col words ``a_t``.
 
@@ -216,7 +219,7 @@ def grouped_gemm(
     rr = te.reduce_axis((0, kwords), name="r")
     acc = te.compute(
         (g.batch, hw, g.out_channels),
-        lambda b, s, o: te.sum(tirx.popcount(w_t[rr, o] ^ a_t[b, o // g.og, rr, s]), axis=rr),
+        lambda b, s, o: te.sum(popcount_as(w_t[rr, o] ^ a_t[b, o // g.og, rr, s], acc_dtype), axis=rr),
         name=ACC_BLOCK,
     )
 
@@ -321,6 +324,12 @@ def _out_w(func: tirx.PrimFunc) -> int:
 def bconv_module(
     geom: ConvGeometry, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
-    """Scheduled module, ready for :func:`build.build_kernel`."""
+    """Scheduled module, ready for :func:`build.build_kernel` (CUDA targets: :func:`gpu_bconv.bconv_module_gpu`)."""
+    from .gpu_schedule import is_cuda
+
+    if is_cuda(target):
+        from .gpu_bconv import bconv_module_gpu
+
+        return bconv_module_gpu(geom, target, out_dtype=out_dtype)
     func = make_bconv(geom, out_dtype=out_dtype).with_attr("bhvit.out_w", geom.out_w)
     return schedule_bconv(func, target, **tiles)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Optional
 
 import numpy as np
 import tvm
@@ -18,7 +19,7 @@ from targets.threads import set_threads
 from . import bgemm
 from .build import build_kernel
 from .reference import pack_bits
-from .target_info import X86_SAPPHIRERAPIDS, TargetLike, is_aarch64
+from .target_info import TargetLike, as_target, host_target, is_aarch64, runs_on_host
 
 #: (M, N, K): 56x56 tokens of BHViT-Tiny's first stage, 128 -> 512 channels.
 BHVIT_TINY_LAYER = (3136, 512, 128)
@@ -28,7 +29,7 @@ def gemm_throughput(
     m: int,
     n: int,
     k: int,
-    target: TargetLike = X86_SAPPHIRERAPIDS,
+    target: Optional[TargetLike] = None,
     threads: int = 1,
     *,
     repeat: int = 5,
@@ -37,11 +38,15 @@ def gemm_throughput(
 ) -> float:
     """Median binary MAC/s of the float-epilogue kernel for ``[M,K] x [N,K]`` on the host CPU.
 
-    ``target`` must run on this machine (an x86 mcpu the host supports); ``tiles`` go to the
-    schedule (``mr``/``nr``) for tuning sweeps.
+    ``target`` (default: this CPU, :func:`host_target`) must run on this machine; ``tiles`` go to
+    the schedule (``mr``/``nr``) for tuning sweeps.
     """
+    target = host_target() if target is None else as_target(target)
     if is_aarch64(target):
         raise ValueError("aarch64 kernels can only be cross-compiled here, not timed")
+    missing = runs_on_host(target)
+    if missing:
+        raise ValueError(f"this CPU lacks {', '.join(missing)}, which {target.attrs.get('mcpu')} code may use")
     set_threads(threads)
     lib = build_kernel(bgemm.bgemm_module(m, n, k, target, **tiles), target)
     rng = np.random.default_rng(0)
@@ -64,9 +69,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ns = parser.parse_args()
     m, n, k = BHVIT_TINY_LAYER
-    macs = gemm_throughput(m, n, k, X86_SAPPHIRERAPIDS, ns.threads)
+    target = host_target()
+    macs = gemm_throughput(m, n, k, target, ns.threads)
     print(
-        f"bgemm M={m} N={n} K={k} target=llvm -mcpu=sapphirerapids threads={ns.threads}: "
+        f"bgemm M={m} N={n} K={k} target=llvm -mcpu={target.attrs['mcpu']} (this CPU) threads={ns.threads}: "
         f"{macs / 1e9:.1f} G binary MAC/s ({m * n * k / macs * 1e3:.3f} ms)"
     )
 

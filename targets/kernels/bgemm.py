@@ -14,19 +14,22 @@ import tvm
 from tvm import te, tirx
 
 from . import neon_gemm
-from .popcount_gemm import OUT_BLOCK, popcount_gemm_stages, schedule_popcount_gemm
+from .popcount_gemm import OUT_BLOCK, acc_dtype_for, popcount_gemm_stages, schedule_popcount_gemm
 from .target_info import TargetLike, is_aarch64
 
 OutDType = Literal["float32", "int32"]
 
 
-def make_bgemm(m: int, n: int, k: int, *, out_dtype: OutDType = "float32") -> tirx.PrimFunc:
+def make_bgemm(
+    m: int, n: int, k: int, *, out_dtype: OutDType = "float32", acc_dtype: str = "uint64"
+) -> tirx.PrimFunc:
     """Unscheduled PrimFunc for static shapes.
 
     Arguments: ``(a_bits [M,Kw] u64, w_bits [N,Kw] u64, [scale [N] f32, bias [N] f32,] out [M,N])``;
-    scale and bias are present only for ``out_dtype="float32"``.
+    scale and bias are present only for ``out_dtype="float32"``. ``acc_dtype``: the popcount
+    accumulator (``popcount_gemm.acc_dtype_for``: int32 on CUDA).
     """
-    a, w, acc = popcount_gemm_stages(m, n, k, lambda x, y: x ^ y)
+    a, w, acc = popcount_gemm_stages(m, n, k, lambda x, y: x ^ y, acc_dtype=acc_dtype)
 
     def dot(i: tirx.Var, j: tirx.Var) -> tirx.Expr:
         # popc <= K < 2^31, so the narrowing cast is exact.
@@ -87,4 +90,4 @@ def bgemm_module(
     if is_aarch64(target) and neon_gemm.supports(n):
         func = make_bgemm_neon(m, n, k, out_dtype=out_dtype, dotprod=neon_gemm.has_dotprod(target), **tiles)
         return tvm.IRModule({"main": func})
-    return schedule_bgemm(make_bgemm(m, n, k, out_dtype=out_dtype), target, **tiles)
+    return schedule_bgemm(make_bgemm(m, n, k, out_dtype=out_dtype, acc_dtype=acc_dtype_for(target)), target, **tiles)

@@ -13,7 +13,8 @@ Two forms of the same function:
   and a bit-weight reduction (NEON), instead of 64 scalar compare/shift/or steps per word: 3.5x
   faster at 3136x512 on one Sapphire Rapids thread (0.86 -> 0.25 ms, memory-bound now). A partial
   last word (K not a multiple of 64) keeps the scalar form.
-* CUDA (:func:`make_pack` + :func:`gpu_schedule.schedule_pack_gpu`): the TE compute, one thread a word.
+* CUDA (:func:`make_pack` + :func:`gpu_schedule.schedule_pack_gpu`): the TE compute, one thread a
+  word, the source rows staged in shared memory by coalesced reads first.
 """
 
 from __future__ import annotations

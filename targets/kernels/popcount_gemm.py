@@ -30,9 +30,14 @@ OUT_BLOCK = "out"
 
 
 def popcount_gemm_stages(
-    m: int, n: int, k: int, combine: Combine
+    m: int, n: int, k: int, combine: Combine, *, acc_dtype: str = "uint64"
 ) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
-    """Placeholders ``a [M,Kw]``, ``w [N,Kw]`` and the uint64 accumulator ``sum_k popc(combine)``."""
+    """Placeholders ``a [M,Kw]``, ``w [N,Kw]`` and the accumulator ``sum_k popc(combine)``.
+
+    ``acc_dtype``: ``uint64`` on CPUs (``vpopcntq``/``cnt`` lanes stay 64-bit, no narrowing in the
+    vector loop); ``int32`` on CUDA, where ``__popcll`` returns a 32-bit int and a 64-bit sum would
+    cost two registers and an add-with-carry per step (see :func:`acc_dtype_for`).
+    """
     if min(m, n, k) < 1:
         raise ValueError(f"popcount GEMM needs positive M, N, K; got {(m, n, k)}")
     kw = num_words(k)
@@ -42,10 +47,23 @@ def popcount_gemm_stages(
     r = te.reduce_axis((0, kw), name="k")
     acc = te.compute(
         (m, n),
-        lambda i, j: te.sum(tirx.popcount(combine(a[i, r], w_t[r, j])), axis=r),
+        lambda i, j: te.sum(popcount_as(combine(a[i, r], w_t[r, j]), acc_dtype), axis=r),
         name=ACC_BLOCK,
     )
     return a, w, acc
+
+
+def popcount_as(word: tirx.Expr, acc_dtype: str) -> tirx.Expr:
+    """``popc(word)`` (of a uint64 word) in the accumulator's type (exact: a count is at most 64)."""
+    count = tirx.popcount(word)
+    return count if acc_dtype == "uint64" else count.astype(acc_dtype)
+
+
+def acc_dtype_for(target: TargetLike) -> str:
+    """The popcount accumulator type for ``target``: 32-bit on CUDA, 64-bit lanes on CPUs."""
+    from .gpu_schedule import is_cuda
+
+    return "int32" if is_cuda(target) else "uint64"
 
 
 def _largest_divisor(n: int, candidates: tuple[int, ...]) -> int:

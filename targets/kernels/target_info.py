@@ -13,7 +13,8 @@ from tvm.target import codegen
 
 TargetLike = Union[str, dict[str, Any], tvm.target.Target]
 
-#: The host of this project (Sapphire Rapids: AVX-512 + VPOPCNTDQ).
+#: Sapphire Rapids (AVX-512 + VPOPCNTDQ, AVX512-FP16, AMX): for build-only checks of the AVX-512
+#: code; what runs here is built for :func:`host_target`.
 X86_SAPPHIRERAPIDS: dict[str, Any] = {"kind": "llvm", "mcpu": "sapphirerapids"}
 #: AVX2-only x86 (no AVX-512): the fallback schedule, popcount via vpshufb nibble tables.
 X86_AVX2: dict[str, Any] = {"kind": "llvm", "mcpu": "haswell"}
@@ -72,9 +73,28 @@ def has_vector_popcount(target: TargetLike) -> bool:
 
 
 def host_target() -> tvm.target.Target:
-    """The machine we run on, with its real mcpu.
+    """The machine we run on: LLVM's name of its CPU plus the exact features it has.
 
-    A bare ``{"kind": "llvm"}`` means generic x86-64 (no AVX at all, no ``vpopcntq``), so anything
-    timed or tested on the host should name the CPU explicitly.
+    Everything built to run here (tests, ``bench --kernels``, the GEMM benchmark, ``compile
+    --target x86_64``) uses this. A bare ``{"kind": "llvm"}`` means generic x86-64 (no AVX, no
+    ``vpopcntq``); a fixed CPU such as ``sapphirerapids`` may use extensions this CPU lacks
+    (SIGILL on a Zen 4); and the CPU name alone is a model, not this machine (see
+    :func:`targets.cpu_features.host_mattr`).
     """
-    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    from targets.cpu_features import host_cpu, host_mattr
+
+    spec: dict[str, Any] = {"kind": "llvm", "mcpu": host_cpu()}
+    mattr = host_mattr()
+    if mattr:
+        spec["mattr"] = mattr
+    return tvm.target.Target(spec)
+
+
+def runs_on_host(target: TargetLike) -> list[str]:
+    """Features code built for ``target`` may use that this CPU lacks: ``[]`` means it can run here.
+
+    The one gate for running built code: every feature the build enabled, not one flag.
+    """
+    from targets.cpu_features import missing_on_host
+
+    return missing_on_host(as_target(target))

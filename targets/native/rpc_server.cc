@@ -28,6 +28,8 @@
 #include <iostream>
 #include <string>
 
+#include "cpu_features.h"
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -61,7 +63,8 @@ bool Handshake(int fd, const std::string& key) {
          send(fd, server.data(), server.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(server.size());
 }
 
-// A session: what python's _serve_loop does, with the two env functions it registers.
+// A session: what python's _serve_loop does, with the two env functions it registers, plus
+// "bhvit.cpu_features" (verify asks it before uploading a library the CPU could not run).
 [[noreturn]] void Serve(int fd) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the server
   char tmpl[] = "/tmp/bhvit-rpc-XXXXXX";
@@ -72,7 +75,8 @@ bool Handshake(int fd, const std::string& key) {
         .def("tvm.rpc.server.workpath", [work](ffi::String name) { return ffi::String(work + "/" + std::string(name)); })
         .def("tvm.rpc.server.load_module", [work](ffi::String name) {
           return ffi::Module::LoadFromFile(ffi::String(work + "/" + std::string(name)));
-        });
+        })
+        .def("bhvit.cpu_features", []() { return ffi::String(CpuFeatureReport()); });
     ffi::Function::GetGlobalRequired("rpc.ServerLoop")(fd);
   } catch (const std::exception& e) {
     std::cerr << "bhvit-rpc-server: session failed: " << e.what() << std::endl;

@@ -1,6 +1,7 @@
 // bhvit-run: run a compiled Relax VM library on a device without Python.
 //
-//   bhvit-run LIB.so INPUT.npy OUTPUT.npy [--batch B] [--runs N] [--warmup W]
+//   bhvit-run LIB.so INPUT.npy OUTPUT.npy [--batch B] [--runs N] [--warmup W] [--device cpu|cuda]
+//   bhvit-run --cpu-features        (prints "ARCH: flag ...": what verify checks first)
 //
 // Loads LIB.so the way python's relax.VirtualMachine(tvm.runtime.load_module(p), tvm.cpu()) does
 // (vm_load_executable, then vm_initialization with the CPU device and the pooled allocator), runs
@@ -9,6 +10,11 @@
 // (W warm-up runs, N timed runs) and prints one JSON line: {"latency_ms": [...], "batch": B}.
 // Any error: one line on stderr, exit status 2. Threads: TVM_NUM_THREADS, as for any TVM runtime.
 //
+// --device cuda: loads libtvm_runtime_cuda.so (TVM's CUDA device API and module loader; it must sit
+// next to this executable, like libtvm_runtime.so) before LIB.so, initialises the VM on (cuda:0,
+// cpu) as relax.VirtualMachine(lib, tvm.cuda()) does, copies each input block to the GPU and each
+// output back (runtime.TVMTensorCopyFromTo), and times `main` plus a stream sync.
+//
 // Only tvm-ffi headers are used: TVM's own runtime headers need dependencies its wheel lacks.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
@@ -16,8 +22,10 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
@@ -28,6 +36,8 @@
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
+
+#include "cpu_features.h"
 #include <string>
 #include <vector>
 
@@ -158,6 +168,7 @@ struct Args {
   std::string lib, input, output;
   int64_t batch = 1;
   int runs = 10, warmup = 2;
+  bool cuda = false;
 };
 
 Args ParseArgs(int argc, char** argv) {
@@ -175,14 +186,42 @@ Args ParseArgs(int argc, char** argv) {
     if (s == "--batch") a.batch = value("--batch");
     else if (s == "--runs") a.runs = static_cast<int>(value("--runs"));
     else if (s == "--warmup") a.warmup = static_cast<int>(value("--warmup"));
+    else if (s == "--device") {
+      if (i + 1 >= argc) throw Fail("--device needs a value (cpu or cuda)");
+      std::string d = argv[++i];
+      if (d != "cpu" && d != "cuda") throw Fail("--device must be cpu or cuda, got " + d);
+      a.cuda = d == "cuda";
+    }
     else if (s.rfind("--", 0) == 0) throw Fail("unknown option " + s);
     else pos.push_back(s);
   }
   if (pos.size() != 3)
-    throw Fail("usage: bhvit-run LIB.so INPUT.npy OUTPUT.npy [--batch B] [--runs N] [--warmup W]");
+    throw Fail("usage: bhvit-run LIB.so INPUT.npy OUTPUT.npy [--batch B] [--runs N] [--warmup W] [--device cpu|cuda]");
   if (a.batch < 1) throw Fail("--batch must be >= 1");
   a.lib = pos[0], a.input = pos[1], a.output = pos[2];
   return a;
+}
+
+// The folder of this executable (where the TVM runtime libraries of a bundle sit).
+std::string ExeDir() {
+  char buf[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) throw Fail("cannot locate this executable (/proc/self/exe)");
+  std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.rfind('/'));
+}
+
+// Register TVM's CUDA device API and CUDA module loader (before LIB.so, whose device code needs it).
+void LoadCudaPlugin() {
+  std::string plugin = ExeDir() + "/libtvm_runtime_cuda.so";
+  if (dlopen(plugin.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr)
+    throw Fail(std::string("cannot load the CUDA runtime plugin: ") + dlerror());
+}
+
+ffi::Function Global(const char* name) {
+  auto f = ffi::Function::GetGlobal(name);
+  if (!f.has_value()) throw Fail(std::string("the TVM runtime has no ") + name);
+  return *f;
 }
 
 int Run(const Args& a) {
@@ -193,6 +232,9 @@ int Run(const Args& a) {
                std::to_string(a.batch));
 
   // dlopen searches the library path for a name without a slash: always pass an absolute path.
+  if (a.cuda) LoadCudaPlugin();
+  const DLDevice cpu{kDLCPU, 0}, gpu{kDLCUDA, 0};
+  const DLDevice dev = a.cuda ? gpu : cpu;
   char* resolved = realpath(a.lib.c_str(), nullptr);
   if (resolved == nullptr) throw Fail("cannot open " + a.lib);
   std::string lib_path(resolved);
@@ -203,7 +245,10 @@ int Run(const Args& a) {
   ffi::Module vm = (*load)().cast<ffi::Module>();
   auto init = vm->GetFunction("vm_initialization", false);
   if (!init.has_value()) throw Fail("the VM has no vm_initialization");
-  (*init)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  if (a.cuda)  // the device first, then the CPU for shape functions (as relax.VirtualMachine does)
+    (*init)(static_cast<int>(kDLCUDA), 0, kPooledAllocator, static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  else
+    (*init)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
   auto main_fn = vm->GetFunction("main", false);
   if (!main_fn.has_value()) throw Fail(a.lib + " has no function main");
   ffi::Function run = *main_fn;
@@ -211,8 +256,25 @@ int Run(const Args& a) {
   std::vector<int64_t> block_shape = x.shape;
   block_shape[0] = a.batch;
   const int64_t block_numel = Numel(block_shape);
-  ffi::Tensor in = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(block_shape), DLDataType{kDLFloat, 32, 1},
-                                            DLDevice{kDLCPU, 0});
+  const DLDataType f32{kDLFloat, 32, 1};
+  ffi::Tensor in = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::Shape(block_shape), f32, cpu);
+  ffi::Function copy = Global("runtime.TVMTensorCopyFromTo");
+  ffi::Function sync = Global("runtime.Device_StreamSync");
+  ffi::Tensor in_dev = in;
+  if (a.cuda) {
+    ffi::Function alloc = Global("runtime.TVMTensorAllocWithScope");
+    in_dev = alloc(ffi::Shape(block_shape), f32, gpu, nullptr).cast<ffi::Tensor>();
+  }
+  // One call on the host block `in`: upload (cuda), run, and the result on the host.
+  auto call = [&]() -> ffi::Tensor {
+    if (a.cuda) copy(in, in_dev);
+    ffi::Tensor out = FirstTensor(run(in_dev));
+    if (!a.cuda || out.device().device_type == kDLCPU) return out;
+    ffi::Tensor host = ffi::Tensor::FromNDAlloc(CPUAlloc(), out.shape(), out.dtype(), cpu);
+    copy(out, host);
+    sync(dev, static_cast<int64_t>(0));
+    return host;
+  };
 
   std::vector<float> y;
   std::vector<int64_t> y_shape;
@@ -220,7 +282,7 @@ int Run(const Args& a) {
     std::memcpy(in.data_ptr(), x.data.data() + g * block_numel, block_numel * sizeof(float));
     ffi::Tensor out;
     try {
-      out = FirstTensor(run(in));
+      out = call();
     } catch (const ffi::Error& e) {
       throw Fail(ShapeHint(e.kind() + ": " + e.message(), block_shape));
     }
@@ -236,16 +298,19 @@ int Run(const Args& a) {
   WriteNpy(a.output, y_shape, y);
 
   std::memcpy(in.data_ptr(), x.data.data(), block_numel * sizeof(float));
-  for (int i = 0; i < a.warmup; ++i) run(in);
+  if (a.cuda) copy(in, in_dev);
+  for (int i = 0; i < a.warmup; ++i) run(in_dev);
+  sync(dev, static_cast<int64_t>(0));
   std::ostringstream json;
   json << "{\"latency_ms\": [";
   for (int i = 0; i < a.runs; ++i) {
     auto t0 = std::chrono::steady_clock::now();
-    ffi::Any r = run(in);
+    ffi::Any r = run(in_dev);
+    sync(dev, static_cast<int64_t>(0));
     auto t1 = std::chrono::steady_clock::now();
     json << (i ? ", " : "") << std::chrono::duration<double, std::milli>(t1 - t0).count();
   }
-  json << "], \"batch\": " << a.batch << "}";
+  json << "], \"batch\": " << a.batch << ", \"device\": \"" << (a.cuda ? "cuda" : "cpu") << "\"}";
   std::cout << json.str() << std::endl;
   return 0;
 }
@@ -259,6 +324,10 @@ std::string OneLine(std::string s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--cpu-features") {
+    std::cout << CpuFeatureReport() << std::endl;
+    return 0;
+  }
   try {
     return Run(ParseArgs(argc, argv));
   } catch (const ffi::Error& e) {

@@ -10,6 +10,7 @@ checked against onnxruntime running the function bodies.
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import onnx
@@ -25,17 +26,18 @@ import tvm  # noqa: E402
 from passes.ops import DOMAIN, ONNX_OPSET, function_protos, qd_thresholds  # noqa: E402
 from targets.kernels import attention  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.build import build_kernel  # noqa: E402
-from targets.kernels.target_info import X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
+from targets.cpu_features import target_features  # noqa: E402
+from targets.kernels.build import assembly, build_kernel  # noqa: E402
+from targets.kernels.target_info import X86_SAPPHIRERAPIDS  # noqa: E402
+from tests.targets.host import HOST, runs_here  # noqa: E402
 
-HOST = X86_SAPPHIRERAPIDS
 PROPS = settings(max_examples=15, deadline=None)
 SEED = st.integers(0, 2**32 - 1)
 BATCH = st.integers(1, 2)
 TOKENS = st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 130]))
 HEADS = st.integers(1, 3)
 HEAD_DIM = st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 130]))
-host_only = pytest.mark.skipif(not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code")
+host_only = runs_here(HOST)
 
 
 def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -136,6 +138,19 @@ def test_qd_context_float_scales_by_alpha(b: int, n: int, h: int, d: int, seed: 
     got = _call(_ctx_lib(b, n, c, h, "float32"), np.zeros((b, n, c), np.float32), p, v, vs, t, alpha)
     want = ref.qd_context_ref(p, v, vs, t, h).astype(np.float32) * np.repeat(alpha, d)[None, None, :]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+# --- machine code for another CPU (build-only: compiled and disassembled, never run) -------------
+
+
+def test_znver4_context_uses_sse4a_which_intel_lacks() -> None:
+    """Why a bundle records every extension of its mcpu, not just the popcount: LLVM's znver4 code
+    for the QD context uses SSE4A (``insertq``/``extrq``), AMD-only, so it cannot run on an Intel
+    CPU that has all of Zen 4's AVX-512; the feature list names it and ``verify`` refuses."""
+    znver4 = {"kind": "llvm", "mcpu": "znver4"}
+    asm = assembly(attention.qd_context_module(1, 40, 40, 1, znver4, out_dtype="int32"), znver4)  # type: ignore[arg-type]
+    assert re.search(r"^\s+(insertq|extrq)\s", asm, re.MULTILINE)
+    assert "sse4a" in target_features(znver4) and "sse4a" not in target_features(X86_SAPPHIRERAPIDS)
 
 
 # --- numpy references vs the ONNX function bodies -----------------------------------------------

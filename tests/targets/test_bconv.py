@@ -25,11 +25,10 @@ from passes.ops import DOMAIN, ONNX_OPSET, function_protos  # noqa: E402
 from targets.kernels import bconv  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.kernels.build import build_kernel  # noqa: E402
-from targets.kernels.target_info import X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
+from tests.targets.host import HOST, runs_here  # noqa: E402
 
-HOST = X86_SAPPHIRERAPIDS
 PROPS = settings(max_examples=15, deadline=None)
-host_only = pytest.mark.skipif(not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code")
+host_only = runs_here(HOST)
 
 
 @st.composite

@@ -21,11 +21,10 @@ import tvm  # noqa: E402
 
 from targets.kernels import bconv, bconv_nhwc  # noqa: E402
 from targets.kernels.build import build_kernel  # noqa: E402
-from targets.kernels.target_info import X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
+from tests.targets.host import HOST, runs_here  # noqa: E402
 from tests.targets.test_bconv import TINY_D5, _data, _ref, assert_scaled_conv  # noqa: E402
 
-HOST = X86_SAPPHIRERAPIDS
-host_only = pytest.mark.skipif(not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code")
+host_only = runs_here(HOST)
 
 
 @st.composite

@@ -206,7 +206,7 @@ def test_kernels_compile_for_cuda_with_popcll(target) -> None:
         assert "__shared__" in src and "__syncthreads()" in src
         # The accumulator tile is exactly one thread's tm x tn: had the epilogue been placed over
         # a hull covering other threads' columns, the compacted register array would be larger.
-        assert re.search(rf"uint64_t popc_local\w*\[{tiles.tm * tiles.tn}\];", src), src[:3000]
+        assert re.search(rf"\bint popc_local\w*\[{tiles.tm * tiles.tn}\];", src), src[:3000]  # 32-bit accumulators
     src = _cuda_source(pack.pack_module(50, 300, target, shift=True), target)
     assert "__global__" in src and re.search(r"uint64_t pack_local\w*\[1\];", src)
 
@@ -257,6 +257,9 @@ def _check_model_build(fused, target, host_cc, machine: int, tmp_path: Path) -> 
     src = "".join(m.inspect_source() for m in cuda_mods)
     assert "__popcll(" in src
     assert re.search(r"bhvit_bgemm_\w+_kernel", src) and re.search(r"bhvit_pack_\w+_kernel", src)
+    for kind in ("bconv", "scores", "qd_context"):  # the conv and attention ops as packed GPU kernels
+        assert re.search(rf"bhvit_{kind}_\w+_kernel", src), kind
+    assert not re.search(r"uint64_t popc_local", src)  # 32-bit accumulators everywhere
 
 
 @needs_nvcc
@@ -347,36 +350,67 @@ def test_device_check_metrics_match_test_helpers() -> None:
     assert not dc.within(mine, dc.TOLERANCES)  # 5% noise: max |diff| is over 5% of std
 
 
-def test_device_check_reports_a_missing_gpu_as_exit_2(tmp_path: Path, capsys) -> None:
-    if tvm.cuda(0).exist:
-        pytest.skip("a GPU is present: this checks the no-GPU error path")
-    (tmp_path / "golden").mkdir()
-    np.save(tmp_path / "golden" / "inputs.npy", np.zeros((2, 3), np.float32))
-    np.save(tmp_path / "golden" / "reference.npy", np.zeros((2, 3), np.float32))
-    assert _device_check().main([str(tmp_path)]) == 2
-    assert "no CUDA device" in capsys.readouterr().out
-
-
-def test_device_check_dry_run_on_a_cpu_bundle(tmp_path: Path, capsys) -> None:
-    """The script's whole flow (load, VM calls per batch, metrics, timing) on a host-CPU bundle of
-    one BinaryLinear, with the reference from onnxruntime; then a wrong reference fails it."""
-    import json
+@pytest.fixture(scope="module")
+def cpu_payload(tmp_path_factory):
+    """A host-CPU payload shaped like ``benchmarks/cuda_payload.py``'s: the native runner, a
+    one-BinaryLinear bundle with golden inputs and onnxruntime's outputs, the same op under
+    ``ops/``, and its ONNX as ``reference.onnx`` (no checkpoint: the PyTorch step is skipped)."""
+    import shutil as sh
 
     from targets.build import build, export_library
     from targets.importer import import_fused
+    from targets.native_build import build_runner
     from tests.targets.test_import import _ort, _single_op_model
 
+    root = tmp_path_factory.mktemp("payload")
     model, x = _single_op_model("BinaryLinear", np.random.default_rng(zlib.crc32(b"BinaryLinear")))
-    export_library(build(import_fused(model, batch=1, packed=False), {"kind": "llvm"}), tmp_path / "model.so")
+    build_runner("x86_64", root / "runtime")
+    (root / "bundle" / "golden").mkdir(parents=True)
+    export_library(build(import_fused(model, batch=1, packed=False), {"kind": "llvm"}), root / "bundle" / "model.so")
     inputs = np.concatenate([x, x * -0.5, x + 0.25])
     reference = np.concatenate([_ort(model, {"x": inputs[i : i + 1]}) for i in range(3)])
-    (tmp_path / "golden").mkdir()
-    np.save(tmp_path / "golden" / "inputs.npy", inputs)
-    np.save(tmp_path / "golden" / "reference.npy", reference.reshape(3, -1))
+    np.save(root / "bundle" / "golden" / "inputs.npy", inputs)
+    np.save(root / "bundle" / "golden" / "reference.npy", reference.reshape(3, -1))
+    op = root / "ops" / "BinaryLinear"
+    op.mkdir(parents=True)
+    sh.copy2(root / "bundle" / "model.so", op / "model.so")
+    np.save(op / "input.npy", inputs)
+    np.save(op / "expected.npy", reference)
+    (root / "reference.onnx").write_bytes(model.SerializeToString())
+    return root
+
+
+def test_device_check_dry_run_on_a_cpu_payload(cpu_payload: Path, tmp_path: Path, capsys) -> None:
+    """The script's whole flow (kernels, bundle, peers that exist, the verdict, table and JSON) on
+    a host-CPU payload through the native runner; then a wrong kernel result fails it."""
+    import json
+    import shutil as sh
+
     dc = _device_check()
-    assert dc.main([str(tmp_path), "--device", "cpu", "--repeats", "3", "--warmup", "1"]) == 0
+    saved = tmp_path / "report.json"
+    assert dc.main([str(cpu_payload), "--device", "cpu", "--runs", "3", "--warmup", "1", "--save", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "BinaryLinear" in out and "tvm bundle (packed)" in out
+    report = json.loads(saved.read_text())
+    assert report["pass"] and report["kernels"][0]["pass"] and report["kernels"][0]["max_abs"] < 1e-4
+    assert report["bundle"]["vs_official_cpu"]["cosine"] > 0.99999 and report["bundle"]["median_ms"] > 0
+    assert report["peers"]["pytorch_cpu_eager"]["skipped"] == "no checkpoint.pth in the payload"
+    assert report["peers"]["onnxruntime_cpu"]["median_ms"] > 0 and report["verdict_against"] == "official_cpu_logits"
+    bad = tmp_path / "bad"
+    sh.copytree(cpu_payload, bad, symlinks=True)
+    expected = np.load(bad / "ops" / "BinaryLinear" / "expected.npy")
+    np.save(bad / "ops" / "BinaryLinear" / "expected.npy", expected + 1.0)
+    assert dc.main([str(bad), "--device", "cpu", "--runs", "1", "--warmup", "0", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["pass"] and report["images"] == 3 and report["cosine"] > 0.99999
-    assert report["latency_ms_median"] > 0
-    np.save(tmp_path / "golden" / "reference.npy", -reference.reshape(3, -1))
-    assert dc.main([str(tmp_path), "--device", "cpu", "--repeats", "1", "--warmup", "0"]) == 1
+    assert not report["pass"] and not report["kernels"][0]["pass"]
+
+
+def test_device_check_without_a_gpu_is_exit_2(cpu_payload: Path, tmp_path: Path, capsys) -> None:
+    """``--device cuda`` where the CUDA plugin or a GPU is missing: one ``error:`` line, exit 2;
+    a folder that is no payload: the same."""
+    dc = _device_check()
+    assert dc.main([str(cpu_payload), "--runs", "1", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: RuntimeError: bhvit-run: ") and len(err.strip().splitlines()) == 1
+    assert dc.main([str(tmp_path)]) == 2
+    assert "bundle/model.so missing" in capsys.readouterr().err

@@ -23,12 +23,10 @@ from bhvit_export.errors import TargetError  # noqa: E402
 from passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits, qd_thresholds  # noqa: E402
 from targets.build import build, run, vm  # noqa: E402
 from targets.importer import bhvit_converters, import_fused, unsupported_ops  # noqa: E402
-from targets.kernels.target_info import has_vector_popcount, host_target  # noqa: E402
+from tests.targets.host import runs_here  # noqa: E402
 from tests.helpers import assert_end_to_end  # noqa: E402
 
-host_only = pytest.mark.skipif(
-    not has_vector_popcount(host_target()), reason="host CPU has no vector popcount"
-)
+host_only = runs_here()  # build() defaults to the host target
 
 
 def _model(nodes, inputs, outputs, inits, used) -> onnx.ModelProto:
@@ -154,8 +152,8 @@ _PACKED_BY_DEFAULT = ("BinaryConv2d", "BinaryAttentionScores")
 
 @pytest.mark.parametrize("op", sorted(_PACKED_PREFIXES))
 @pytest.mark.parametrize("how", ["llvm", "packed=False", "cuda"])
-def test_packed_kernels_only_for_llvm_targets(op: str, how: str, monkeypatch) -> None:
-    """conv/attention use the packed kernels on llvm; packed=False and non-CPU targets keep Relax ops."""
+def test_packed_kernels_for_llvm_and_cuda_targets(op: str, how: str, monkeypatch) -> None:
+    """conv/attention use the packed kernels on llvm and cuda (GPU schedules); packed=False keeps Relax ops."""
     from targets import converters
 
     monkeypatch.setattr(converters, "PACKED_QD_CONTEXT", True)
@@ -163,7 +161,7 @@ def test_packed_kernels_only_for_llvm_targets(op: str, how: str, monkeypatch) ->
     target = {"kind": "cuda"} if how == "cuda" else None
     mod = import_fused(model, batch=1, target=target, packed=how != "packed=False")
     names = {gv.name_hint for gv in mod.get_global_vars()}
-    assert any(n.startswith(_PACKED_PREFIXES[op]) for n in names) == (how == "llvm")
+    assert any(n.startswith(_PACKED_PREFIXES[op]) for n in names) == (how != "packed=False")
 
 
 def _fused_fixture(name: str):

@@ -7,6 +7,7 @@ and compare bit-exactly; compiled kernels are cached per shape because building 
 from __future__ import annotations
 
 import functools
+import platform
 import re
 
 import numpy as np
@@ -20,6 +21,7 @@ import tvm  # noqa: E402
 
 from targets.kernels import and_popcount, bgemm, expand_pack, pack  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
+from targets.cpu_features import PRETEND_ENV  # noqa: E402
 from targets.kernels.build import assembly, build_kernel  # noqa: E402
 from targets.kernels.target_info import (  # noqa: E402
     AARCH64_CORTEX_A72,
@@ -27,18 +29,17 @@ from targets.kernels.target_info import (  # noqa: E402
     X86_SAPPHIRERAPIDS,
     has_vector_popcount,
     host_target,
+    runs_on_host,
     u64_lanes,
 )
+from tests.targets.host import HOST, runs_here  # noqa: E402
 
-HOST = X86_SAPPHIRERAPIDS
 DIM = st.integers(1, 40)
 KDIM = st.one_of(st.integers(1, 300), st.sampled_from([1, 63, 64, 65, 128, 192, 256, 300]))
 SEED = st.integers(0, 2**32 - 1)
 PROPS = settings(max_examples=15, deadline=None)
 
-host_only = pytest.mark.skipif(
-    not has_vector_popcount(host_target()), reason="host CPU cannot run sapphirerapids code"
-)
+host_only = runs_here(HOST)
 
 
 @functools.lru_cache(maxsize=None)
@@ -170,7 +171,7 @@ def test_bgemm_explicit_tiles(mr: int, nr: int) -> None:
     np.testing.assert_array_equal(got, ref.binary_gemm_ref(a, w, k))
 
 
-# --- machine code -------------------------------------------------------------------------------
+# --- machine code (build-only: other CPUs' code is compiled and disassembled, never run) ---------
 
 
 def _mnemonics(asm: str) -> set[str]:
@@ -186,6 +187,24 @@ def test_x86_sapphirerapids_emits_vpopcnt(kernel: str) -> None:
     )
     ops = _mnemonics(assembly(mod, X86_SAPPHIRERAPIDS))
     assert ops & {"vpopcntq", "vpopcntd"}, sorted(ops)
+
+
+def test_host_build_uses_vpopcnt_exactly_when_this_cpu_has_it() -> None:
+    """Built for this CPU (name + features): vector popcount where it exists, the fallback elsewhere."""
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 check")
+    ops = _mnemonics(assembly(bgemm.bgemm_module(64, 64, 256, HOST), HOST))
+    assert bool(ops & {"vpopcntq", "vpopcntd"}) == has_vector_popcount(HOST), sorted(ops)
+    assert runs_on_host(HOST) == []
+
+
+def test_sapphirerapids_code_is_gated_on_a_zen4(monkeypatch) -> None:
+    """On a Zen 4 (faked: its LLVM feature list) SPR code is refused by name; its own code is not."""
+    monkeypatch.setenv(PRETEND_ENV, "znver4")
+    missing = runs_on_host(X86_SAPPHIRERAPIDS)
+    assert {"avx512fp16", "amx-tile"} <= set(missing) and "avx512vpopcntdq" not in missing
+    assert runs_on_host(host_target()) == [] and host_target().attrs["mcpu"] == "znver4"
+    assert runs_here(X86_SAPPHIRERAPIDS).args[0] is True  # the skip mark is active
 
 
 def test_x86_avx2_fallback_compiles_without_vpopcnt() -> None:
