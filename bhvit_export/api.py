@@ -42,17 +42,20 @@ def export(
     entry: str = "auto",
     config: Optional[PathLike] = None,
     opset: Optional[int] = None,
+    validate: bool = True,
     progress: Optional[Progress] = None,
 ) -> ConvertReport:
     """``bhvit-export to-onnx CHECKPOINT -o OUTPUT``: the fused ONNX (``reference=True``: the float one).
 
     ``entry``: auto | model | model_ema | state_dict | bare; ``config``: the official config.json
-    to check the weights against; ``progress``: called with one line per step.
+    to check the weights against; ``progress``: called with one line per step; ``validate=False`` is
+    ``--no-validate`` (the verdict is ``report.validation.passed``; a failure does not raise).
     """
     from .export.convert import convert_checkpoint
 
     return convert_checkpoint(
-        checkpoint, output, reference=reference, entry=entry, config_json=config, opset=opset, progress=progress
+        checkpoint, output, reference=reference, entry=entry, config_json=config, opset=opset, validate=validate,
+        progress=progress,
     )
 
 
@@ -66,12 +69,13 @@ def compile(  # noqa: A001 - the command's name, on purpose
     golden_inputs: Optional[PathLike] = None,
     golden_outputs: Optional[PathLike] = None,
     native: bool = True,
+    allow_float: bool = False,
     progress: Optional[Progress] = None,
 ) -> CompileReport:
     """``bhvit-export compile MODEL -o OUTPUT``: a bundle folder (or ``NAME.tar``) for ``target``.
 
     ``target``: x86_64 (this CPU unless ``mcpu``), aarch64, jetson-orin, a TVM tag or a JSON target;
-    ``native=False`` is ``--no-native``.
+    ``native=False`` is ``--no-native``; ``allow_float`` is ``--allow-float``.
     """
     from .compile import compile_model
 
@@ -84,6 +88,7 @@ def compile(  # noqa: A001 - the command's name, on purpose
         golden_inputs=Path(golden_inputs) if golden_inputs is not None else None,
         golden_outputs=Path(golden_outputs) if golden_outputs is not None else None,
         native=native,
+        allow_float=allow_float,
         progress=progress,
     )
 
@@ -94,6 +99,7 @@ def verify(
     runs: int = 20,
     warmup: int = 3,
     threads: Optional[int] = None,
+    timeout: float = 120.0,  # limits.DEFAULT_TIMEOUT_S, the CLI default (limits is not imported: light import)
     rpc: Optional[str] = None,
     tracker: Optional[str] = None,
     key: Optional[str] = None,
@@ -104,6 +110,7 @@ def verify(
     images: Optional[PathLike] = None,
     limit: Optional[int] = None,
     reference: Optional[PathLike] = None,
+    labels: Optional[PathLike] = None,
     min_cosine: Optional[float] = None,
     max_abs_over_std: Optional[float] = None,
     min_top1: Optional[float] = None,
@@ -139,6 +146,8 @@ def verify(
         images=Path(images) if images is not None else None,
         images_limit=limit,
         reference=Path(reference) if reference is not None else None,
+        labels=Path(labels) if labels is not None else None,
+        timeout=timeout,
     )
     return verify_bundle(bundle, opts, progress=progress)
 

@@ -24,7 +24,7 @@ from tests.helpers import REPO, official_path
 
 #: CLI parameter name -> API keyword (flags that invert: ``no_native`` -> ``native``, ``no_torch`` -> ``torch``).
 RENAMED = {
-    "to-onnx": {"ckpt": "checkpoint", "out": "output", "config_json": "config"},
+    "to-onnx": {"ckpt": "checkpoint", "out": "output", "config_json": "config", "no_validate": "validate"},
     "compile": {"out": "output", "no_native": "native"},
     "verify": {"no_torch": "torch", "images_limit": "limit"},
 }
