@@ -358,13 +358,13 @@ def compile_model(
 
     t = time.perf_counter()
     say(f"importing into TVM Relax (batch {batch})")
-    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target))
+    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target), notes)
     in_shape = [batch] + list(golden.inputs.shape[1:])
     times["import"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say(f"building for {spec.target.kind.name} {spec.name} (this takes a while)")
-    ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target))
+    ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target), notes)
     times["build"] = time.perf_counter() - t
     target_info = spec.to_json()
     if spec.device == "cuda":
