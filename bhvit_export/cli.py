@@ -290,6 +290,11 @@ def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plo
         res = analyse()
         click.echo(json.dumps(res, indent=2, sort_keys=True) if as_json else format_table(res))
         return
+    from .errors import BhvitError
+    from .output_target import check_output
+
+    if plot is not None:  # before minutes of timing, not after
+        check_output(plot, folder=False, error=BhvitError, option="--plot")
     from benchmarks.report import run_bench
 
     report = run_bench(

@@ -931,3 +931,12 @@ def test_converter_error_is_the_last_line_and_stdout_stays_clean(micro_proto: An
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout[-500:]
     assert proc.stderr.splitlines() == [f"error: BinaryLinear {node.name}: x has 256 features, in_features is 100"], proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_bench_plot_target_is_checked_before_timing(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for plot, says in (("/dev/null", "--plot /dev/null is a character device; give the path of a regular file to write"),
+                       (str(blocker / "p.png"), "is a file, not a folder, so nothing can be written under it")):
+        code, _, err = run("bench", "--plot", plot, "--model", "tiny", "--batch", "1", "--threads", "1")
+        one_error(code, err, says)
