@@ -199,8 +199,10 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
     """Link the library for the target's CPU (the cross g++ for aarch64); a failure is one line."""
     from targets.native_build import export_library
 
-    try:
-        export_library(ex, path, spec.arch)
+    from . import background
+
+    try:  # LLVM's code generation runs here, seconds of C++: in a worker, so Ctrl-C acts at once
+        background.call(lambda: export_library(ex, path, spec.arch))
     except TargetError:
         raise
     except OSError:
