@@ -25,6 +25,8 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .limits import DEFAULT_TIMEOUT_S  # light: no torch, onnx or TVM
+
 if TYPE_CHECKING:
     from .compile import CompileReport
     from .export.convert import ConvertReport
@@ -114,6 +116,7 @@ def verify(
     min_cosine: Optional[float] = None,
     max_abs_over_std: Optional[float] = None,
     min_top1: Optional[float] = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
     progress: Optional[Progress] = None,
 ) -> VerifyReport:
     """``bhvit-export verify BUNDLE``: check, run, compare and time; ``report.passed`` says the verdict.

@@ -349,6 +349,11 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
         res = analyse()
         click.echo(_json_dump("bench", res) if as_json else format_table(res))
         return
+    from .errors import BhvitError
+    from .output_target import check_output
+
+    if plot is not None:  # before minutes of timing, not after
+        check_output(plot, folder=False, error=BhvitError, option="--plot")
     from benchmarks.report import run_bench
 
     report = run_bench(

@@ -199,8 +199,10 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
     """Link the library for the target's CPU (the cross g++ for aarch64); a failure is one line."""
     from targets.native_build import export_library
 
-    try:
-        export_library(ex, path, spec.arch)
+    from . import background
+
+    try:  # LLVM's code generation runs here, seconds of C++: in a worker, so Ctrl-C acts at once
+        background.call(lambda: export_library(ex, path, spec.arch))
     except TargetError:
         raise
     except OSError:
@@ -369,7 +371,7 @@ def compile_model(
 
     t = time.perf_counter()
     say(f"importing into TVM Relax (batch {batch})")
-    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target))
+    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target), notes)
     in_shape = [batch] + list(golden.inputs.shape[1:])
     times["import"] = time.perf_counter() - t
 
@@ -377,7 +379,7 @@ def compile_model(
     from .progress import long_step
 
     with long_step(say, f"building for {spec.target.kind.name} {spec.name} (this takes a while)"):
-        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target))
+        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target), notes)
     times["build"] = time.perf_counter() - t
     t = time.perf_counter()
     target_info = spec.to_json()
