@@ -101,7 +101,6 @@ def verify(
     runs: int = 20,
     warmup: int = 3,
     threads: Optional[int] = None,
-    timeout: float = 120.0,  # limits.DEFAULT_TIMEOUT_S, the CLI default (limits is not imported: light import)
     rpc: Optional[str] = None,
     tracker: Optional[str] = None,
     key: Optional[str] = None,
