@@ -158,7 +158,7 @@ def convert_checkpoint(
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
     say(f"loading {ckpt}")
-    loaded = load_checkpoint(ckpt, entry=entry)
+    loaded = load_checkpoint(ckpt, entry=entry, config_json=config_json)
     if config_json is not None:
         check_config_json(config_json, loaded.config)
     times["load"] = time.perf_counter() - t
