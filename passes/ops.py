@@ -370,14 +370,3 @@ def qd_thresholds(alpha: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
     t[:, 0::2] = np.nextafter(t[:, 0::2], np.float32(np.inf))
     return t
 
-
-#: GSB's absolute threshold on ``q = p / clip``: ``clamp(round(q), 0, 1) = [q > 0.5]`` (0.5 rounds to 0).
-GSB_HALF = 0.5
-
-
-def gsb_levels(p: np.ndarray, clip: float, rel: np.ndarray) -> np.ndarray:
-    """The three GSB masks ``[3, ...]`` (B, U, V) of ``p`` as uint8, in the function body's float32 ops."""
-    q = np.asarray(p, np.float32) / np.float32(clip)
-    m = q.max(axis=-1, keepdims=True)
-    rel = np.asarray(rel, np.float32)
-    return np.stack([q > np.float32(GSB_HALF), q > m * rel[0], q > m * rel[1]]).astype(np.uint8)
