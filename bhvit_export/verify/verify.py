@@ -21,6 +21,7 @@ from targets.toolchain import host_arch
 from ..bundle import manifest as mf
 from ..errors import BundleError
 from . import latency, runners
+from .reference_checks import reference_checks
 from .metrics import Accuracy, compare
 
 Progress = Callable[[str], None]
@@ -80,6 +81,8 @@ class VerifyReport:
     pytorch_latency_ms: Optional[dict[str, Any]] = None
     profile: Optional[list[dict[str, Any]]] = None
     images: Optional[dict[str, Any]] = None
+    reference: Optional[dict[str, Any]] = None  # golden spread, sensitivity, widened tolerances
+    reference_lines: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -105,6 +108,7 @@ class VerifyReport:
             "devices": [d.to_json() for d in self.devices],
             "profile": self.profile,
             "images": self.images,
+            "reference_checks": self.reference,
             "notes": self.notes,
         }
 
@@ -137,6 +141,7 @@ class VerifyReport:
             if "reference_top1" in im:
                 line += f", {im['reference_top1']:.2%} (reference), agreement {im['agreement']:.2%}"
             out.append(line)
+        out += self.reference_lines
         out += [f"note: {n}" for n in self.notes]
         out.append("PASSED" if self.passed else "FAILED")
         return out
@@ -244,6 +249,7 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         notes = [n.line() for n in mf.version_notes(manifest)]
         tol = {**manifest.tolerances, **opts.tolerances}
         x, ref = _golden(root, manifest)
+        tol, ref_lines, ref_info = reference_checks(manifest.model.get("sensitivity"), ref, tol, opts.tolerances)
         results = []
         images = None
         for i, runner in enumerate(_open_runners(root, manifest, opts)):
@@ -282,6 +288,8 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         pytorch_latency_ms=torch_ms,
         profile=profile,
         images=images,
+        reference=ref_info,
+        reference_lines=ref_lines,
     )
 
 
