@@ -380,3 +380,11 @@ def test_device_check_dry_run_on_a_cpu_bundle(tmp_path: Path, capsys) -> None:
     assert report["latency_ms_median"] > 0
     np.save(tmp_path / "golden" / "reference.npy", -reference.reshape(3, -1))
     assert dc.main([str(tmp_path), "--device", "cpu", "--repeats", "1", "--warmup", "0"]) == 1
+
+
+@needs_nvcc
+def test_micro_gsb_compiles_for_sm90_x86_host(fused_onnx, tmp_path: Path) -> None:
+    """GSBAttentionContext's float Relax lowering (masks as floats, one batched matmul) builds for CUDA."""
+    import onnx
+
+    _check_model_build(onnx.load(str(fused_onnx("micro-gsb"))), X86_SM90, None, EM_X86_64, tmp_path)
