@@ -304,6 +304,29 @@ def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, timeou
         raise VerificationFailed("the compiled model's outputs are outside the tolerances")
 
 
+@cli.command("verify-layers")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--intermediates", type=click.Path(path_type=Path, file_okay=False), default=None, help="Official fixture folder with intermediates/ (reference activations, first image).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Or: the checkpoint; our PyTorch model gives the reference activations on the golden images.")
+@click.option("--config", "config_json", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --checkpoint: the official config.json (GSB models need it).")
+@click.option("--engine", type=click.Choice(["onnxruntime", "tvm"]), default="onnxruntime", show_default=True, help="Run the blocks in onnxruntime or compiled by TVM for this CPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def verify_layers_cmd(model: Path, intermediates: Path | None, checkpoint: Path | None, config_json: Path | None,
+                      engine: str, as_json: bool) -> None:
+    """Check MODEL block by block, each fed the reference's input to that block (teacher-forced).
+
+    Exit 0 when every block is within the tolerance, 1 when not (the first failing block is named).
+    """
+    from .errors import VerificationFailed
+    from .verify.layers import verify_layers
+
+    report = verify_layers(model, intermediates=intermediates, checkpoint=checkpoint, config_json=config_json,
+                           engine=engine, progress=_say(as_json))
+    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
+    if not report.passed:
+        raise VerificationFailed(f"block {report.first_failure} is outside the tolerance")
+
+
 @cli.command("emulate", epilog=ex.EMULATE)
 @click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True, help="The device's architecture (qemu-user emulates it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
