@@ -81,21 +81,19 @@ def _targets_source_hash() -> str:
 
 def tvm_library(
     model: onnx.ModelProto, batch: int, packed: bool, cache_dir: Path, say: Progress, label: str,
-    target: Optional[dict[str, Any]] = None,
+    target: Optional[Any] = None,
 ) -> Path:
     """Path of the compiled library of ``model`` at ``batch`` (built if not cached).
 
-    ``target``: a TVM target dict (default: this host's CPU); a foreign architecture is linked with
+    ``target``: a TVM target or its dict (default: this host's CPU); a foreign architecture is linked with
     its cross compiler.
     """
-    import tvm
-
     from bhvit_export.atomic import atomic_path
     from targets.build import build
     from targets.importer import import_fused
-    from targets.kernels.target_info import host_target, is_aarch64
+    from targets.kernels.target_info import as_target, host_target, is_aarch64
 
-    target = tvm.target.Target(target) if target is not None else host_target()
+    target = as_target(target) if target is not None else host_target()
     key = hashlib.sha256(
         model.SerializeToString(deterministic=True)
         + f"|{batch}|{packed}|{target}|{_targets_source_hash()}".encode()

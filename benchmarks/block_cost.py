@@ -34,25 +34,47 @@ class Priced:
     dropped: dict[str, int] = field(default_factory=dict)  # instruction -> blocks it was dropped from
 
 
-def disassemble(blocks: Sequence[Sequence[bytes]], arch: str) -> list[list[str]]:
-    """Assembly text of each block's instructions (undecodable ones left out), in one llvm-mc run."""
-    lines, owner = [], []
-    for i, insns in enumerate(blocks):
-        for raw in insns:
-            lines.append(" ".join(f"0x{b:02x}" for b in raw))
-            owner.append(i)
+#: An instruction that never occurs in real code, put between blocks to split llvm-mc's output:
+#: ``udf #0x1234`` and ``movabs $0x1234567812345678, %r15``, with how they print.
+_MARKERS = {
+    "aarch64": (bytes.fromhex("34120000"), ("udf #4660", "udf #0x1234")),
+    "x86_64": (bytes.fromhex("49bf7856341278563412"), ("movabsq $1311768465173141112, %r15",)),
+}
+
+
+def _llvm_mc(blocks: Sequence[Sequence[bytes]], arch: str) -> list[list[str]]:
+    marker, printed = _MARKERS[arch]
+    lines = []
+    for insns in blocks:
+        lines += [" ".join(f"0x{b:02x}" for b in raw) for raw in insns]
+        lines.append(" ".join(f"0x{b:02x}" for b in marker))
     proc = subprocess.run(
         ["llvm-mc", "--disassemble", f"-triple={_TRIPLES[arch]}", *_MC_ATTRS[arch]],
         input="\n".join(lines) + "\n", capture_output=True, text=True,
     )
-    bad = {int(m.group(1)) - 1 for ln in proc.stderr.splitlines() if (m := _LINE_ERR.match(ln))}
-    text = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip() and not ln.strip().startswith(".")]
-    good = [k for k in range(len(lines)) if k not in bad]
-    if len(text) != len(good):
-        raise TargetError(f"llvm-mc decoded {len(text)} of {len(good)} instructions: cannot align the blocks")
-    out: list[list[str]] = [[] for _ in blocks]
-    for k, asm in zip(good, text):
-        out[owner[k]].append(" ".join(asm.split()))
+    out: list[list[str]] = [[]]
+    for ln in proc.stdout.splitlines():
+        asm = " ".join(ln.split("#")[0].split()) if arch == "x86_64" else " ".join(ln.split("//")[0].split())
+        if not asm or asm.startswith("."):
+            continue
+        if asm in printed:
+            out.append([])
+        else:
+            out[-1].append(asm)
+    return out[:-1]
+
+
+def disassemble(blocks: Sequence[Sequence[bytes]], arch: str) -> list[list[str]]:
+    """Assembly text of each block's instructions (undecodable bytes left out).
+
+    One llvm-mc run with a marker instruction between blocks, so a prefix printed on a line of its
+    own (x86 ``lock``) cannot shift one block's text into the next; where undecodable bytes swallow
+    a marker (an extension llvm-mc 14 lacks), one run per block instead.
+    """
+    out = _llvm_mc(blocks, arch)
+    if len(out) == len(blocks):
+        return out
+    out = [(_llvm_mc([b], arch) or [[]])[0] for b in blocks]
     return out
 
 

@@ -93,9 +93,12 @@ def hot_blocks(counts: block_counts.Counts, coverage: float) -> list[block_count
 
 def estimate(
     counts: block_counts.Counts, arch: str, mcpu: str, clock_ghz: float, *, coverage: float = 0.99,
-    asm: Optional[list[list[str]]] = None,
+    asm: Optional[list[list[str]]] = None, library: Optional[Path] = None,
 ) -> Estimate:
-    """Cycles of ``counts`` on ``mcpu`` at ``clock_ghz`` (``asm``: the hot blocks' disassembly, if done)."""
+    """Cycles of ``counts`` on ``mcpu`` at ``clock_ghz``.
+
+    ``asm``: the hot blocks' disassembly, if done; ``library``: the model's library, shown as ``model.so``.
+    """
     hot = hot_blocks(counts, coverage)
     asm = asm if asm is not None else block_cost.disassemble([b.insns for b in hot], arch)
     priced = block_cost.price(asm, arch, mcpu)
@@ -103,6 +106,7 @@ def estimate(
     hot_cycles, hot_insns = 0.0, 0
     for b, cyc in zip(hot, priced.cycles):
         lib, name = symbols.function_at(counts.mapping_of(b.haddr), b.haddr)
+        lib = "model.so" if library is not None and lib == library.name else lib
         f = funcs.setdefault((lib, name), FunctionCost(lib, name))
         f.instructions += len(b.insns) * b.count
         f.cycles += cyc * b.count

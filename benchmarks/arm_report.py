@@ -1,0 +1,161 @@
+"""``bench --arm``: whole-model latency estimates per Cortex-A model, the float peers, and a check on x86.
+
+For each CPU model (A55, A72, A76, A78) our fused model and the float reference (TVM fp32) are
+compiled for aarch64 with that ``-mcpu``; each runs once under qemu-user with the block-counting
+plugin (:mod:`benchmarks.block_estimate`) and the counted blocks are priced by llvm-mca for that
+CPU, at the board clock of :data:`~benchmarks.block_estimate.CLOCKS_GHZ`.
+
+The method is checked where it can be: the same estimator on an x86-64 build (``-mcpu haswell``:
+qemu-x86_64 7.2 has no AVX-512) priced for this host's CPU at its measured clock, against the
+measured one-thread latency of the same library on this machine (``x86_validation``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from . import artifacts, block_counts, block_estimate
+
+Progress = Callable[[str], None]
+SYSTEMS = {"bhvit": True, "tvm_fp32": False}  # name -> packed (fused graph) or the float reference
+X86_VALIDATION_MCPU = "haswell"
+
+
+@dataclass
+class ArmReport:
+    model: str
+    estimates: dict[str, dict[str, block_estimate.Estimate]] = field(default_factory=dict)  # cpu -> system -> est
+    x86: Optional[dict[str, Any]] = None
+    notes: list[str] = field(default_factory=list)
+
+    def ratios(self, cpu: str) -> dict[str, float]:
+        ours = self.estimates[cpu].get("bhvit")
+        return {
+            s: e.estimated_ms / ours.estimated_ms
+            for s, e in self.estimates[cpu].items() if s != "bhvit" and ours and ours.estimated_ms
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "batch": 1, "threads": 1,
+            "method": "qemu-user TCG plugin block counts (one steady-state inference) x llvm-mca cycles per block",
+            "cpus": {
+                cpu: {**{s: e.to_json() for s, e in by.items()}, "speedup_vs": self.ratios(cpu)}
+                for cpu, by in self.estimates.items()
+            },
+            "x86_validation": self.x86,
+            "notes": self.notes,
+        }
+
+    def text(self, top: int = 12) -> str:
+        systems = [s for s in SYSTEMS if any(s in by for by in self.estimates.values())]
+        head = f"{'cpu':<12}{'clock':>7}" + "".join(f"{s + ' ms':>14}{'insns (M)':>11}" for s in systems) + \
+            "".join(f"{'vs ' + s:>14}" for s in systems if s != "bhvit")
+        lines = [f"{self.model} b1 t1, estimated (qemu block counts x llvm-mca cycles, board clocks)", head, "-" * len(head)]
+        for cpu, by in self.estimates.items():
+            clock = next(iter(by.values())).clock_ghz
+            cells = "".join(
+                f"{by[s].estimated_ms:>14.2f}{by[s].instructions / 1e6:>11.1f}" if s in by else f"{'-':>25}" for s in systems
+            )
+            ratios = self.ratios(cpu)
+            cells += "".join(f"{ratios[s]:>13.2f}x" if s in ratios else f"{'-':>14}" for s in systems if s != "bhvit")
+            lines.append(f"{cpu:<12}{clock:>6.1f}G{cells}")
+        for cpu, by in self.estimates.items():
+            for s, est in by.items():
+                if s != "bhvit" or cpu not in ("cortex-a72", "cortex-a76"):
+                    continue
+                lines += ["", f"where {s} spends its time on {cpu} ({est.estimated_ms:.2f} ms, "
+                              f"IPC {est.instructions / est.cycles:.2f}, {est.coverage:.1%} of instructions priced):"]
+                for f in est.functions[:top]:
+                    name = f.name if len(f.name) <= 70 else f.name[:67] + "..."
+                    lines.append(f"  {f.cycles / (est.clock_ghz * 1e6):8.3f} ms {f.cycles / est.cycles:6.1%}"
+                                 f"  {f.instructions / 1e6:8.2f} M insns  {f.lib:<18} {name}")
+        if self.x86:
+            v = self.x86
+            lines += ["", f"x86 check ({v['mcpu_built']} build, llvm-mca -mcpu={v['mcpu_priced']} at the measured "
+                          f"{v['clock_ghz']:.2f} GHz): estimated {v['estimated_ms']:.2f} ms, measured "
+                          f"{v['measured_ms']:.2f} ms at 1 thread: error {v['relative_error']:+.1%}"]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _aarch64_target(cpu: str) -> Any:
+    from targets.target_spec import resolve
+
+    return resolve("aarch64", mcpu=cpu).target
+
+
+def estimate_library(
+    runner: Path, library: Path, arch: str, mcpu: str, clock_ghz: float, *, qemu_cpu: Optional[str] = None,
+    coverage: float = 0.99,
+) -> block_estimate.Estimate:
+    """Count one inference of ``library`` under qemu and price it for ``mcpu``."""
+    counts = block_estimate.count_inference(runner, library, arch, qemu_cpu=qemu_cpu)
+    return block_estimate.estimate(counts, arch, mcpu, clock_ghz, coverage=coverage, library=Path(library))
+
+
+def x86_validation(model: Any, cache: Path, say: Progress, rounds: int = 30) -> dict[str, Any]:
+    """Estimate vs measurement of the same x86-64 (haswell) library at one thread on this host."""
+    from targets.kernels.target_info import host_target
+    from targets.native_build import build_runner
+    from targets.native_run import run_native
+
+    from .core_clock import measured_ghz
+
+    lib = artifacts.tvm_library(model, 1, True, cache, say, "x86-haswell-fused",
+                                {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": X86_VALIDATION_MCPU})
+    runner = build_runner("x86_64")
+    say(f"x86 check: timing the {X86_VALIDATION_MCPU} build natively at 1 thread ({rounds} runs)")
+    with tempfile.TemporaryDirectory(prefix="bhvit-x86-") as tmp:
+        x = Path(tmp) / "x.npy"
+        np.save(x, np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32))
+        ghz_before = measured_ghz()
+        times = run_native(runner, lib, x, Path(tmp) / "y.npy", arch="x86_64", runs=rounds, warmup=3, threads=1)
+        ghz = (ghz_before + measured_ghz()) / 2
+    measured = statistics.median(times)
+    host = str(host_target().attrs["mcpu"])
+    say(f"x86 check: counting one inference under qemu-x86_64, pricing for {host}")
+    est = estimate_library(runner, lib, "x86_64", host, ghz)
+    return {
+        "estimated_ms": est.estimated_ms, "measured_ms": measured, "relative_error": (est.estimated_ms - measured) / measured,
+        "measured_min_ms": min(times), "clock_ghz": ghz, "mcpu_built": X86_VALIDATION_MCPU, "mcpu_priced": host,
+        "instructions": est.instructions, "ipc_estimated": est.instructions / est.cycles,
+        "functions": est.to_json()["functions"],
+    }
+
+
+def run_arm(
+    model: str = "tiny",
+    cpus: Sequence[str] = block_estimate.ARM_CPUS,
+    systems: Sequence[str] = tuple(SYSTEMS),
+    *,
+    validate_x86: bool = True,
+    cache_dir: Optional[Path] = None,
+    say: Progress = lambda _m: None,
+) -> ArmReport:
+    from targets.native_build import build_runner
+
+    cache = artifacts.ensure_dir(cache_dir)
+    art = artifacts.model_artifacts(model, say)
+    runner = build_runner("aarch64")
+    report = ArmReport(model)
+    for cpu in cpus:
+        target = _aarch64_target(cpu)
+        for s in systems:
+            graph = art.fused if SYSTEMS[s] else art.reference
+            lib = artifacts.tvm_library(graph, 1, SYSTEMS[s], cache, say, f"{model}-{s}-{cpu}", target)
+            say(f"{cpu} {s}: counting one inference under qemu-aarch64 (-cpu {block_counts.QEMU_CPU[cpu]}), "
+                f"pricing with llvm-mca -mcpu={cpu}")
+            report.estimates.setdefault(cpu, {})[s] = estimate_library(
+                runner, lib, "aarch64", cpu, block_estimate.CLOCKS_GHZ[cpu], qemu_cpu=block_counts.QEMU_CPU[cpu]
+            )
+    if validate_x86:
+        report.x86 = x86_validation(art.fused, cache, say)
+    report.notes.append("onnxruntime: not run (its aarch64 wheel segfaults at import under qemu-user 7.2; see docs/bench.md)")
+    return report
