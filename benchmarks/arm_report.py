@@ -93,10 +93,10 @@ def _aarch64_target(cpu: str) -> Any:
 
 def estimate_library(
     runner: Path, library: Path, arch: str, mcpu: str, clock_ghz: float, *, qemu_cpu: Optional[str] = None,
-    coverage: float = 0.99,
+    coverage: float = 0.99, keep: bool = True,
 ) -> block_estimate.Estimate:
-    """Count one inference of ``library`` under qemu and price it for ``mcpu``."""
-    counts = block_estimate.count_inference(runner, library, arch, qemu_cpu=qemu_cpu)
+    """Count one inference of ``library`` under qemu (counts kept beside it) and price it for ``mcpu``."""
+    counts = block_estimate.count_inference(runner, library, arch, qemu_cpu=qemu_cpu, keep=keep)
     return block_estimate.estimate(counts, arch, mcpu, clock_ghz, coverage=coverage, library=Path(library))
 
 

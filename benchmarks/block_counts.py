@@ -138,11 +138,15 @@ def count(
     env: Optional[dict[str, str]] = None,
     sysroot: Optional[str] = "/usr/aarch64-linux-gnu",
     timeout: Optional[float] = None,
+    keep: Optional[Path] = None,
 ) -> Counts:
     """Run ``command`` (a program for ``arch`` and its arguments) under qemu with the plugin.
 
     ``env`` goes to the guest (qemu's ``-E``), so the x86 qemu itself never sees guest libraries.
+    ``keep``: where to store the plugin's output as well (read back instead of running, if present).
     """
+    if keep is not None and keep.is_file():
+        return parse(keep.read_text())
     plugin = build_plugin()
     qemu = qemu_for(arch)
     with tempfile.TemporaryDirectory(prefix="bhvit-tb-") as tmp:
@@ -164,4 +168,9 @@ def count(
             raise TargetError(f"{Path(command[0]).name} under qemu-{arch} failed: {last}")
         if not out.is_file():
             raise TargetError("the qemu plugin wrote no counts (is this qemu built with plugin support?)")
-        return parse(out.read_text())
+        text = out.read_text()
+        if keep is not None:
+            tmp_keep = keep.with_name(f".{keep.name}.{os.getpid()}")
+            tmp_keep.write_text(text)
+            os.replace(tmp_keep, keep)
+        return parse(text)

@@ -64,9 +64,13 @@ class Estimate:
 
 def count_inference(
     runner: Path, library: Path, arch: str, *, qemu_cpu: Optional[str] = None, timeout: Optional[float] = None,
-    input_shape: tuple[int, ...] = (1, 3, 224, 224),
+    input_shape: tuple[int, ...] = (1, 3, 224, 224), keep: bool = False,
 ) -> block_counts.Counts:
-    """Blocks executed by one steady-state call of ``main`` at one thread, under qemu."""
+    """Blocks executed by one steady-state call of ``main`` at one thread, under qemu.
+
+    ``keep``: store the two runs' counts beside ``library`` (and reuse them: a cached library is
+    immutable, its name carries the hash of what built it).
+    """
     with tempfile.TemporaryDirectory(prefix="bhvit-est-") as tmp:
         x = Path(tmp) / "x.npy"
         np.save(x, np.random.default_rng(0).standard_normal(input_shape).astype(np.float32))
@@ -74,8 +78,9 @@ def count_inference(
         for n in (0, 1):
             cmd = [str(runner), str(library), str(x), str(Path(tmp) / "y.npy"), "--batch", str(input_shape[0]),
                    "--runs", str(n), "--warmup", "0"]
+            kept = library.with_name(f"{library.name}.{qemu_cpu or arch}.runs{n + 1}.counts") if keep else None
             runs.append(block_counts.count(cmd, arch, qemu_cpu=qemu_cpu, env={"TVM_NUM_THREADS": "1"},
-                                           timeout=timeout))
+                                           timeout=timeout, keep=kept))
     return runs[1].minus(runs[0])
 
 
