@@ -61,6 +61,19 @@ def test_k_loop_accumulates_narrow(variant: str, kernel: str) -> None:
     assert ops.count(combine) == 16
 
 
+@pytest.mark.parametrize("cpu, rows", [("cortex-a72", 2), ("cortex-a76", 2), ("cortex-a55", 8)])
+def test_register_tile_comes_from_the_architecture_record(cpu: str, rows: int) -> None:
+    from targets.arch import arch_of
+
+    target = {**A72, "mcpu": cpu}
+    assert arch_of(target).popcount_tile[0] == rows and arch_of(target).name == "neon"
+    loop = inner_loop(assembly(bgemm.bgemm_module(64, 64, 2048, target), target))
+    ops = [ln.split()[0] for ln in loop]
+    # Per K word: one broadcast row word per tile row, against 16 / rows weight vectors (LLVM may
+    # unroll the K loop, so compare ratios).
+    assert ops.count("cnt") == ops.count("ld1r") * (16 // rows) and ops.count("cnt") % 16 == 0
+
+
 def test_small_n_falls_back_to_the_generic_schedule() -> None:
     assert not neon_gemm.supports(3)
     asm = assembly(bgemm.bgemm_module(8, 3, 100, A72, out_dtype="int32"), A72)
