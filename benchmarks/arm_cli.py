@@ -14,13 +14,16 @@ def bench_arm(
     say: Callable[[str], None],
 ) -> str:
     """The whole-model estimate (one model: ``--model``, default tiny) and, with ``--kernels``, the loop table."""
-    from .arm_report import SYSTEMS, run_arm
+    from .arm_report import ORT, SYSTEMS, run_arm
 
     if len(models) > 1:
         raise TargetError("bench --arm takes one --model")
-    systems = [s for s in (include or SYSTEMS) if s in SYSTEMS]
+    known = (*SYSTEMS, ORT)
+    # ``--system onnxruntime_fp32`` (bench's name for the x86 onnxruntime) selects onnxruntime here.
+    chosen = [ORT if s == "onnxruntime_fp32" else s for s in include] if include else list(known)
+    systems = [s for s in chosen if s in known]
     if not systems:
-        raise TargetError(f"bench --arm estimates {', '.join(SYSTEMS)}; --system chose none of them")
+        raise TargetError(f"bench --arm estimates {', '.join(known)}; --system chose none of them")
     report = run_arm(models[0] if models else "tiny", systems=systems, cache_dir=cache, say=say)
     out = report.to_json()
     text = report.text()
