@@ -182,7 +182,7 @@ def _add_onnxruntime(report: ArmReport, reference: Any, cpus: Sequence[str], cac
             say(f"{cpu} {ORT}: counting one inference of onnxruntime {ort_aarch64.ORT_VERSION} (aarch64) under qemu "
                 f"(-cpu {qcpu}), pricing with llvm-mca -mcpu={cpu}")
             counts = ort_aarch64.count_inference(model, qcpu, say)
-            report.estimates[cpu][ORT] = block_estimate.estimate(counts, "aarch64", cpu, block_estimate.CLOCKS_GHZ[cpu])
+            report.estimates.setdefault(cpu, {})[ORT] = block_estimate.estimate(counts, "aarch64", cpu, block_estimate.CLOCKS_GHZ[cpu])
         report.notes.append(f"onnxruntime {ort_aarch64.ORT_VERSION} aarch64 wheel, Debian arm64 python3.11, under qemu-user")
     except TargetError as err:
         report.notes.append(f"onnxruntime aarch64 not run: {err}")
