@@ -35,6 +35,24 @@ class ArmReport:
     estimates: dict[str, dict[str, block_estimate.Estimate]] = field(default_factory=dict)  # cpu -> system -> est
     x86: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
+    neon_limit: dict[str, float] = field(default_factory=dict)  # cpu -> bMAC/cycle of eor+cnt+accumulate
+
+    def kernel_efficiency(self, cpu: str) -> list[dict[str, Any]]:
+        """Our binary kernels (functions with NEON ``cnt``), per kind: whole-call bMAC/cycle vs the NEON limit."""
+        est = self.estimates.get(cpu, {}).get("bhvit")
+        if est is None:
+            return []
+        kinds: dict[str, list[float]] = {}
+        for f in est.functions:
+            if f.lib == "model.so" and f.name.startswith("bhvit_") and f.popcount_bits:
+                kind = f.name.replace("_compute_", "")
+                k = kinds.setdefault(kind, [0.0, 0.0])
+                k[0] += f.popcount_bits
+                k[1] += f.cycles
+        limit = self.neon_limit.get(cpu, 0.0)
+        rows = [{"kernel": k, "ms": cyc / (est.clock_ghz * 1e6), "bmac_per_cycle": bits / cyc,
+                 "of_neon_limit": bits / cyc / limit if limit else None} for k, (bits, cyc) in kinds.items()]
+        return sorted(rows, key=lambda r: -r["ms"])
 
     def ratios(self, cpu: str) -> dict[str, float]:
         ours = self.estimates[cpu].get("bhvit")
@@ -48,7 +66,8 @@ class ArmReport:
             "model": self.model, "batch": 1, "threads": 1,
             "method": "qemu-user TCG plugin block counts (one steady-state inference) x llvm-mca cycles per block",
             "cpus": {
-                cpu: {**{s: e.to_json() for s, e in by.items()}, "speedup_vs": self.ratios(cpu)}
+                cpu: {**{s: e.to_json() for s, e in by.items()}, "speedup_vs": self.ratios(cpu),
+                      "neon_limit_bmac_per_cycle": self.neon_limit.get(cpu), "kernels": self.kernel_efficiency(cpu)}
                 for cpu, by in self.estimates.items()
             },
             "x86_validation": self.x86,
@@ -78,6 +97,13 @@ class ArmReport:
                     name = f.name if len(f.name) <= 70 else f.name[:67] + "..."
                     lines.append(f"  {f.cycles / (est.clock_ghz * 1e6):8.3f} ms {f.cycles / est.cycles:6.1%}"
                                  f"  {f.instructions / 1e6:8.2f} M insns  {f.lib:<18} {name}")
+        for cpu in ("cortex-a72", "cortex-a76"):
+            rows = self.kernel_efficiency(cpu)
+            if rows:
+                lines += ["", f"binary kernels on {cpu}, whole calls (epilogues included): binary MACs per cycle "
+                              f"vs the NEON limit ({self.neon_limit.get(cpu, 0):.0f}/cycle: eor + cnt + accumulate per 128 bits)"]
+                for r in rows[:top]:
+                    lines.append(f"  {r['ms']:8.3f} ms {r['bmac_per_cycle']:7.1f} bMAC/cyc {r['of_neon_limit'] or 0:6.0%}  {r['kernel']}")
         if self.x86:
             v = self.x86
             lines += ["", f"x86 check ({v['mcpu_built']} build, llvm-mca -mcpu={v['mcpu_priced']} at the measured "
@@ -157,11 +183,21 @@ def run_arm(
             report.estimates.setdefault(cpu, {})[s] = estimate_library(
                 runner, lib, "aarch64", cpu, block_estimate.CLOCKS_GHZ[cpu], qemu_cpu=block_counts.QEMU_CPU[cpu]
             )
+    report.neon_limit = {cpu: _neon_limit(cpu) for cpu in cpus}
     if ORT in systems:
         _add_onnxruntime(report, art.reference, cpus, cache, say)
     if validate_x86:
         report.x86 = x86_validation(art.fused, cache, say)
     return report
+
+
+def _neon_limit(cpu: str) -> float:
+    """llvm-mca's binary MACs per cycle for the ideal eor + cnt + accumulate loop on ``cpu``."""
+    from .mca import DOTPROD_CPUS, ideal_loop, mca
+
+    dot = cpu in DOTPROD_CPUS
+    body = ideal_loop(dotprod=dot)
+    return 128 * sum(ln.startswith("cnt") for ln in body) / mca(body, cpu, dotprod=dot)["cycles_per_iteration"]
 
 
 def _add_onnxruntime(report: ArmReport, reference: Any, cpus: Sequence[str], cache: Path, say: Progress) -> None:

@@ -30,6 +30,16 @@ class FunctionCost:
     name: str
     instructions: int = 0
     cycles: float = 0.0
+    popcount_bits: int = 0  # bits through NEON ``cnt`` (binary MACs, for the XNOR/AND kernels)
+
+    @property
+    def bmac_per_cycle(self) -> float:
+        return self.popcount_bits / self.cycles if self.cycles else 0.0
+
+
+def _cnt_bits(asm: list[str]) -> int:
+    """Bits popcounted by a block's NEON ``cnt`` instructions (128 per ``.16b``, 64 per ``.8b``)."""
+    return sum(128 if ".16b" in a else 64 for a in asm if a.startswith("cnt "))
 
 
 @dataclass
@@ -55,7 +65,8 @@ class Estimate:
             "priced_fraction": self.coverage,
             "functions": [
                 {"lib": f.lib, "function": f.name, "instructions": f.instructions,
-                 "ms": f.cycles / (self.clock_ghz * 1e6), "fraction": f.cycles / self.cycles if self.cycles else 0.0}
+                 "ms": f.cycles / (self.clock_ghz * 1e6), "fraction": f.cycles / self.cycles if self.cycles else 0.0,
+                 "bmac_per_cycle": f.bmac_per_cycle}
                 for f in self.functions[:top]
             ],
             "dropped_instructions": self.dropped,
@@ -109,12 +120,13 @@ def estimate(
     priced = block_cost.price(asm, arch, mcpu)
     funcs: dict[tuple[str, str], FunctionCost] = {}
     hot_cycles, hot_insns = 0.0, 0
-    for b, cyc in zip(hot, priced.cycles):
+    for b, cyc, body in zip(hot, priced.cycles, asm):
         lib, name = symbols.function_at(counts.mapping_of(b.haddr), b.haddr)
         lib = "model.so" if library is not None and lib == library.name else lib
         f = funcs.setdefault((lib, name), FunctionCost(lib, name))
         f.instructions += len(b.insns) * b.count
         f.cycles += cyc * b.count
+        f.popcount_bits += _cnt_bits(body) * b.count if arch == "aarch64" else 0
         hot_cycles += cyc * b.count
         hot_insns += len(b.insns) * b.count
     total = counts.instructions
