@@ -266,7 +266,7 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
 @click.option("--breakdown", is_flag=True, help="Also the per-function time of our compiled model (first configuration).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
-@click.option("--arm", is_flag=True, help="Estimate Cortex-A55/A72/A76/A78 latency (qemu block counts x llvm-mca), ours vs TVM fp32, checked on x86; with --kernels: the kernels' inner loops vs the NEON limit.")
+@click.option("--arm", is_flag=True, help="Estimate Cortex-A55/A72/A76/A78 latency (qemu block counts x llvm-mca), ours vs TVM fp32 and onnxruntime aarch64, checked on x86; with --kernels: the kernels' inner loops vs the NEON limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 def bench_cmd(models, batches, threads, rounds, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
     """Time PyTorch, onnxruntime fp32, TVM fp32 and our bundle side by side, interleaved, on this machine."""

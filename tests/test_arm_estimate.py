@@ -122,3 +122,14 @@ def test_report_json_has_the_contract_fields() -> None:
             assert {"estimated_ms", "instructions", "clock_ghz"} <= set(by[s])
         assert by["speedup_vs"]["tvm_fp32"] == pytest.approx(10.0)
     assert {"estimated_ms", "measured_ms", "relative_error"} <= set(out["x86_validation"])
+
+
+def test_bench_arm_user_errors_are_one_line() -> None:
+    from click.testing import CliRunner
+
+    from bhvit_export.cli import cli
+
+    for args, msg in ((["--model", "tiny", "--model", "small"], "takes one --model"),
+                      (["--system", "pytorch"], "chose none of them")):
+        res = CliRunner().invoke(cli, ["bench", "--arm", *args])
+        assert res.exit_code == 2 and res.stderr.count("error:") == 1 and msg in res.stderr
