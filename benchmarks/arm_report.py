@@ -65,11 +65,11 @@ class ArmReport:
         return {
             "model": self.model, "batch": 1, "threads": 1,
             "method": "qemu-user TCG plugin block counts (one steady-state inference) x llvm-mca cycles per block",
-            "cpus": {
-                cpu: {**{s: e.to_json() for s, e in by.items()}, "speedup_vs": self.ratios(cpu),
-                      "neon_limit_bmac_per_cycle": self.neon_limit.get(cpu), "kernels": self.kernel_efficiency(cpu)}
-                for cpu, by in self.estimates.items()
-            },
+            # cpus[cpu] holds only the systems (the contract: each one {estimated_ms, instructions, clock_ghz, ...}).
+            "cpus": {cpu: {s: e.to_json() for s, e in by.items()} for cpu, by in self.estimates.items()},
+            "speedup_vs": {cpu: self.ratios(cpu) for cpu in self.estimates},
+            "neon_limit_bmac_per_cycle": self.neon_limit,
+            "kernels": {cpu: self.kernel_efficiency(cpu) for cpu in self.estimates},
             "x86_validation": self.x86,
             "notes": self.notes,
         }
