@@ -77,7 +77,7 @@ class ArmReport:
     def text(self, top: int = 12) -> str:
         systems = [s for s in (*SYSTEMS, ORT) if any(s in by for by in self.estimates.values())]
         head = f"{'cpu':<12}{'clock':>7}" + "".join(f"{s + ' ms':>17}{'insns (M)':>11}" for s in systems) + \
-            "".join(f"{'vs ' + s:>14}" for s in systems if s != "bhvit")
+            "".join(f"{'vs ' + s:>17}" for s in systems if s != "bhvit")
         lines = [f"{self.model} b1 t1, estimated (qemu block counts x llvm-mca cycles, board clocks)", head, "-" * len(head)]
         for cpu, by in self.estimates.items():
             clock = next(iter(by.values())).clock_ghz
@@ -85,7 +85,7 @@ class ArmReport:
                 f"{by[s].estimated_ms:>17.2f}{by[s].instructions / 1e6:>11.1f}" if s in by else f"{'-':>28}" for s in systems
             )
             ratios = self.ratios(cpu)
-            cells += "".join(f"{ratios[s]:>13.2f}x" if s in ratios else f"{'-':>14}" for s in systems if s != "bhvit")
+            cells += "".join(f"{ratios[s]:>16.2f}x" if s in ratios else f"{'-':>17}" for s in systems if s != "bhvit")
             lines.append(f"{cpu:<12}{clock:>6.1f}G{cells}")
         for cpu, by in self.estimates.items():
             for s, est in by.items():
