@@ -357,7 +357,7 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
 @click.option("--breakdown", is_flag=True, help="Also the per-function time of our compiled model (first configuration).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
-@click.option("--arm", is_flag=True, help="Only the llvm-mca analysis of the aarch64 kernels (Cortex-A72/A76), no timing.")
+@click.option("--arm", is_flag=True, help="Estimate Cortex-A55/A72/A76/A78 latency (qemu block counts x llvm-mca), ours vs TVM fp32 and onnxruntime aarch64, checked on x86; with --kernels: the kernels' inner loops vs the NEON limit.")
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the results as JSON on stdout.")
 def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
     """Time our compiled model against what you would deploy instead, interleaved, on this machine.
@@ -367,10 +367,9 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
     and thread count.
     """
     if arm:
-        from benchmarks.mca import analyse, format_table
+        from benchmarks.arm_cli import bench_arm
 
-        res = analyse()
-        click.echo(_json_dump("bench", res) if as_json else format_table(res))
+        click.echo(bench_arm(models, include, kernels, cache, as_json, lambda m: click.echo(f"... {m}", err=True)))
         return
     from .errors import BhvitError
     from .output_target import check_output

@@ -135,7 +135,7 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
             "scores": lambda: attention.scores_module(*shape, target),
             "qd_context": lambda: attention.qd_context_module(*shape, target),
             "gsb_context": lambda: gsb_context.gsb_context_module(*shape, target),
-            "expand_pack": lambda: tvm.IRModule({"main": expand_pack.make_expand_pack(*shape)}),
+            "expand_pack": lambda: expand_pack.expand_pack_module(*shape, target),
             "sign_pack_nhwc": lambda: bconv_nhwc.sign_pack_module(*shape),
             "bconv_nhwc": lambda: bconv_nhwc.bconv_module(*shape, target),
         }
