@@ -114,4 +114,8 @@ def check_cpu(arch: str, cpu: str) -> Optional[str]:
     known = cpus(arch)
     if cpu in known or cpu in ("native", "generic"):
         return None
-    return f"--mcpu {cpu}: not a CPU LLVM knows for {arch}{did_you_mean(cpu, known)} (`bhvit-export targets` lists them)"
+    from targets.mcpu import close_names  # difflib's ratio, with a transposition (a27/a72) ranked first
+
+    close = close_names(cpu, list(known), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"--mcpu {cpu}: not a CPU LLVM knows for {arch}{hint} (`bhvit-export targets` lists them)"
