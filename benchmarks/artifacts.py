@@ -92,15 +92,20 @@ def _targets_source_hash() -> str:
 
 
 def tvm_library(
-    model: onnx.ModelProto, batch: int, packed: bool, cache_dir: Path, say: Progress, label: str
+    model: onnx.ModelProto, batch: int, packed: bool, cache_dir: Path, say: Progress, label: str,
+    target: Optional[Any] = None,
 ) -> Path:
-    """Path of the compiled library of ``model`` at ``batch`` for this host (built if not cached)."""
+    """Path of the compiled library of ``model`` at ``batch`` (built if not cached).
+
+    ``target``: a TVM target or its dict (default: this host's CPU); a foreign architecture is linked with
+    its cross compiler.
+    """
     from bhvit_export.atomic import atomic_path
     from targets.build import build
     from targets.importer import import_fused
-    from targets.kernels.target_info import host_target
+    from targets.kernels.target_info import as_target, host_target, is_aarch64
 
-    target = host_target()
+    target = as_target(target) if target is not None else host_target()
     key = hashlib.sha256(
         model.SerializeToString(deterministic=True)
         + f"|{batch}|{packed}|{target}|{_targets_source_hash()}".encode()
@@ -111,7 +116,12 @@ def tvm_library(
     say(f"{label}: compiling with TVM at batch {batch} (cached in {cache_dir})")
     ex = build(import_fused(model, batch=batch, target=target, packed=packed), target)
     with atomic_path(path) as tmp:
-        ex.export_library(str(tmp.with_suffix(".so")))
+        if is_aarch64(target):
+            from targets.native_build import export_library
+
+            export_library(ex, tmp.with_suffix(".so"), "aarch64")
+        else:
+            ex.export_library(str(tmp.with_suffix(".so")))
         tmp.with_suffix(".so").replace(tmp)
     return path
 

@@ -135,13 +135,13 @@ def _cycles(body: Sequence[str], cpu: str, tool: str) -> float:
     return mca(body, cpu, tool=tool, dotprod=cpu in DOTPROD_CPUS)["cycles_per_iteration"] if body else 0.0
 
 
-def cnt_per_tile_word(m: int, n: int, generic: bool) -> int:
+def cnt_per_tile_word(m: int, n: int, generic: bool, cpu: str = "cortex-a72") -> int:
     """NEON ``cnt`` per K word of one register tile (rows x 128-bit column vectors)."""
     if generic:
         return min(4, m) * next(c for c in (4, 2, 1) if n % c == 0) // 2
-    from targets.kernels.neon_gemm import NeonTile
+    from targets.kernels.neon_gemm import NeonTile, arch_tile
 
-    tile = NeonTile().fit(m, n)
+    tile = NeonTile(**arch_tile(_target(cpu))).fit(m, n)
     return tile.mr * tile.nr // 2
 
 
@@ -184,7 +184,7 @@ def analyse(
                 tile = inner_loop(asm, with_store=True)
                 cyc = _cycles(body, cpu, tool)
                 macs = 128 * _cnt(body) / cyc
-                per_tile = cnt_per_tile_word(m, n, generic) * -(-k // 64)
+                per_tile = cnt_per_tile_word(m, n, generic, cpu) * -(-k // 64)
                 tile_macs = tile_bmac_per_cycle(body, tile, per_tile, cpu, tool)
                 rows.append(
                     {

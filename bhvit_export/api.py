@@ -25,6 +25,8 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .limits import DEFAULT_TIMEOUT_S  # light: no torch, onnx or TVM
+
 if TYPE_CHECKING:
     from .compile import CompileReport
     from .export.convert import ConvertReport
@@ -99,7 +101,6 @@ def verify(
     runs: int = 20,
     warmup: int = 3,
     threads: Optional[int] = None,
-    timeout: float = 120.0,  # limits.DEFAULT_TIMEOUT_S, the CLI default (limits is not imported: light import)
     rpc: Optional[str] = None,
     tracker: Optional[str] = None,
     key: Optional[str] = None,
@@ -114,6 +115,7 @@ def verify(
     min_cosine: Optional[float] = None,
     max_abs_over_std: Optional[float] = None,
     min_top1: Optional[float] = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
     progress: Optional[Progress] = None,
 ) -> VerifyReport:
     """``bhvit-export verify BUNDLE``: check, run, compare and time; ``report.passed`` says the verdict.

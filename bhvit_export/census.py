@@ -2,8 +2,8 @@
 
 Costs follow the paper's Table 2 convention (from ReActNet): ``OPs = BOPs / 64 + FLOPs`` where
 FLOPs are the multiply-accumulates of the float Conv/MatMul/Gemm layers and BOPs the binary
-multiply-accumulates. Counted for one 224x224 image. QD's ``P.V`` counts as three binary products
-(one per mask) and the attention-score ``Q.K^T`` as one.
+multiply-accumulates. Counted for one 224x224 image. QD's and GSB's ``P.V`` count as three binary
+products (one per mask) and the attention-score ``Q.K^T`` as one.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
             elif n.op_type == "BinaryAttentionScores":
                 b, h, t, _ = shape(n.output[0])
                 cost_b = b * h * t * t * (shape(n.input[0])[-1] // h)
-            elif n.op_type == "QDAttentionContext":
+            elif n.op_type in ("QDAttentionContext", "GSBAttentionContext"):
                 b, h, t, _ = shape(n.input[0])
                 cost_b = 3 * b * h * t * t * (shape(n.input[1])[-1] // h)
         elif n.op_type in FLOAT_MAC_OPS:

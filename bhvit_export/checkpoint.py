@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from .config import BHViTConfig, config_from_args, infer_config
+from .config import BHViTConfig, config_from_args, heads_from_config_json, infer_config
 from .errors import BhvitError, CheckpointError
 
 if TYPE_CHECKING:  # torch is imported lazily so that `bhvit-export --help` stays instant
@@ -278,11 +278,14 @@ def _check_keys(sd: Mapping[str, "torch.Tensor"], expected: Mapping[str, "torch.
     )
 
 
-def load_checkpoint(path: str | Path, *, entry: Entry | str = "auto") -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, *, entry: Entry | str = "auto", config_json: str | Path | None = None
+) -> LoadedCheckpoint:
     """Read ``path`` safely, infer the architecture, check every key, and load an eval-mode model.
 
     ``entry`` picks the weights inside a training checkpoint: ``auto`` tries ``model``, then
-    ``state_dict``, then ``model_ema``, then the file as a bare state_dict.
+    ``state_dict``, then ``model_ema``, then the file as a bare state_dict. ``config_json`` (the
+    official config.json) supplies the head counts of a GSB model, which its weights do not hold.
     Raises :class:`CheckpointError`, :class:`UnsupportedVariantError` or :class:`ConfigError`.
     """
     from .model import BHViT
@@ -299,7 +302,8 @@ def load_checkpoint(path: str | Path, *, entry: Entry | str = "auto") -> LoadedC
     _check_values(sd)
     _check_tensor_kinds(sd)
     try:
-        cfg = infer_config(sd)
+        gsb = any(k.endswith(".attention.attention.att_prob_clip") for k in sd)
+        cfg = infer_config(sd, heads_from_config_json(config_json, args) if gsb else None)
     except BhvitError:
         raise
     except KeyError as e:  # infer_config reads a few specific keys; a pruned file may lack one

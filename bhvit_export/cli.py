@@ -304,6 +304,29 @@ def verify_cmd(bundle: Path, runs: int, warmup: int, threads: int | None, timeou
         raise VerificationFailed("the compiled model's outputs are outside the tolerances")
 
 
+@cli.command("verify-layers")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--intermediates", type=click.Path(path_type=Path, file_okay=False), default=None, help="Official fixture folder with intermediates/ (reference activations, first image).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Or: the checkpoint; our PyTorch model gives the reference activations on the golden images.")
+@click.option("--config", "config_json", type=click.Path(path_type=Path, dir_okay=False), default=None, help="With --checkpoint: the official config.json (GSB models need it).")
+@click.option("--engine", type=click.Choice(["onnxruntime", "tvm"]), default="onnxruntime", show_default=True, help="Run the blocks in onnxruntime or compiled by TVM for this CPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def verify_layers_cmd(model: Path, intermediates: Path | None, checkpoint: Path | None, config_json: Path | None,
+                      engine: str, as_json: bool) -> None:
+    """Check MODEL block by block, each fed the reference's input to that block (teacher-forced).
+
+    Exit 0 when every block is within the tolerance, 1 when not (the first failing block is named).
+    """
+    from .errors import VerificationFailed
+    from .verify.layers import verify_layers
+
+    report = verify_layers(model, intermediates=intermediates, checkpoint=checkpoint, config_json=config_json,
+                           engine=engine, progress=_say(as_json))
+    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(report.lines()))
+    if not report.passed:
+        raise VerificationFailed(f"block {report.first_failure} is outside the tolerance")
+
+
 @cli.command("emulate", epilog=ex.EMULATE)
 @click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True, help="The device's architecture (qemu-user emulates it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
@@ -334,7 +357,7 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
 @click.option("--breakdown", is_flag=True, help="Also the per-function time of our compiled model (first configuration).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
-@click.option("--arm", is_flag=True, help="Only the llvm-mca analysis of the aarch64 kernels (Cortex-A72/A76), no timing.")
+@click.option("--arm", is_flag=True, help="Estimate Cortex-A55/A72/A76/A78 latency (qemu block counts x llvm-mca), ours vs TVM fp32 and onnxruntime aarch64, checked on x86; with --kernels: the kernels' inner loops vs the NEON limit.")
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the results as JSON on stdout.")
 def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
     """Time our compiled model against what you would deploy instead, interleaved, on this machine.
@@ -344,11 +367,15 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
     and thread count.
     """
     if arm:
-        from benchmarks.mca import analyse, format_table
+        from benchmarks.arm_cli import bench_arm
 
-        res = analyse()
-        click.echo(_json_dump("bench", res) if as_json else format_table(res))
+        click.echo(bench_arm(models, include, kernels, cache, as_json, lambda m: click.echo(f"... {m}", err=True)))
         return
+    from .errors import BhvitError
+    from .output_target import check_output
+
+    if plot is not None:  # before minutes of timing, not after
+        check_output(plot, folder=False, error=BhvitError, option="--plot")
     from benchmarks.report import run_bench
 
     report = run_bench(

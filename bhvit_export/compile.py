@@ -23,6 +23,7 @@ import numpy as np
 from .bundle import manifest as mf
 from .errors import BundleError, ModelFileError, TargetError
 from .golden import MAX_GOLDEN_COUNT, MAX_IMAGE_SIZE, Golden, golden_of_model
+from .sensitivity import sensitivity_of_model
 
 Progress = Callable[[str], None]
 #: Largest compiled input batch, float32 [batch, 3, S, S] in bytes: beyond it the golden inputs and
@@ -114,11 +115,11 @@ def _ort_golden(model: Any) -> Golden:
     """Fallback reference: onnxruntime on the model itself (the bhvit function bodies run as ONNX)."""
     import onnxruntime as ort
 
-    from .golden import DEFAULT_COUNT, golden_inputs
+    from .golden import DEFAULT_COUNT, DEFAULT_SEED, RECIPE, recipe_inputs
 
     dims = model.graph.input[0].type.tensor_type.shape.dim
     size = dims[-1].dim_value or 224
-    x = golden_inputs(DEFAULT_COUNT, int(size))
+    x = recipe_inputs(RECIPE, DEFAULT_COUNT, int(size), DEFAULT_SEED)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     y = np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
@@ -199,8 +200,10 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
     """Link the library for the target's CPU (the cross g++ for aarch64); a failure is one line."""
     from targets.native_build import export_library
 
-    try:
-        export_library(ex, path, spec.arch)
+    from . import background
+
+    try:  # LLVM's code generation runs here, seconds of C++: in a worker, so Ctrl-C acts at once
+        background.call(lambda: export_library(ex, path, spec.arch))
     except TargetError:
         raise
     except OSError:
@@ -369,7 +372,7 @@ def compile_model(
 
     t = time.perf_counter()
     say(f"importing into TVM Relax (batch {batch})")
-    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target))
+    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target), notes)
     in_shape = [batch] + list(golden.inputs.shape[1:])
     times["import"] = time.perf_counter() - t
 
@@ -377,7 +380,7 @@ def compile_model(
     from .progress import long_step
 
     with long_step(say, f"building for {spec.target.kind.name} {spec.name} (this takes a while)"):
-        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target))
+        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target), notes)
     times["build"] = time.perf_counter() - t
     t = time.perf_counter()
     target_info = spec.to_json()
@@ -420,6 +423,7 @@ def compile_model(
                         "source_sha256": mf.sha256_file(src),
                         "config": cfg,
                         "paper_config": meta.get("bhvit.paper_config"),
+                        "sensitivity": sensitivity_of_model(model),  # read by verify (reference_checks)
                     },
                     input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
                     output={

@@ -42,7 +42,8 @@ class BHViTConfig:
     shift3: bool = True
     shift5: bool = True
     binary_downsample: bool = False  # False: --some-fp (the paper's dagger models)
-    layerscale: bool = True
+    layerscale: bool = True  # False: --disable-layerscale (output and attention.output only)
+    gsb: bool = False  # --gsb: the GSB attention quantizer (spec step 6b) instead of QD
     layer_norm_eps: float = 1e-5
     image_size: int = IMAGE_SIZE
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -85,6 +86,8 @@ class BHViTConfig:
             f"downsampling={'binary' if self.binary_downsample else 'full-precision'}",
             f"layerscale={self.layerscale}",
         ]
+        if self.gsb:
+            parts.append("attention-quantizer=GSB")
         return " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -151,8 +154,10 @@ def _count(sd: Mapping[str, Any], prefix: str) -> int:
     return len(idx)
 
 
-def infer_config(sd: Mapping[str, Any]) -> BHViTConfig:
+def infer_config(sd: Mapping[str, Any], heads: list[int] | None = None) -> BHViTConfig:
     """Read the architecture off a (prefix-stripped) state_dict.
+
+    ``heads`` is only used for GSB checkpoints, whose weights do not record the head count.
 
     Raises ConfigError/UnsupportedVariantError naming the key that does not fit; strict key
     matching against the model built from this config happens afterwards.
@@ -163,7 +168,8 @@ def infer_config(sd: Mapping[str, Any]) -> BHViTConfig:
     for k in sd:
         if ".att_prob_quantizer." in k and not k.endswith((".alpha", ".zero_point", ".init_state")):
             raise UnsupportedVariantError(
-                f"unsupported variant: the GSB attention quantizer (--gsb) is not supported (key '{k}')"
+                f"unsupported variant: unknown attention quantizer key '{k}' (known: QD's "
+                "att_prob_quantizer.{alpha,zero_point,init_state}, GSB's att_prob_clip{,2,3})"
             )
     n_a = _count(sd, "vit.encoder.layerA")
     n_b = _count(sd, "vit.encoder.layerB")
@@ -190,9 +196,14 @@ def infer_config(sd: Mapping[str, Any]) -> BHViTConfig:
     for s in range(4):
         if inter[s] % hidden[s]:
             raise ConfigError(f"intermediate size {inter[s]} of stage {s + 1} is not a multiple of {hidden[s]}")
-    heads = [1, 1] + [
-        _shape(sd, f"{first(s)}.attention.attention.att_prob_quantizer.alpha")[0] for s in (2, 3)
-    ]
+    gsb = f"{first(2)}.attention.attention.att_prob_clip" in sd
+    if gsb:
+        # GSB's clips are scalars: the weights do not record the head count (see heads_from_config_json).
+        heads = list(heads if heads is not None else PAPER_HEADS)
+    else:
+        heads = [1, 1] + [
+            _shape(sd, f"{first(s)}.attention.attention.att_prob_quantizer.alpha")[0] for s in (2, 3)
+        ]
     for s in (2, 3):
         if hidden[s] % heads[s]:
             raise ConfigError(f"{heads[s]} heads do not divide hidden size {hidden[s]} in stage {s + 1}")
@@ -204,11 +215,12 @@ def infer_config(sd: Mapping[str, Any]) -> BHViTConfig:
         intermediate_sizes=tuple(inter),
         num_labels=_shape(sd, "classifier.weight")[0],
         norm=norm,
-        # Without LayerScale the shift branches have no parameters: config_from_args decides then.
+        # The shift-branch LayerScales exist with or without --disable-layerscale, so they tell.
         shift3="vit.encoder.layerA.0.layerscale_h3.alpha" in sd,
         shift5="vit.encoder.layerA.0.layerscale_h5.alpha" in sd,
         binary_downsample="vit.encoder.patch_embed1.move" in sd,
         layerscale="vit.encoder.layerA.0.output.layerscale.alpha" in sd,
+        gsb=gsb,
     )
     return cfg
 
@@ -226,8 +238,11 @@ def config_from_args(args: Any, cfg: BHViTConfig) -> BHViTConfig:
             raise ConfigError(f"training args: '{key}' is {v!r}, expected an integer or a bool")
         return v
 
-    if get("gsb", False):
-        raise UnsupportedVariantError("unsupported variant: the GSB attention quantizer (--gsb) is not supported")
+    if bool(get("gsb", False)) != cfg.gsb:
+        raise ConfigError(
+            f"the training args say gsb={bool(get('gsb', False))} but the weights hold "
+            f"{'GSB' if cfg.gsb else 'QD'} attention-quantizer keys"
+        )
     for flag in ("weight_bits", "input_bits"):
         v = get(flag, 1)
         if v is not None and int(v) != 1:
@@ -235,21 +250,45 @@ def config_from_args(args: Any, cfg: BHViTConfig) -> BHViTConfig:
     for flag in ("enable_cls_token", "recu", "avg_res3", "avg_res5"):
         if get(flag, False):
             raise UnsupportedVariantError(f"unsupported variant: --{flag.replace('_', '-')} is not supported")
-    if not cfg.layerscale:
-        # shift flags cannot be read off the keys without LayerScale: take them from args.
-        from dataclasses import replace
-
-        cfg = replace(cfg, shift3=bool(get("shift3", False)), shift5=bool(get("shift5", False)))
     return cfg
 
 
-def check_config_json(path: str | Path, cfg: BHViTConfig) -> None:
-    """Compare an official config.json with what the weights say; raise on any disagreement."""
+def heads_from_config_json(path: str | Path | None, args: Any | None) -> list[int] | None:
+    """The head counts of a GSB model: from ``config.json`` when given, else the paper's.
+
+    A GSB checkpoint stores no per-head tensor, so its head count is only in the official
+    ``config.json``. Without one, the paper's heads (1,1,4,8: both official configs) are assumed
+    only when ``args.model`` names an official config folder; otherwise we refuse rather than guess.
+    """
+    if path is not None:
+        data = _read_json(path)
+        heads = data.get("num_attention_heads")
+        if not (isinstance(heads, list) and len(heads) == 4 and all(isinstance(h, int) and h > 0 for h in heads)):
+            raise ConfigError(f"--config {path}: num_attention_heads must be 4 positive integers, got {heads!r}")
+        return list(heads)
+    get = (lambda k, d=None: getattr(args, k, d)) if not isinstance(args, Mapping) else args.get
+    model = str(get("model", "") or "") if args is not None else ""
+    if Path(model).name in ("BHViT_tiny", "BHViT"):
+        return list(PAPER_HEADS)
+    raise ConfigError(
+        "a GSB (--gsb) checkpoint does not record its attention head counts"
+        + (f" and its args.model '{model}' is not an official config" if model else "")
+        + ": pass --config config.json (the official model config)"
+    )
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
     from .limits import read_json
 
     data = read_json(path, "--config", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} does not hold a JSON object")
+    return data
+
+
+def check_config_json(path: str | Path, cfg: BHViTConfig) -> None:
+    """Compare an official config.json with what the weights say; raise on any disagreement."""
+    data = _read_json(path)
     checks = {
         "hidden_size": list(cfg.hidden_sizes),
         "depths": list(cfg.depths),

@@ -9,6 +9,9 @@ pairs. ``compile`` copies both into the bundle as ``.npy`` files.
 
 The inputs look like normalised images (uniform pixels in [0, 1] through the ImageNet mean/std of the
 official training), not like N(0, 1) noise, so the activations stay in the range the model was trained on.
+Since recipe v2 the set also holds the structured images of :mod:`.golden_images` (gradient,
+checkerboard, stripes, upsampled noise): noise images alone give nearly the same logits, so a model
+that ignored its input would pass on them.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import ModelFileError
+from .golden_images import IMAGENET_MEAN, IMAGENET_STD, structured_images
 
 METADATA_KEY = "bhvit.golden"
-RECIPE = "uniform01-imagenet-normalized/v1"
+RECIPE_V1 = "uniform01-imagenet-normalized/v1"
+#: v2: ``count - 4`` uniform images from ``seed``, then the 4 structured images.
+RECIPE = "uniform01+structured-imagenet-normalized/v2"
+RECIPES = (RECIPE_V1, RECIPE)
 DEFAULT_SEED = 20250611
-DEFAULT_COUNT = 4
+DEFAULT_COUNT = 8  # 4 uniform-noise images + the 4 structured ones
 #: Bounds on what a (possibly hostile) ``bhvit.golden`` entry or golden file may ask us to allocate.
 MAX_GOLDEN_COUNT = 1024
 MAX_IMAGE_SIZE = 4096
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float64)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
 
 
 def golden_inputs(count: int, image_size: int, seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -40,6 +45,17 @@ def golden_inputs(count: int, image_size: int, seed: int = DEFAULT_SEED) -> np.n
     pixels = rng.random((count, image_size, image_size, 3))  # float64 in [0, 1)
     x = (pixels - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def recipe_inputs(recipe: str, count: int, image_size: int, seed: int) -> np.ndarray:
+    """The golden inputs of ``recipe`` (v1: uniform only; v2: uniform then the 4 structured images)."""
+    if recipe == RECIPE_V1:
+        return golden_inputs(count, image_size, seed)
+    structured = structured_images(image_size)
+    n_uniform = count - len(structured)
+    if n_uniform < 0:
+        raise ValueError(f"recipe {recipe} needs at least {len(structured)} images, got {count}")
+    return np.concatenate([golden_inputs(n_uniform, image_size, seed), structured[: count - n_uniform]])
 
 
 def sha256_array(a: np.ndarray) -> str:
@@ -83,7 +99,7 @@ def from_metadata(text: str) -> Golden:
         meta: dict[str, Any] = parse_json(text, f"{METADATA_KEY} metadata is damaged", ModelFileError)
         if not isinstance(meta, dict):
             raise TypeError(f"a JSON object was expected, got {type(meta).__name__}")
-        if meta.get("recipe") != RECIPE:
+        if meta.get("recipe") not in RECIPES:
             raise ModelFileError(f"{METADATA_KEY}: unknown input recipe {meta.get('recipe')!r:.80}")
         count, size, seed = (_int(meta, k) for k in ("count", "image_size", "seed"))
         if not (1 <= count <= MAX_GOLDEN_COUNT and 1 <= size <= MAX_IMAGE_SIZE):
@@ -98,7 +114,7 @@ def from_metadata(text: str) -> Golden:
             )
         if not isinstance(meta.get("inputs_sha256"), str) or not isinstance(meta.get("outputs_f32le_b64"), str):
             raise KeyError("inputs_sha256 and outputs_f32le_b64 must be strings")
-        x = golden_inputs(count, size, seed)
+        x = recipe_inputs(str(meta["recipe"]), count, size, seed)
         raw = base64.b64decode(meta["outputs_f32le_b64"], validate=True)
         shape = meta["outputs_shape"]
         if not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -133,7 +149,7 @@ def pytorch_golden(model: Any, count: int = DEFAULT_COUNT, seed: int = DEFAULT_S
     """
     import torch
 
-    x = golden_inputs(count, int(model.config.image_size), seed)
+    x = recipe_inputs(RECIPE, count, int(model.config.image_size), seed)
     with torch.no_grad():
         ys = [model(torch.from_numpy(x[i : i + 1])).numpy() for i in range(count)]
     return Golden(inputs=x, outputs=np.concatenate(ys, axis=0).astype(np.float32), source="pytorch")

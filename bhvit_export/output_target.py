@@ -57,13 +57,14 @@ def check_output(
     inputs: Sequence[Path] = (),
     replaceable: Optional[Replaceable] = None,
     need_bytes: int = 0,
+    option: str = "-o",
 ) -> None:
     """Refuse ``out`` (with ``error``) unless a new file (``folder=False``) or folder can be put there.
 
     ``inputs``: paths that must not be overwritten; ``replaceable``: when ``out`` exists, whether it
     may be replaced; ``need_bytes``: a lower estimate of the output's size, checked against free space.
     """
-    flag = f"-o {out}"
+    flag = f"{option} {out}"
     for src in inputs:
         if os.path.lexists(out) and src.exists() and os.path.samefile(src, out):
             raise error(f"{flag} is the input {src} itself; refusing to overwrite the input")

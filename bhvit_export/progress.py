@@ -12,6 +12,7 @@ that release the GIL, so the thread gets to run.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import threading
@@ -26,7 +27,7 @@ class Progress:
     """``say(msg)`` for one-line steps, ``with say.step(msg):`` for long ones; always on stderr."""
 
     def __init__(self, stream: Optional[TextIO] = None, tty: Optional[bool] = None, every: float = 15.0) -> None:
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = stream if stream is not None else _own_stderr()
         self.tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         self.every = every
 
@@ -70,6 +71,18 @@ class Progress:
             if bar is not None:
                 bar.close()
         self(f"{msg}: done in {time.perf_counter() - start:.1f} s")
+
+
+def _own_stderr() -> TextIO:
+    """A stream on a duplicate of file descriptor 2, made now.
+
+    A TVM step sends fd 2 to its log file while it runs (:mod:`bhvit_export.tvm_failure`); the
+    progress of that very step must still reach the user's terminal, so it writes to its own copy.
+    """
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", encoding="utf-8", errors="replace", buffering=1)
+    except (AttributeError, OSError, ValueError):  # no real fd (pytest's capture, an embedding app)
+        return sys.stderr
 
 
 def _tqdm() -> Any:

@@ -167,6 +167,52 @@ QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
 """
 )
 
+# GSB (spec step 6b): q = p / clip, m = rowmax(q); masks B = [q > 0.5] (= clamp(round(q), 0, 1),
+# round half to even), U = [q > rel_0 m], V = [q > rel_1 m]; each mask times sign(v) is one binary
+# product, and ctx = w_B (B @ s) + w_U (U @ s) + w_V (V @ s) (w = a, a (a2 - 1), a (a3 - a2)).
+GSB_ATTENTION_CONTEXT = (
+    _HEADER
+    + """
+GSBAttentionContext <num_heads> (p, v, v_shift, clip, rel, weights) => (ctx) {
+   vs = Add(v, v_shift)
+"""
+    + _sign("vb", "vs")
+    + _HEADS_SHAPE
+    + """
+   v4 = Reshape(vb, shp)
+   vh = Transpose <perm = [0, 2, 1, 3]> (v4)
+   q = Div(p, clip)
+   mx_ax = Constant <value_ints = [-1]> ()
+   m = ReduceMax <keepdims = 1> (q, mx_ax)
+   half = Constant <value_float = 0.5> ()
+   i0 = Constant <value_int = 0> ()
+   i1 = Constant <value_int = 1> ()
+   r_u = Gather(rel, i0)
+   r_v = Gather(rel, i1)
+   t_u = Mul(m, r_u)
+   t_v = Mul(m, r_v)
+   gb = Greater(q, half)
+   gu = Greater(q, t_u)
+   gv = Greater(q, t_v)
+   fb = Cast <to = 1> (gb)
+   fu = Cast <to = 1> (gu)
+   fv = Cast <to = 1> (gv)
+   eb = Unsqueeze(fb, zax)
+   eu = Unsqueeze(fu, zax)
+   ev = Unsqueeze(fv, zax)
+   masks = Concat <axis = 0> (eb, eu, ev)
+   pv = MatMul(masks, vh)
+   w_shp = Constant <value_ints = [3, 1, 1, 1, 1]> ()
+   w5 = Reshape(weights, w_shp)
+   pw = Mul(pv, w5)
+   pa = ReduceSum <keepdims = 0> (pw, zax)
+   pt = Transpose <perm = [0, 2, 1, 3]> (pa)
+   oshp = Constant <value_ints = [0, 0, -1]> ()
+   ctx = Reshape(pt, oshp)
+}
+"""
+)
+
 # ``x [..., C] -> [..., ratio * C]``: C-vector repeated ``ratio`` times (``Concat([x] * ratio, -1)``).
 _REPEAT = """
    r_r = Constant <value_int: int = @ratio> ()
@@ -282,6 +328,7 @@ _SOURCES = {
     "BinaryConv2d": BINARY_CONV2D,
     "BinaryAttentionScores": BINARY_ATTENTION_SCORES,
     "QDAttentionContext": QD_ATTENTION_CONTEXT,
+    "GSBAttentionContext": GSB_ATTENTION_CONTEXT,
 }
 OP_TYPES = tuple(_SOURCES)
 
@@ -322,3 +369,4 @@ def qd_thresholds(alpha: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
     t = np.stack([alpha * (j - 0.5 - zp) / 3.0 for j in (1, 2, 3)], axis=-1).astype(np.float32)
     t[:, 0::2] = np.nextafter(t[:, 0::2], np.float32(np.inf))
     return t
+

@@ -2,7 +2,8 @@
 
 1. ``fuse_attention_scores`` first: its Sign(q), Sign(k) look like binary-linear inputs to no one,
    but matching them before anything rewrites the Reshape/Transpose chains keeps the pattern whole.
-2. ``fuse_qd_context``: needs the Softmax -> QD -> MatMul(sign(v)) chain intact.
+2. ``fuse_qd_context`` / ``fuse_gsb_context``: need the Softmax -> quantizer -> MatMul(sign(v))
+   chain intact (a model has one quantizer kind or the other).
 3. ``fuse_binary_linear`` and ``fuse_binary_conv``: the weight layers.
 4. ``fold_epilogue``: it extends the binary ops written by 3 with the BN/scale that follows.
 5. ``mlp_expand`` last: it needs 4's folded BN to see the expansion's residual/RPReLU chain, and
@@ -26,11 +27,13 @@ from .binary_linear import fuse_binary_linear
 from .fold_epilogue import fold_epilogue
 from .mlp_expand import fuse_mlp_expand
 from .ops import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, function_protos
+from .gsb_context import fuse_gsb_context
 from .qd_context import fuse_qd_context
 
 PASSES: list[tuple[str, Callable[[gs.Graph], int]]] = [
     ("attention_scores", fuse_attention_scores),
     ("qd_context", fuse_qd_context),
+    ("gsb_context", fuse_gsb_context),
     ("binary_linear", fuse_binary_linear),
     ("binary_conv", fuse_binary_conv),
     ("fold_epilogue", fold_epilogue),

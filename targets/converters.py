@@ -1,4 +1,4 @@
-"""Relax converters for the four ``bhvit`` ops (``docs/packing.md``, semantics: ``passes/ops.py``).
+"""Relax converters for the ``bhvit`` ops (``docs/packing.md``, semantics: ``passes/ops.py``).
 
 TVM's Relax ONNX importer dispatches on ``op_type`` alone and never reads model-local functions,
 so :mod:`targets.importer` registers the classes in :data:`CONVERTERS` for the duration of one
@@ -25,6 +25,10 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
   for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
   The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`.
+* ``GSBAttentionContext`` on llvm targets -> one ``call_tir`` kernel
+  (:mod:`targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
+  weighted epilogue. Other targets (cuda included): the function body in Relax ops (float masks,
+  one batched matmul).
 * On cuda targets the same three ops use the GPU schedules of the same kernels
   (:mod:`targets.kernels.gpu_bconv`, :mod:`targets.kernels.gpu_attention`: ``__popcll`` into int32,
   shared-memory tiles, coalesced bit-pack stages), the QD context included
@@ -117,12 +121,12 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
     """Scheduled PrimFunc of one packed kernel for one static shape on the import's target (memoised).
 
     ``kind``: ``pack``/``bgemm`` (BinaryLinear), ``bconv`` (shape: a ``ConvGeometry``), ``scores``
-    (b, n, c, h, scale), ``qd_context`` (b, n, c, h).
+    (b, n, c, h, scale), ``qd_context`` and ``gsb_context`` (b, n, c, h).
     """
     target = _Options.target
     key = (kind, shape, str(target))
     if key not in _KERNEL_CACHE:
-        from targets.kernels import attention, bconv, bconv_nhwc, bgemm, expand_pack, pack
+        from targets.kernels import attention, bconv, bconv_nhwc, bgemm, expand_pack, gsb_context, pack
 
         builders = {
             "pack": lambda: pack.pack_module(*shape, target, shift=True),
@@ -130,7 +134,8 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
             "bconv": lambda: bconv.bconv_module(*shape, target),
             "scores": lambda: attention.scores_module(*shape, target),
             "qd_context": lambda: attention.qd_context_module(*shape, target),
-            "expand_pack": lambda: tvm.IRModule({"main": expand_pack.make_expand_pack(*shape)}),
+            "gsb_context": lambda: gsb_context.gsb_context_module(*shape, target),
+            "expand_pack": lambda: expand_pack.expand_pack_module(*shape, target),
             "sign_pack_nhwc": lambda: bconv_nhwc.sign_pack_module(*shape),
             "bconv_nhwc": lambda: bconv_nhwc.bconv_module(*shape, target),
         }
@@ -475,6 +480,42 @@ class QDAttentionContext(_BhvitConverter):
         return relax.op.reshape(pt, [b, n, c])
 
 
+class GSBAttentionContext(_BhvitConverter):
+    """GSB: ``sum_P w_P * P @ sign(v + vs)_h`` over masks B, U, V of ``p / clip``, heads merged: ``[B, N, C]``."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+        what = f"GSBAttentionContext {_name(attr, 'GSBAttentionContext')}"
+        p, v, v_shift, clip, rel, weights = (inputs[i] for i in range(6))
+        b, n, c = _shape(v, f"{what}: v")
+        h = int(attr["num_heads"])
+        if c % h:
+            raise TargetError(f"{what}: {c} channels do not split into {h} heads")
+        if _shape(p, f"{what}: p") != [b, h, n, n]:
+            raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}], got {_shape(p, what)}")
+        clip1, rel2, w3 = (_vector(bb, t, k, f"{what}: {nm}") for t, k, nm in ((clip, 1, "clip"), (rel, 2, "rel"), (weights, 3, "weights")))
+        if _packed_cpu():
+            for t, nm in ((p, "p"), (v, "v")):
+                _f32(t, f"{what}: {nm}")
+            args = [p, v, _vector(bb, v_shift, c, f"{what}: v_shift"), clip1, rel2, w3]
+            gv = bb.add_func(_kernel("gsb_context", b, n, c, h), f"bhvit_gsb_context_{b}x{n}x{c}_h{h}")
+            return bb.emit(relax.call_tir(gv, args, relax.TensorType([b, n, c], "float32")))
+        # The function body in Relax ops (CUDA and packed=False): masks as floats, three matmuls.
+        vh = _heads(bb, _sign(bb, v, v_shift), b, n, h, [0, 2, 1, 3])
+        q = bb.normalize(relax.op.divide(p, clip1))
+        m = bb.normalize(relax.op.max(q, axis=[-1], keepdims=True))
+        half = relax.const(0.5, "float32")
+        thr_u = bb.normalize(relax.op.multiply(m, relax.op.strided_slice(rel2, axes=[0], begin=[0], end=[1])))
+        thr_v = bb.normalize(relax.op.multiply(m, relax.op.strided_slice(rel2, axes=[0], begin=[1], end=[2])))
+        masks = [bb.normalize(relax.op.astype(relax.op.greater(q, t), "float32")) for t in (half, thr_u, thr_v)]
+        stacked = bb.normalize(relax.op.concat([relax.op.expand_dims(mk, 0) for mk in masks], axis=0))
+        pv = bb.normalize(relax.op.matmul(stacked, relax.op.expand_dims(vh, 0)))
+        pw = bb.normalize(relax.op.multiply(pv, relax.op.reshape(w3, [3, 1, 1, 1, 1])))
+        pa = bb.normalize(relax.op.sum(pw, axis=[0], keepdims=False))
+        pt = bb.normalize(relax.op.permute_dims(pa, [0, 2, 1, 3]))
+        return relax.op.reshape(pt, [b, n, c])
+
+
 #: op_type -> converter class (classes follow the importer's OnnxOpConverter protocol).
 CONVERTERS: dict[str, type] = {
     "BinaryLinear": BinaryLinear,
@@ -483,4 +524,5 @@ CONVERTERS: dict[str, type] = {
     "BinaryConv2d": BinaryConv2d,
     "BinaryAttentionScores": BinaryAttentionScores,
     "QDAttentionContext": QDAttentionContext,
+    "GSBAttentionContext": GSBAttentionContext,
 }

@@ -31,7 +31,8 @@ def loaded_official() -> Callable[[str], Any]:
 
     def get(name: str) -> Any:
         if name not in cache:
-            loaded = load_checkpoint(official_path(name) / "checkpoint.pth")
+            folder = official_path(name)
+            loaded = load_checkpoint(folder / "checkpoint.pth", config_json=folder / "config.json")
             loaded.model.freeze()
             cache[name] = loaded
         return cache[name]
@@ -48,7 +49,8 @@ def _exported_onnx(tmp_path_factory: pytest.TempPathFactory, *, reference: bool)
     def get(name: str) -> Path:
         if name not in cache:
             out = tmp_path_factory.mktemp("reference" if reference else "fused") / f"{name}.onnx"
-            convert_checkpoint(official_path(name) / "checkpoint.pth", out, reference=reference)
+            folder = official_path(name)
+            convert_checkpoint(folder / "checkpoint.pth", out, reference=reference, config_json=folder / "config.json")
             cache[name] = out
         return cache[name]
 

@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: The official fixtures live beside the repository (``shared/`` is not part of it); override with
 #: BHVIT_FIXTURES=/path/to/official.
 OFFICIAL = Path(os.environ.get("BHVIT_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
-OFFICIAL_NAMES = ("micro", "micro-binary-embed")
+OFFICIAL_NAMES = ("micro", "micro-binary-embed", "micro-gsb", "micro-ln-nols")
+#: (inputs, logits) file pairs a fixture may ship: standard-normal images, and structured ones.
+INPUT_SETS = (("inputs.npy", "logits.npy"), ("inputs_structured.npy", "logits_structured.npy"))
 
 #: End-to-end thresholds of the spec; report the numbers, never loosen them to pass.
 MIN_COSINE = 0.9995
@@ -32,6 +34,25 @@ def official_path(name: str) -> Path:
     if not (path / "checkpoint.pth").is_file():
         pytest.skip(f"official fixture '{name}' not found at {path} (set BHVIT_FIXTURES to its folder)")
     return path
+
+
+def input_sets(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, inputs, official logits)`` for every input set the fixture ships."""
+    return [
+        (x.split(".")[0], np.load(folder / x), np.load(folder / y))
+        for x, y in INPUT_SETS
+        if (folder / x).is_file() and (folder / y).is_file()
+    ]
+
+
+def official_sensitivity(folder: Path, input_name: str) -> float:
+    """The official model's own worst max|logit change| / std under a 1e-6 input perturbation
+    (``sensitivity_official*`` of the manifest; 0 where the fixture does not record it)."""
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    key = "sensitivity_official" + ("_structured" if input_name.endswith("structured") else "")
+    return float(manifest.get(key, {}).get("worst_maxdiff_over_std", 0.0))
 
 
 def _np(x: Any) -> np.ndarray:

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from bhvit_export.checkpoint import load_checkpoint
 from bhvit_export.cli import cli
 from bhvit_export.errors import BhvitError
+from tests.helpers import official_path
 
 CONV_BIAS = "vit.encoder.layerA.0.GC.cov2.bias"
 
@@ -180,16 +181,56 @@ def test_non_tensor_values_are_named(tmp_path: Path, micro_checkpoint: dict[str,
     export_fails(tmp_path, save(tmp_path, ck), expect=f"1 non-tensor values (list): {CONV_BIAS}")
 
 
-def test_gsb_flag_is_refused(tmp_path: Path, micro_checkpoint: dict[str, Any]) -> None:
+def test_gsb_flag_on_qd_weights_is_refused(tmp_path: Path, micro_checkpoint: dict[str, Any]) -> None:
     args = copy.copy(micro_checkpoint["args"])
     args.gsb = True
-    export_fails(tmp_path, save(tmp_path, with_model(micro_checkpoint, args=args)), expect="GSB")
+    export_fails(
+        tmp_path, save(tmp_path, with_model(micro_checkpoint, args=args)),
+        expect="the training args say gsb=True but the weights hold QD attention-quantizer keys",
+    )
 
 
-def test_gsb_weights_are_refused(tmp_path: Path, micro_checkpoint: dict[str, Any]) -> None:
+def test_unknown_quantizer_keys_are_refused(tmp_path: Path, micro_checkpoint: dict[str, Any]) -> None:
     ck = with_model(micro_checkpoint)
     ck["model"]["vit.encoder.layerB.0.attention.attention.att_prob_quantizer.beta"] = torch.zeros(2)
-    export_fails(tmp_path, save(tmp_path, ck), expect="GSB")
+    export_fails(tmp_path, save(tmp_path, ck), expect="unknown attention quantizer key")
+
+
+def test_gsb_without_config_json_asks_for_it(tmp_path: Path) -> None:
+    """A GSB checkpoint stores no per-head tensor: the heads come from config.json, never a guess."""
+    export_fails(
+        tmp_path, official_path("micro-gsb") / "checkpoint.pth",
+        expect="a GSB (--gsb) checkpoint does not record its attention head counts and its args.model "
+        "'configs/BHViT_micro' is not an official config: pass --config config.json",
+    )
+
+
+def test_disable_layerscale_with_batchnorm_loads_and_fuses(micro_checkpoint: dict[str, Any], tmp_path: Path) -> None:
+    """--disable-layerscale drops output.layerscale and attention.output.layerscale only; the shift
+    LayerScales stay. A BatchNorm model without them exports, fuses (BN folded, MLP packed) and
+    equals its reference graph."""
+    import numpy as np
+
+    from bhvit_export.checkpoint import load_checkpoint
+    from bhvit_export.export.reference import export_reference
+    from passes.pipeline import FuseReport, fuse_model
+    from tests.helpers import assert_end_to_end
+    from tests.passes.util import run
+
+    args = copy.copy(micro_checkpoint["args"])
+    args.disable_layerscale = True
+    ck = with_model(micro_checkpoint, args=args)
+    for k in [k for k in ck["model"] if k.endswith((".output.layerscale.alpha", ".output.layerscale.move"))]:
+        del ck["model"][k]
+    loaded = load_checkpoint(save(tmp_path, ck))
+    cfg = loaded.config
+    assert not cfg.layerscale and cfg.shift3 and cfg.shift5 and cfg.norm == "batchnorm"
+    ref = export_reference(loaded.model)
+    rep = FuseReport()
+    fused = fuse_model(ref, rep)
+    assert rep.counts["mlp_expand"] == sum(cfg.depths) and rep.counts["fold_epilogue"] > 0
+    x = np.load(official_path("micro") / "inputs.npy")[:2]
+    assert_end_to_end(run(fused, {"pixel_values": x})[0], run(ref, {"pixel_values": x})[0])
 
 
 def test_multi_bit_weights_are_refused(tmp_path: Path, micro_checkpoint: dict[str, Any]) -> None:

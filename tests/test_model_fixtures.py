@@ -7,6 +7,7 @@ a wrong eps, padding or threshold shows), and the reference ONNX in onnxruntime 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import OFFICIAL, OFFICIAL_NAMES, assert_end_to_end, assert_module_close
+from tests.helpers import OFFICIAL, OFFICIAL_NAMES, assert_end_to_end, assert_module_close, input_sets
 
 # --------------------------------------------------------------------------------------------------
 # (i) whole model
@@ -25,10 +26,10 @@ from tests.helpers import OFFICIAL, OFFICIAL_NAMES, assert_end_to_end, assert_mo
 
 def test_torch_model_matches_official_logits(official: Path, loaded_official: Callable[[str], Any]) -> None:
     model = loaded_official(official.name).model
-    x = torch.from_numpy(np.load(official / "inputs.npy"))
-    with torch.no_grad():
-        got = model(x)
-    assert_end_to_end(got, np.load(official / "logits.npy"))
+    for name, x, logits in input_sets(official):  # random and (where shipped) structured images
+        with torch.no_grad():
+            got = model(torch.from_numpy(x))
+        assert_end_to_end(got, logits, what=f"{official.name} {name}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,15 +174,60 @@ def _run(rec: Recorded, module: str) -> torch.Tensor:
     pytest.fail(f"no teacher-forcing rule for {module}: add one to _run")
 
 
+#: A sign input within this fraction of its tensor's scale is a tie: rounding alone can flip it.
+TIE = 1e-6
+
+
+@contextlib.contextmanager
+def _ties_flipped(flipped: list[int]):  # noqa: ANN202
+    """Flip the q/k/v signs whose input is a tie (|x| <= TIE * max|x|), counting them.
+
+    The spec allows a sign *inside* a teacher-forced module to differ from the official run only
+    where its input is within rounding distance of 0; this shows that a mismatch is such a flip.
+    """
+    from bhvit_export.model.blocks import SelfAttention
+
+    orig = SelfAttention._project
+
+    def project(self, z, p, dense):  # noqa: ANN001, ANN202
+        mixed, s = orig(self, z, p, dense)
+        x = mixed + getattr(self, f"move{p}2")
+        tie = x.abs() <= TIE * max(1.0, float(x.abs().max()))
+        flipped.append(int(tie.sum()))
+        return mixed, torch.where(tie, -s, s)
+
+    SelfAttention._project = project  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SelfAttention._project = orig  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize(("fixture", "module", "what"), _index_entries())
 def test_module_teacher_forced(
-    fixture: str, module: str | None, what: str, loaded_official: Callable[[str], Any]
+    fixture: str, module: str | None, what: str, loaded_official: Callable[[str], Any],
+    record_property: Callable[[str, Any], None],
 ) -> None:
     loaded = loaded_official(fixture)
     rec = Recorded(OFFICIAL / fixture, loaded.model)
     with torch.no_grad():
         got = _run(rec, module)  # type: ignore[arg-type]
-    assert_module_close(got, rec(module, what), what=f"{fixture}:{module}")  # type: ignore[arg-type]
+    try:
+        assert_module_close(got, rec(module, what), what=f"{fixture}:{module}")  # type: ignore[arg-type]
+    except AssertionError as first:
+        if ".layerB." not in f"{module}." or "att_prob_quantizer" in str(module):
+            raise
+        flipped: list[int] = []
+        with torch.no_grad(), _ties_flipped(flipped):
+            got = _run(rec, module)  # type: ignore[arg-type]
+        if not sum(flipped):
+            raise
+        try:
+            assert_module_close(got, rec(module, what), what=f"{fixture}:{module} (ties flipped)")  # type: ignore[arg-type]
+        except AssertionError:
+            raise first from None
+        record_property("tie_sign_flips", sum(flipped))
+        print(f"{fixture}:{module}: matches once {sum(flipped)} tie sign input(s) (|x| <= {TIE:g} of scale) are flipped")
 
 
 def test_attention_scores_teacher_forced(micro: Path, loaded_official: Callable[[str], Any]) -> None:
@@ -212,9 +258,9 @@ def _session(path: Path) -> Any:
 
 def test_reference_onnx_matches_official_logits(official: Path, reference_onnx: Callable[[str], Path]) -> None:
     sess = _session(reference_onnx(official.name))
-    x = np.load(official / "inputs.npy")
-    (got,) = sess.run(None, {"pixel_values": x})
-    assert_end_to_end(got, np.load(official / "logits.npy"))
+    for name, x, logits in input_sets(official):
+        (got,) = sess.run(None, {"pixel_values": x})
+        assert_end_to_end(got, logits, what=f"{official.name} {name}")
 
 
 def test_reference_onnx_dynamic_batch(micro: Path, reference_onnx: Callable[[str], Path]) -> None:

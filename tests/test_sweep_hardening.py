@@ -917,3 +917,26 @@ def test_tvm_failure_is_one_line_and_a_log(fused_onnx: Callable[[str], Path], tm
     finally:
         log.unlink(missing_ok=True)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_converter_error_is_the_last_line_and_stdout_stays_clean(micro_proto: Any, tmp_path: Path) -> None:
+    """A real TVM import that fails in our converter (in_features lies about x's width): TVM's own
+    prints (the importer's IR dump on stdout, a C++ warning when its objects are freed) go to the log,
+    so --json's stdout is empty and the last stderr line is ours."""
+    node = next(n for n in micro_proto.graph.node if n.op_type == "BinaryLinear")
+    next(a for a in node.attribute if a.name == "in_features").i = 100
+    model = _save(micro_proto, tmp_path / "m.onnx")
+    proc = subprocess.run([sys.executable, "-m", "bhvit_export", "compile", str(model), "-o", str(tmp_path / "b"), "--no-native",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout[-500:]
+    assert proc.stderr.splitlines() == [f"error: BinaryLinear {node.name}: x has 256 features, in_features is 100"], proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_bench_plot_target_is_checked_before_timing(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for plot, says in (("/dev/null", "--plot /dev/null is a character device; give the path of a regular file to write"),
+                       (str(blocker / "p.png"), "is a file, not a folder, so nothing can be written under it")):
+        code, _, err = run("bench", "--plot", plot, "--model", "tiny", "--batch", "1", "--threads", "1")
+        one_error(code, err, says)

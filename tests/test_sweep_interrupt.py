@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from bhvit_export.cli import cli
+from bhvit_export.golden import DEFAULT_COUNT
 from tests.helpers import REPO, official_path
 
 EXPECTED = {
@@ -182,7 +183,7 @@ def test_compile_interrupted_leaves_nothing_and_a_rerun_succeeds(
     _rerun(monkeypatch, *args)
     assert [p.name for p in out_dir.iterdir()] == [out.name]
     with open_bundle(out) as root:
-        assert mf.check_bundle(root).golden["count"] == 4  # a complete, consistent bundle
+        assert mf.check_bundle(root).golden["count"] == DEFAULT_COUNT  # a complete, consistent bundle
 
 
 def _digest(path: Path) -> Any:

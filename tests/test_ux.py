@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bhvit_export.cli import cli
+from bhvit_export.golden import DEFAULT_COUNT
 from bhvit_export.progress import Progress
 from tests.helpers import official_path
 
@@ -97,7 +98,7 @@ def test_to_onnx_validates_in_onnxruntime(tmp_path: Path) -> None:
     res = run("to-onnx", str(official_path("micro") / "checkpoint.pth"), "-o", str(out), "--reference", "--json")
     assert res.exit_code == 0, res.stderr
     v = json.loads(res.stdout)["validation"]
-    assert v["passed"] and v["cosine"] >= 0.9995 and v["top1_agreement"] == 1.0 and v["count"] == 4
+    assert v["passed"] and v["cosine"] >= 0.9995 and v["top1_agreement"] == 1.0 and v["count"] == DEFAULT_COUNT
     assert "validating" in res.stderr  # progress on stderr with --json
 
 

@@ -77,9 +77,12 @@ def _archive(path: Path) -> Optional[str]:
 
 def why_not_ours(path: Path, *, archive: bool) -> Optional[str]:
     """None when ``path`` (existing) may be replaced by a new bundle, else the reason it may not."""
-    mode = os.lstat(path).st_mode
-    if stat.S_ISLNK(mode):
-        return "it is a symbolic link"
-    if archive:
-        return _archive(path) if stat.S_ISREG(mode) else "it is not a regular file"
-    return _folder(path) if stat.S_ISDIR(mode) else "it is not a folder"
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            return "it is a symbolic link"
+        if archive:
+            return _archive(path) if stat.S_ISREG(mode) else "it is not a regular file"
+        return _folder(path) if stat.S_ISDIR(mode) else "it is not a folder"
+    except OSError as e:  # an unreadable folder: not known to be ours
+        return f"it cannot be read: {e.strerror}"

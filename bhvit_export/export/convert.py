@@ -42,8 +42,9 @@ class ConvertReport:
     opset: int
     checkpoint_bytes: int
     output_bytes: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # load, export, fuse, write, validate, total
+    seconds: dict[str, float] = field(default_factory=dict)  # load, export, golden, sensitivity, fuse, write, validate, total
     validation: "Validation | None" = None  # None with validate=False
+    sensitivity: dict[str, Any] | None = None  # the reference's own logit change (bhvit.sensitivity)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,16 +60,24 @@ class ConvertReport:
             "output_bytes": self.output_bytes,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "validation": self.validation.to_json() if self.validation else None,
+            "sensitivity": self.sensitivity,
         }
 
     def lines(self) -> list[str]:
         s = self.seconds
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k != "total")
-        return [
+        out = [
             f"inferred: {self.inferred}",
             f"exported {self.kind} ONNX (opset {self.opset}) in {s.get('total', 0.0):.1f} s ({steps})",
             f"wrote {self.output} ({_human(self.output_bytes)}; checkpoint {_human(self.checkpoint_bytes)})",
         ] + ([self.validation.line()] if self.validation else ["not validated (--no-validate)"])
+        if self.sensitivity is not None:
+            worst = self.sensitivity["worst_max_abs_over_std"]
+            out.append(
+                f"reference sensitivity: a 1e-6 relative input change moves the logits by up to {worst:.2%} of "
+                f"their std ({'within' if worst * 2 <= 0.05 else 'BEYOND'} the 5% end-to-end tolerance, with 2x headroom)"
+            )
+        return out
 
 
 def _human(n: int) -> str:
@@ -161,6 +170,9 @@ def convert_checkpoint(
     from ..config import check_config_json
     from ..golden import DEFAULT_COUNT, DEFAULT_SEED, METADATA_KEY, pytorch_golden
     from ..progress import long_step
+    from ..sensitivity import METADATA_KEY as SENSITIVITY_KEY
+    from ..sensitivity import measure_sensitivity
+    from ..sensitivity import to_metadata as sensitivity_metadata
     from .reference import OPSET, export_reference, save_model
 
     if opset is None:  # the fused graph's passes pin the opset they were written for
@@ -173,7 +185,7 @@ def convert_checkpoint(
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
     say(f"loading {ckpt}")
-    loaded = load_checkpoint(ckpt, entry=entry)
+    loaded = load_checkpoint(ckpt, entry=entry, config_json=config_json)
     if config_json is not None:
         check_config_json(config_json, loaded.config)
     times["load"] = time.perf_counter() - t
@@ -188,6 +200,12 @@ def convert_checkpoint(
     golden = pytorch_golden(loaded.model)
     proto.metadata_props.add(key=METADATA_KEY, value=golden.to_metadata(DEFAULT_SEED))
     times["golden"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("measuring the reference's sensitivity to a 1e-6 input perturbation")
+    sensitivity = measure_sensitivity(loaded.model, golden.inputs)
+    proto.metadata_props.add(key=SENSITIVITY_KEY, value=sensitivity_metadata(sensitivity))
+    times["sensitivity"] = time.perf_counter() - t
 
     if fuse is not None:
         t = time.perf_counter()
@@ -237,6 +255,7 @@ def convert_checkpoint(
         output_bytes=size,
         seconds=times,
         validation=validation,
+        sensitivity=sensitivity,
     )
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import WINDOW, BHViTConfig
 from .layers import (
+    FrozenMixin,
     LearnableBias,
     QuantizeConv2d,
     QuantizeLinear,
@@ -120,6 +121,34 @@ class AttentionQuantizer(nn.Module):
         return torch.clamp(torch.round(x / a + z), 0, 3) * a
 
 
+class GSBQuantizer(FrozenMixin, nn.Module):
+    """GSB (``--gsb``, spec step 6b): three masks of ``q = P / clip``, two relative to the row max.
+
+    ``Pq = a * (B - U + a2 (U - V) + a3 V)`` with ``B = clamp(round(q), 0, 1)``, ``U = [q > 0.7 m]``,
+    ``V = [q > 0.9 m]``, ``m = max_j q``. The clips are the parent attention's parameters
+    (``att_prob_clip{,2,3}``); this module only keeps the official module path, so hooks and the
+    fixtures' ``att_prob_quantizer`` intermediates line up. Its input is ``P`` (not ``3 P`` as QD's).
+    """
+
+    def __init__(self, owner: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: no duplicate state_dict keys
+
+    def derived(self) -> tuple[torch.Tensor, ...]:
+        o = self._owner  # type: ignore[attr-defined]
+        clip, a2, a3 = o.att_prob_clip, o.att_prob_clip2, o.att_prob_clip3
+        return (clip.clone(), clip.clamp(min=1e-5), a2.clamp(min=1e-5), a3.clamp(min=1e-5))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        clip, a, a2, a3 = self.constants()
+        q = p / clip
+        m = q.amax(dim=-1, keepdim=True)
+        b = torch.clamp(torch.round(q), 0, 1)
+        u = (q > 0.7 * m).to(q.dtype)
+        v = (q > 0.9 * m).to(q.dtype)
+        return (b - u + (u - v) * a2 + v * a3) * a
+
+
 class SelfAttention(nn.Module):
     """``attention.attention``: windowed binary attention with pooled global tokens and QD."""
 
@@ -137,7 +166,14 @@ class SelfAttention(nn.Module):
         for p in ("q", "k", "v"):
             setattr(self, f"norm{p}", make_norm(cfg.norm, dim))
             setattr(self, f"rprelu{p}", RPReLU(dim))
-        self.att_prob_quantizer = AttentionQuantizer(heads)
+        self.gsb = cfg.gsb
+        if cfg.gsb:
+            self.att_prob_clip = nn.Parameter(torch.tensor(1.0))
+            self.att_prob_clip2 = nn.Parameter(torch.tensor(1.0))
+            self.att_prob_clip3 = nn.Parameter(torch.tensor(1.0))
+            self.att_prob_quantizer: nn.Module = GSBQuantizer(self)
+        else:
+            self.att_prob_quantizer = AttentionQuantizer(heads)
         self.norm_context = make_norm(cfg.norm, dim)
         self.rprelu_context = RPReLU(dim)
 
@@ -170,7 +206,8 @@ class SelfAttention(nn.Module):
             return t.reshape(-1, n_tok, self.heads, d).permute(0, 2, 1, 3)
 
         scores = torch.matmul(heads(q), heads(k).transpose(-1, -2)) / math.sqrt(d)
-        probs = self.att_prob_quantizer(torch.softmax(scores, dim=-1) * 3)
+        p = torch.softmax(scores, dim=-1)
+        probs = self.att_prob_quantizer(p if self.gsb else p * 3)
         ctx = torch.matmul(probs, heads(v)).permute(0, 2, 1, 3).reshape(-1, n_tok, c)
         ctx = self.rprelu_context(self.norm_context(ctx) + mq + mk + mv)
 
@@ -210,8 +247,10 @@ class Block(nn.Module):
         self.shifts: list[str] = (["h3", "w3", "ch3"] if cfg.shift3 else []) + (
             ["h5", "w5", "ch5"] if cfg.shift5 else []
         )
+        # The official code builds the six shift-branch LayerScales whatever --disable-layerscale
+        # says: that flag only drops output.layerscale and attention.output.layerscale.
         for s in self.shifts:
-            setattr(self, f"layerscale_{s}", make_layerscale(cfg.layerscale, dim))
+            setattr(self, f"layerscale_{s}", make_layerscale(True, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = dim(x, 2), dim(x, 3)

@@ -22,6 +22,7 @@ from ..bundle import manifest as mf
 from ..errors import BundleError
 from . import cpu_check, latency, runners
 from . import tolerances as criteria
+from .reference_checks import reference_checks
 from .metrics import Accuracy, compare
 
 Progress = Callable[[str], None]
@@ -84,6 +85,8 @@ class VerifyReport:
     profile: Optional[list[dict[str, Any]]] = None
     images: Optional[dict[str, Any]] = None
     profile_blocks: Optional[list[dict[str, Any]]] = None  # --profile time per model block
+    reference: Optional[dict[str, Any]] = None  # golden spread, sensitivity, widened tolerances
+    reference_lines: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -110,6 +113,7 @@ class VerifyReport:
             "profile": self.profile,
             "profile_blocks": self.profile_blocks,
             "images": self.images,
+            "reference_checks": self.reference,
             "notes": self.notes,
         }
 
@@ -143,6 +147,7 @@ class VerifyReport:
             if "reference_top1" in im:
                 line += f", {im['reference_top1']:.2%} (reference), agreement {im['agreement']:.2%}"
             out.append(line)
+        out += self.reference_lines
         out += [f"note: {n}" for n in self.notes]
         out.append("PASSED" if self.passed else "FAILED")
         return out
@@ -267,6 +272,7 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         criteria.check_manifest(manifest.tolerances)
         tol = {**manifest.tolerances, **opts.tolerances}
         x, ref = _golden(root, manifest)
+        tol, ref_lines, ref_info = reference_checks(manifest.model.get("sensitivity"), ref, tol, opts.tolerances)
         results = []
         images = None
         for i, runner in enumerate(_open_runners(root, manifest, opts, notes)):
@@ -306,6 +312,8 @@ def verify_bundle(path: str | Path, opts: VerifyOptions, progress: Optional[Prog
         profile=profile,
         images=images,
         profile_blocks=blocks,
+        reference=ref_info,
+        reference_lines=ref_lines,
     )
 
 

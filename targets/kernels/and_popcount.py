@@ -39,6 +39,7 @@ def make_and_popcount_neon(m: int, n: int, k: int, *, dotprod: bool = False, **t
 def and_popcount_module(m: int, n: int, k: int, target: TargetLike, **tiles: int) -> tvm.IRModule:
     """Scheduled module, ready for :func:`build.build_kernel` (aarch64, N >= 4: the NEON kernel)."""
     if is_aarch64(target) and neon_gemm.supports(n):
+        tiles = tiles or neon_gemm.arch_tile(target)
         func = make_and_popcount_neon(m, n, k, dotprod=neon_gemm.has_dotprod(target), **tiles)
         return tvm.IRModule({"main": func})
     return schedule_and_popcount(make_and_popcount(m, n, k, acc_dtype=acc_dtype_for(target)), target, **tiles)

@@ -85,9 +85,11 @@ def bgemm_module(
     """Scheduled module, ready for :func:`build.build_kernel`.
 
     aarch64 targets get the explicit NEON kernel (:func:`make_bgemm_neon`, ``udot`` when the
-    target has ``dotprod``) whenever N >= 4; everything else the TE compute + shared schedule.
+    target has ``dotprod``) whenever N >= 4, its register tile from the architecture record
+    (``targets/arch.py``) unless ``tiles`` says otherwise; everything else the TE compute + shared schedule.
     """
     if is_aarch64(target) and neon_gemm.supports(n):
+        tiles = tiles or neon_gemm.arch_tile(target)
         func = make_bgemm_neon(m, n, k, out_dtype=out_dtype, dotprod=neon_gemm.has_dotprod(target), **tiles)
         return tvm.IRModule({"main": func})
     return schedule_bgemm(make_bgemm(m, n, k, out_dtype=out_dtype, acc_dtype=acc_dtype_for(target)), target, **tiles)

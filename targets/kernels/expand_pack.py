@@ -23,8 +23,11 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
 from .reference import WORD_BITS, num_words
+from .target_info import TargetLike, is_aarch64
 
 LANES = WORD_BITS  # one output word = 64 channels per block
+#: K words a uint8 ``cnt`` sum can take before widening: each word adds <= 8 per byte lane.
+U8_CHUNK_WORDS = 255 // 8
 
 
 def _butterfly(ratio: int) -> bool:
@@ -59,9 +62,71 @@ def _strided_sums(hb: tirx.Buffer, ratio: int, per_block: int) -> tirx.Expr:
     return total
 
 
-def make_expand_pack(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
+def _popc_generic(a: tirx.Buffer, w_t: tirx.Buffer, i: tirx.Expr, cols: tirx.Expr, kw: int) -> tirx.Expr:
+    """``popc(a[i] ^ w_t[:, cols])`` as int32x64 through 64-bit lane popcounts (x86: ``vpopcntq``)."""
+    acc = tirx.Broadcast(tirx.const(0, "uint64"), LANES)
+    for r in range(kw):
+        acc = acc + tirx.popcount(tirx.Broadcast(a[i, r], LANES) ^ tirx.BufferLoad(w_t, [r, cols]))
+    return acc.astype(f"int32x{LANES}")
+
+
+def _intrin(dtype: str, name: str, *args: tirx.Expr) -> tirx.Expr:
+    return tirx.call_llvm_pure_intrin(dtype, name, *args)
+
+
+def _popc_neon(a: tirx.Buffer, w_t: tirx.Buffer, i: tirx.Expr, col0: tirx.Expr, kw: int, dotprod: bool) -> tirx.Expr:
+    """The same sums with NEON ``cnt`` kept narrow across K words, widened once per 4 columns.
+
+    LLVM's lowering of a 64-bit lane popcount is ``cnt`` + three ``uaddlp`` (to .8h, .4s, .2d) per
+    128 bits and per K word, then a narrowing to int32. Here the byte counts add up in uint8 across
+    K words (``udot`` with ones into uint32 lanes on dotprod CPUs), then ``uaddlp`` twice and one
+    ``addp`` give 4 columns' int32 sums: 7 instructions per 4 columns instead of ~10 per K word.
+    """
+    ones = tirx.Broadcast(tirx.const(1, "uint8"), 16)
+    zero32 = tirx.Broadcast(tirx.const(0, "uint32"), 4)
+    quads = []
+    for q in range(LANES // 4):
+        halves = []
+        for h in range(2):
+            col = col0 + 4 * q + 2 * h
+            total = None
+            for c0 in range(0, kw, U8_CHUNK_WORDS):
+                acc = None
+                for r in range(c0, min(kw, c0 + U8_CHUNK_WORDS)):
+                    x = tirx.Broadcast(a[i, r], 2) ^ tirx.BufferLoad(w_t, [r, tirx.Ramp(col, 1, 2)])
+                    cnt = _intrin("uint8x16", "llvm.ctpop.v16i8", tirx.reinterpret("uint8x16", x))
+                    if dotprod:
+                        acc = _intrin("uint32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", acc if acc is not None else zero32, cnt, ones)
+                    else:
+                        acc = cnt if acc is None else acc + cnt
+                if not dotprod:
+                    acc = _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", acc)
+                    acc = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", acc)
+                total = acc if total is None else total + acc
+            halves.append(total)
+        quads.append(_intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves))
+    joined = tirx.Shuffle(quads, [tirx.const(j, "int32") for j in range(LANES)])
+    return tirx.reinterpret(f"int32x{LANES}", joined)
+
+
+def expand_pack_module(m: int, n: int, k: int, ratio: int, target: TargetLike) -> "tvm.IRModule":
+    """Scheduled module for ``target``: the NEON popcount on aarch64 (``udot`` with dotprod)."""
+    import tvm
+
+    neon = is_aarch64(target)
+    dotprod = False
+    if neon:
+        from .neon_gemm import has_dotprod
+
+        dotprod = has_dotprod(target)
+    return tvm.IRModule({"main": make_expand_pack(m, n, k, ratio, neon=neon, dotprod=dotprod)})
+
+
+def make_expand_pack(m: int, n: int, k: int, ratio: int, *, neon: bool = False, dotprod: bool = False) -> tirx.PrimFunc:
     """PrimFunc ``(a_bits [M,Kw], x [M,C], w_t [Kw,N], scale, bias, b1, slope, b2, next_shift [N],
-    bits [M, N/64] u64, pooled [M, C] f32)`` with ``C = K = N / ratio`` (scheduled, rows parallel)."""
+    bits [M, N/64] u64, pooled [M, C] f32)`` with ``C = K = N / ratio`` (scheduled, rows parallel).
+
+    ``neon``: the popcount as NEON intrinsics (:func:`_popc_neon`; aarch64 targets only)."""
     if min(m, n, k, ratio) < 1:
         raise ValueError(f"expand-pack needs positive M, N, K, ratio; got {(m, n, k, ratio)}")
     if n % LANES or n != ratio * k or LANES % ratio:
@@ -85,11 +150,8 @@ def make_expand_pack(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
                 hb = T.alloc_buffer((LANES,), "float32", scope="global")
                 with T.serial(0, blocks) as blk:
                     cols = tirx.Ramp(blk * LANES, 1, LANES)
-                    acc = tirx.Broadcast(tirx.const(0, "uint64"), LANES)
-                    for r in range(kw):
-                        word = tirx.Broadcast(a[i, r], LANES) ^ tirx.BufferLoad(w_t, [r, cols])
-                        acc = acc + tirx.popcount(word)
-                    dot = tirx.Broadcast(tirx.const(k, "int32"), LANES) - tirx.Broadcast(tirx.const(2, "int32"), LANES) * acc.astype(f"int32x{LANES}")
+                    popc = _popc_neon(a, w_t, i, blk * LANES, kw, dotprod) if neon else _popc_generic(a, w_t, i, cols, kw)
+                    dot = tirx.Broadcast(tirx.const(k, "int32"), LANES) - tirx.Broadcast(tirx.const(2, "int32"), LANES) * popc
 
                     def v(nm: str) -> tirx.Expr:
                         return tirx.BufferLoad(vecs[nm], [cols])

@@ -71,6 +71,14 @@ class NeonTile:
         return NeonTile(mr=max(1, min(self.mr, m)), nr=nr)
 
 
+def arch_tile(target: TargetLike) -> dict[str, int]:
+    """``{"mr", "nr"}`` of the target's CPU, from the architecture record (``targets/arch.py``)."""
+    from targets.arch import arch_of
+
+    mr, nr = arch_of(target).popcount_tile
+    return {"mr": mr, "nr": nr}
+
+
 def supports(n: int) -> bool:
     """The NEON loop works on groups of 4 columns; N < 4 uses the generic schedule."""
     return n >= 4

@@ -157,3 +157,26 @@ def qd_context_ref(
     ctx = np.matmul(qd_levels_ref(p, thresholds), vh)  # [B, h, N, d]
     b, h, n, d = ctx.shape
     return ctx.transpose(0, 2, 1, 3).reshape(b, n, h * d).astype(np.int32)
+
+
+def gsb_masks_ref(p: npt.ArrayLike, clip: float, rel: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """GSB's three masks ``[3, ...]`` (B, U, V) of ``p``, in float32 as the function body computes them.
+
+    ``B = [q > 0.5]`` is ``clamp(round(q), 0, 1)`` (round half to even: 0.5 gives 0).
+    """
+    q = np.asarray(p, np.float32) / np.float32(clip)
+    m = q.max(axis=-1, keepdims=True)
+    r = np.asarray(rel, np.float32)
+    return np.stack([q > np.float32(0.5), q > m * r[0], q > m * r[1]]).astype(np.uint8)
+
+
+def gsb_context_ref(
+    p: npt.ArrayLike, v: npt.ArrayLike, v_shift: npt.ArrayLike, clip: float, rel: npt.ArrayLike, num_heads: int
+) -> npt.NDArray[np.int32]:
+    """Integer ``GSBAttentionContext`` plane products ``[3, B, N, C]``: masks B, U, V of ``q = p / clip``
+    (``q > 0.5``, ``q > rel_0 max q``, ``q > rel_1 max q``, float32) times ``sign(v + vs)_h``."""
+    vh = _heads(_signs(np.asarray(v, np.float32) + np.asarray(v_shift, np.float32)), num_heads)
+    masks = gsb_masks_ref(p, clip, rel).astype(np.int64)  # [3, B, h, N, N]
+    ctx = np.matmul(masks, vh[None])  # [3, B, h, N, d]
+    j, b, h, n, d = ctx.shape
+    return ctx.transpose(0, 1, 3, 2, 4).reshape(j, b, n, h * d).astype(np.int32)

@@ -21,6 +21,8 @@ from typing import Optional
 from tvm import s_tir
 from tvm.target import Target
 
+from targets.arch import arch_of
+
 from .common import (
     PARALLEL_MIN_WORK,
     SafeRule,
@@ -34,9 +36,6 @@ from .common import (
     work,
 )
 
-#: Rows of the register tile (vector accumulators per column vector); 8 x 2 vectors of 16 lanes
-#: fills half of the 32 AVX-512 registers, leaving room for the operand loads.
-I_TILE = 8
 
 
 def _region_vars(region) -> set[str]:
@@ -113,7 +112,7 @@ class Contraction(SafeRule):
         # gets re-read (from cache). BHViT's last downsampling is 49x1024 @ 1024x512: with the row
         # tiles outside, the 2 MB weight was re-read from L3 for each of the 7 row tiles.
         vec_first = _size(vec_ops[0]) > max((_size(op) for op in operands if op is not vec_ops[0]), default=0)
-        self._tile(sch, main.block_rv, iter_vars, kinds, i_var, j_var, exts, lanes, vec_first)
+        self._tile(sch, main.block_rv, iter_vars, kinds, i_var, j_var, exts, lanes, arch_of(target).float_rows, vec_first)
         for info in others:
             try:
                 sch.get(info.block_rv)
@@ -123,7 +122,7 @@ class Contraction(SafeRule):
         return sch
 
     @staticmethod
-    def _tile(sch, block, iter_vars, kinds, i_var, j_var, exts, lanes, vec_first=False) -> None:
+    def _tile(sch, block, iter_vars, kinds, i_var, j_var, exts, lanes, rows, vec_first=False) -> None:
         """Split, reorder, cache the accumulator, vectorise and parallelise the main block."""
         big = work(sch, block) >= PARALLEL_MIN_WORK
         loops = dict(zip(iter_vars, sch.get_loops(block)))
@@ -140,12 +139,12 @@ class Contraction(SafeRule):
             tiles, inner = [j_o], [j_i]
         else:
             i_ext = exts[i_var]
-            i_tile = best_divisor(i_ext, I_TILE)
-            if i_tile < I_TILE // 2 and i_ext > I_TILE:
+            i_tile = best_divisor(i_ext, rows)
+            if i_tile < rows // 2 and i_ext > rows:
                 # No good divisor (BHViT's attention: 53 = 49 window + 4 pooled tokens, a prime): a
                 # predicated last row tile (a per-row condition, uniform over the vector lanes) keeps
                 # the register tile; one-row tiles reload the vector operand for every row.
-                i_tile = I_TILE
+                i_tile = rows
             i_o, i_i = sch.split(loops[i_var], factors=[None, i_tile])
             tiles, inner = ([j_o, i_o] if vec_first else [i_o, j_o]), [i_i, j_i]
         sch.reorder(*other_s, *tiles, *r_loops, *inner)

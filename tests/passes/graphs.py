@@ -124,6 +124,85 @@ def attention_graph(
     return _model(nodes, [(p, [2, n, c]) for p in "qkv"], ["ctx", "scores"], inits)
 
 
+def gsb_attention_graph(
+    rng: np.random.Generator, n: int, heads: int, d: int, clip: float, a2: float, a3: float, *, combine: str = "official"
+) -> onnx.ModelProto:
+    """Binary attention with the GSB quantizer (spec step 6b), as the torch exporter writes it:
+
+    q.k^T ──Div(sqrt d)──Softmax──p──Div(clip)──q ─┬─ReduceMax(-1)──Mul(0.7)──Greater(q,.)──Cast──U
+                                                   ├────────────────Mul(0.9)──Greater(q,.)──Cast──V
+                                                   └─Round──Clip(0,1)──B
+    (B - U + (U - V) a2 + V a3) a ──MatMul(v)──Transpose──Reshape[.,N,C]──> ctx
+
+    ``combine="expanded"`` writes the same value as ``B a + U a (a2 - 1) + V a (a3 - a2)`` (another
+    association the pass must also read); ``combine="product"`` multiplies U by V (not affine:
+    must not fuse).
+    """
+    c = heads * d
+    a = max(clip, 1e-5)
+    f = lambda x: np.array(x, dtype=np.float32)  # noqa: E731
+    inits = {f"s{p}": rng.standard_normal(c).astype(np.float32) * 0.1 for p in "qkv"} | {
+        "hshape": np.array([-1, n, heads, d], dtype=np.int64),
+        "oshape": np.array([-1, n, c], dtype=np.int64),
+        "sqrtd": f(np.sqrt(d)),
+        "clip": f(clip), "a": f(a), "a2": f(a2), "a3": f(a3),
+        "r7": f(0.7), "r9": f(0.9), "lo": f(0.0), "hi": f(1.0), "ax": np.array([-1], dtype=np.int64),
+        "wb": f(a), "wu": f(a * (a2 - 1)), "wv": f(a * (a3 - a2)),
+    }
+    nodes = []
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [
+            helper.make_node("Add", [p, f"s{p}"], [f"{p}s"]),
+            helper.make_node("Sign", [f"{p}s"], [f"{p}b"]),
+            helper.make_node("Reshape", [f"{p}b", "hshape"], [f"{p}4"]),
+            helper.make_node("Transpose", [f"{p}4"], [f"{p}h"], perm=perm),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["qh", "kh"], ["dot"]),
+        helper.make_node("Div", ["dot", "sqrtd"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("Div", ["p", "clip"], ["gq"]),
+        helper.make_node("ReduceMax", ["gq", "ax"], ["m"], keepdims=1),
+        helper.make_node("Round", ["gq"], ["rq"]),
+        helper.make_node("Clip", ["rq", "lo", "hi"], ["B"]),
+        helper.make_node("Mul", ["m", "r7"], ["m7"]),
+        helper.make_node("Mul", ["m", "r9"], ["m9"]),
+        helper.make_node("Greater", ["gq", "m7"], ["gu"]),
+        helper.make_node("Greater", ["gq", "m9"], ["gv"]),
+        helper.make_node("Cast", ["gu"], ["U"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["gv"], ["V"], to=TensorProto.FLOAT),
+    ]
+    if combine == "official":
+        nodes += [
+            helper.make_node("Sub", ["B", "U"], ["t0"]),
+            helper.make_node("Sub", ["U", "V"], ["t1"]),
+            helper.make_node("Mul", ["t1", "a2"], ["t1a"]),
+            helper.make_node("Add", ["t0", "t1a"], ["s01"]),
+            helper.make_node("Mul", ["V", "a3"], ["t2a"]),
+            helper.make_node("Add", ["s01", "t2a"], ["lv"]),
+            helper.make_node("Mul", ["lv", "a"], ["pq"]),
+        ]
+    elif combine == "expanded":
+        nodes += [
+            helper.make_node("Mul", ["wb", "B"], ["eb"]),
+            helper.make_node("Mul", ["U", "wu"], ["eu"]),
+            helper.make_node("Mul", ["V", "wv"], ["ev"]),
+            helper.make_node("Add", ["eu", "ev"], ["euv"]),
+            helper.make_node("Add", ["eb", "euv"], ["pq"]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("Mul", ["U", "V"], ["uv"]),
+            helper.make_node("Add", ["B", "uv"], ["pq"]),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["pq", "vh"], ["ctx4"]),
+        helper.make_node("Transpose", ["ctx4"], ["ctxt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ctxt", "oshape"], ["ctx"]),
+    ]
+    return _model(nodes, [(p, [2, n, c]) for p in "qkv"], ["ctx", "scores"], inits)
+
+
 def mlp_graph(rng: np.random.Generator, c: int, ratio: int, *, extra_reader: bool = False) -> onnx.ModelProto:
     """BHViT's MLP as the torch exporter writes it (spec "Convolutional block"), x [2, 3, C]::
 

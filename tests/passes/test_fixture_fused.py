@@ -19,16 +19,17 @@ from tests.helpers import assert_end_to_end
 from tests.passes.util import run
 
 from tests.helpers import OFFICIAL as FIXTURES  # noqa: E402
+from tests.helpers import OFFICIAL_NAMES, input_sets  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["micro", "micro-binary-embed"])
+@pytest.fixture(scope="module", params=list(OFFICIAL_NAMES))
 def fixture(request: pytest.FixtureRequest) -> tuple[Path, onnx.ModelProto, onnx.ModelProto, FuseReport]:
     d = FIXTURES / request.param
     if not d.is_dir():
         pytest.skip(f"official fixtures not found at {d}")
     from bhvit_export.checkpoint import load_checkpoint
 
-    ref = export_reference(load_checkpoint(d / "checkpoint.pth").model)
+    ref = export_reference(load_checkpoint(d / "checkpoint.pth", config_json=d / "config.json").model)
     rep = FuseReport()
     return d, ref, fuse_model(ref, rep), rep
 
@@ -36,28 +37,34 @@ def fixture(request: pytest.FixtureRequest) -> tuple[Path, onnx.ModelProto, onnx
 def test_every_binary_layer_is_packed(fixture) -> None:
     d, ref, fused, rep = fixture
     cfg = BHViTConfig(depths=(1, 1, 2, 1), num_labels=10)
-    n_attn = cfg.num_layers_b
+    n_attn, n_blocks = cfg.num_layers_b, sum(cfg.depths)
     ops = Counter(n.op_type for n in fused.graph.node)
+    layernorm = "-ln" in d.name
     # 4 dense (q,k,v,out) per attention block; each MLP an expansion writing packed bits and the
-    # packed-input output layer; 3 GC convs per conv block.
-    assert ops["BinaryLinear"] == 4 * n_attn
-    assert ops["BinaryExpandPack"] == ops["PackedBinaryLinear"] == sum(cfg.depths) == rep.counts["mlp_expand"]
+    # packed-input output layer (BatchNorm models: the expansion's BN folds into it; a LayerNorm
+    # between the expansion and its residual keeps two plain BinaryLinears); 3 GC convs per conv block.
+    if layernorm:
+        assert ops["BinaryLinear"] == 4 * n_attn + 2 * n_blocks and ops["BinaryExpandPack"] == 0
+        assert rep.counts["fold_epilogue"] == 0  # LayerNorm is not a per-channel affine
+    else:
+        assert ops["BinaryLinear"] == 4 * n_attn
+        assert ops["BinaryExpandPack"] == ops["PackedBinaryLinear"] == n_blocks == rep.counts["mlp_expand"]
+        assert rep.counts["fold_epilogue"] > 0
     binary_embed = "binary-embed" in d.name
     assert ops["BinaryConv2d"] == 3 * cfg.num_layers_a + (3 if binary_embed else 0)
-    assert ops["BinaryAttentionScores"] == n_attn and ops["QDAttentionContext"] == n_attn
+    context = "GSBAttentionContext" if "gsb" in d.name else "QDAttentionContext"
+    assert ops["BinaryAttentionScores"] == n_attn and ops[context] == n_attn
     assert "Sign" not in ops and "Round" not in ops
     # The float remainder: the stem (+ full-precision downsampling) and the classifier.
     assert ops["Conv"] == (1 if binary_embed else 4) and ops["Gemm"] == 1 and ops["MatMul"] == 0
-    assert rep.counts["fold_epilogue"] > 0
 
 
 def test_fused_matches_reference_and_official(fixture) -> None:
     d, ref, fused, _ = fixture
-    x = np.load(d / "inputs.npy")
-    official = np.load(d / "logits.npy")
-    got = run(fused, {"pixel_values": x})[0]
-    assert_end_to_end(got, official)
-    assert_end_to_end(got, run(ref, {"pixel_values": x})[0])
+    for name, x, official in input_sets(d):
+        got = run(fused, {"pixel_values": x})[0]
+        assert_end_to_end(got, official, what=f"{d.name} {name} fused vs official")
+        assert_end_to_end(got, run(ref, {"pixel_values": x})[0], what=f"{d.name} {name} fused vs reference")
 
 
 def test_census_counts_binary_and_float_work(fixture) -> None:
@@ -65,7 +72,7 @@ def test_census_counts_binary_and_float_work(fixture) -> None:
     c_ref, c_fused = census(ref), census(fused)
     assert c_ref.bops == 0 and c_fused.bops > 0
     # Binarizing moves MACs from FLOPs to BOPs one for one (QD counts 3 products per P.V).
-    qd = sum(o["bops"] for o in c_fused.per_op_cost if o["op"] == "QDAttentionContext")
+    qd = sum(o["bops"] for o in c_fused.per_op_cost if o["op"] in ("QDAttentionContext", "GSBAttentionContext"))
     assert c_ref.flops == c_fused.flops + c_fused.bops - qd + qd // 3
     assert c_fused.binary_params > 0 and c_fused.float_params < c_ref.float_params
 

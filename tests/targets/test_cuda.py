@@ -414,3 +414,11 @@ def test_device_check_without_a_gpu_is_exit_2(cpu_payload: Path, tmp_path: Path,
     assert err.startswith("error: RuntimeError: bhvit-run: ") and len(err.strip().splitlines()) == 1
     assert dc.main([str(tmp_path)]) == 2
     assert "bundle/model.so missing" in capsys.readouterr().err
+
+
+@needs_nvcc
+def test_micro_gsb_compiles_for_sm90_x86_host(fused_onnx, tmp_path: Path) -> None:
+    """GSBAttentionContext's float Relax lowering (masks as floats, one batched matmul) builds for CUDA."""
+    import onnx
+
+    _check_model_build(onnx.load(str(fused_onnx("micro-gsb"))), X86_SM90, None, EM_X86_64, tmp_path)

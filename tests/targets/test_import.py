@@ -97,6 +97,20 @@ def _single_op_model(op: str, rng: np.random.Generator):
         ]
         node = helper.make_node(op, ["x", "kin", "qs", "ks"], ["y"], domain=DOMAIN, num_heads=h, scale=4.0)
         out = _vi("y", ["batch", h, n_tok, n_tok])
+    elif op == "GSBAttentionContext":
+        n_tok, c, h = 10, 48, 3
+        shape = ["batch", h, n_tok, n_tok]
+        logits = rng.standard_normal((1, h, n_tok, n_tok)) * 2
+        x = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(f32)
+        inits = [
+            _c("v", rng.standard_normal((1, n_tok, c)).astype(f32)),
+            _c("vs", rng.standard_normal(c).astype(f32) * 0.3),
+            _c("clip", np.array([0.08], f32)),
+            _c("rel", np.array([0.7, 0.9], f32)),
+            _c("w", np.array([0.08, 0.05, 0.07], f32)),
+        ]
+        node = helper.make_node(op, ["x", "v", "vs", "clip", "rel", "w"], ["y"], domain=DOMAIN, num_heads=h)
+        out = _vi("y", ["batch", n_tok, c])
     else:  # QDAttentionContext
         n_tok, c, h = 10, 48, 3
         shape = ["batch", h, n_tok, n_tok]
@@ -128,6 +142,8 @@ def _single_op_model(op: str, rng: np.random.Generator):
         ("BinaryAttentionScores", False),
         ("QDAttentionContext", True),
         ("QDAttentionContext", False),
+        ("GSBAttentionContext", True),
+        ("GSBAttentionContext", False),
     ],
 )
 def test_single_op_matches_function_body(op: str, packed: bool, monkeypatch) -> None:
@@ -145,6 +161,7 @@ _PACKED_PREFIXES = {
     "BinaryConv2d": "bhvit_bconv_",
     "BinaryAttentionScores": "bhvit_scores_",
     "QDAttentionContext": "bhvit_qd_context_",
+    "GSBAttentionContext": "bhvit_gsb_context_",
 }
 #: Ops lowered to packed kernels on llvm by default (QD context is opt-in: float measured faster).
 _PACKED_BY_DEFAULT = ("BinaryConv2d", "BinaryAttentionScores")

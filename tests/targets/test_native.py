@@ -241,6 +241,7 @@ def test_runner_prints_one_json_line(host_runner: Path, tmp_path: Path) -> None:
     assert len(lines) == 1
     report = json.loads(lines[0])
     assert report["batch"] == 1 and len(report["latency_ms"]) == 4
+    assert len(report["cpu_ms"]) == 4 and all(t >= 0 for t in report["cpu_ms"])
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,19 @@ def test_k_loop_accumulates_narrow(variant: str, kernel: str) -> None:
     assert ops.count(combine) == 16
 
 
+@pytest.mark.parametrize("cpu, rows", [("cortex-a72", 2), ("cortex-a76", 2), ("cortex-a55", 8)])
+def test_register_tile_comes_from_the_architecture_record(cpu: str, rows: int) -> None:
+    from targets.arch import arch_of
+
+    target = {**A72, "mcpu": cpu}
+    assert arch_of(target).popcount_tile[0] == rows and arch_of(target).name == "neon"
+    loop = inner_loop(assembly(bgemm.bgemm_module(64, 64, 2048, target), target))
+    ops = [ln.split()[0] for ln in loop]
+    # Per K word: one broadcast row word per tile row, against 16 / rows weight vectors (LLVM may
+    # unroll the K loop, so compare ratios).
+    assert ops.count("cnt") == ops.count("ld1r") * (16 // rows) and ops.count("cnt") % 16 == 0
+
+
 def test_small_n_falls_back_to_the_generic_schedule() -> None:
     assert not neon_gemm.supports(3)
     asm = assembly(bgemm.bgemm_module(8, 3, 100, A72, out_dtype="int32"), A72)
@@ -163,3 +176,32 @@ def test_uadalp_chunks_do_not_overflow_under_qemu(device: _Device) -> None:
     w = ref.pack_bits(np.ones((n, k), np.float32))
     got = device.run(lib["bi"], a, w, out=np.zeros((m, n), np.int32))
     np.testing.assert_array_equal(got, np.full((m, n), -k, np.int32))
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@pytest.mark.parametrize("m, c, ratio", [(5, 64, 8), (3, 128, 4), (2, 64 * 33, 1)])  # 33 words: two uint8 chunks
+def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: int, c: int, ratio: int) -> None:
+    """The NEON popcount of ``BinaryExpandPack`` (uint8 ``cnt`` sums / ``udot``) against numpy."""
+    from targets.kernels import expand_pack
+
+    target = TARGETS[variant]
+    n = c * ratio
+    lib = device.load({"ep": expand_pack.expand_pack_module(m, n, c, ratio, target)["main"]}, target)
+    rng = np.random.default_rng(m * 1000 + c + ratio)
+    x = rng.standard_normal((m, c)).astype(np.float32)
+    w_pm = np.where(rng.random((n, c)) < 0.5, -1.0, 1.0).astype(np.float32)
+    scale, bias, b1, slope, b2, nshift = (rng.standard_normal(n).astype(np.float32) for _ in range(6))
+    a = np.where(x < 0, -1.0, 1.0).astype(np.float32)
+    h = (a @ w_pm.T) * scale + bias + np.tile(x, (1, ratio)) - b1
+    h = np.where(h < 0, h * slope, h) + b2
+    dev = device.dev
+    args = [tvm.runtime.tensor(np.ascontiguousarray(v), dev)
+            for v in (ref.pack_bits(x), x, ref.pack_bits(w_pm).T, scale, bias, b1, slope, b2, nshift)]
+    outs = [tvm.runtime.tensor(np.zeros((m, n // 64), np.uint64), dev), tvm.runtime.tensor(np.zeros((m, c), np.float32), dev)]
+    lib["ep"](*args, *outs)
+    got_bits, got_pooled = (o.numpy() for o in outs)
+    near_zero = ref.pack_bits(np.where(np.abs(h + nshift) < 1e-4 * (1 + np.abs(h)), -1.0, 1.0))
+    assert not np.any((got_bits ^ ref.pack_bits(h + nshift)) & ~near_zero), "sign bits differ away from zero"
+    np.testing.assert_allclose(got_pooled, h.reshape(m, c, ratio).mean(-1), rtol=1e-5, atol=1e-5 * (1 + float(np.abs(h).max())))
+    asm = assembly(expand_pack.expand_pack_module(m, n, c, ratio, target), target)
+    assert re.search(r"^\s+cnt\s", asm, re.MULTILINE) and not re.search(r"uaddlp\s+v\d+\.2d", asm)

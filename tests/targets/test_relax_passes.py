@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from targets.kernels.target_info import host_target  # noqa: E402
-from targets.relax_passes import fast_erf, fast_softmax, repeat_concat, roll_concat, token_layout  # noqa: E402
+from targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -257,6 +257,34 @@ def test_fast_softmax_matches_softmax(rows: int, n: int, scale: float, seed: int
     want = e / e.sum(-1, keepdims=True)
     got = _run(new, [x])
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-12)
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), c=st.integers(1, 9), per_channel=st.booleans(), seed=st.integers(0, 99))
+def test_reciprocal_divide_matches_divide(n: int, c: int, per_channel: bool, seed: int) -> None:
+    """``x / const`` (the token shifts' counts: 3, 5, ... or per-channel) as ``x * (1/const)``: one more rounding."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.5, 9.0, (c,) if per_channel else ()).astype("float32")
+
+    def body(bb, x):
+        return bb.emit(relax.op.divide(x, relax.const(d, "float32")))
+
+    mod = _module(body, (2, n, c))
+    x = rng.standard_normal((2, n, c)).astype("float32")
+    new = reciprocal_divide()(mod)
+    assert _count(new, "divide") == 0 and _count(new, "multiply") == 1
+    got = _run(new, [x])
+    np.testing.assert_allclose(got, x / d, rtol=2.5e-7, atol=0)
+    assert np.array_equal(np.signbit(got), np.signbit(x / d))
+
+
+def test_reciprocal_divide_does_not_rewrite_zero_or_variable_divisors() -> None:
+    def body(bb, x, y):
+        z = bb.emit(relax.op.divide(x, relax.const(np.array([1.0, 0.0], "float32"))))
+        return bb.emit(relax.op.divide(z, y))
+
+    mod = _module(body, (3, 2), (3, 2))
+    assert _count(reciprocal_divide()(mod), "divide") == 2
 
 
 def test_lower_rank_twin_is_not_broadcast_channel_last() -> None:
