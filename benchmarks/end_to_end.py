@@ -188,8 +188,9 @@ def table(results: Sequence[ConfigResult]) -> str:
             lines.append(f"  {s:<18}{lt['median']:>9.2f} ms{lt['min']:>9.2f} ms{lt['p90']:>9.2f} ms{rel:>14}")
         if r.agreement:
             worst = min(r.agreement.items(), key=lambda kv: kv[1]["cosine"])
-            lines.append(f"  outputs vs PyTorch eager: lowest cosine {worst[1]['cosine']:.4f} ({worst[0]}); "
-                         + ", ".join(f"{s} top-1 {a['top1_agreement']:.0%}" for s, a in r.agreement.items() if a["top1_agreement"] < 1))
+            off = [f"{s} top-1 {a['top1_agreement']:.0%}" for s, a in r.agreement.items() if a["top1_agreement"] < 1]
+            lines.append(f"  outputs vs PyTorch eager: lowest cosine {worst[1]['cosine']:.6f} ({worst[0]}), "
+                         + (", ".join(off) if off else "same top-1 everywhere"))
         for s, why in r.skipped.items():
             lines.append(f"  {s:<18}{'skipped: ' + why}")
     lines.append("medians of interleaved runs, batch latency in ms; 'bhvit is' = the system's median / ours")

@@ -13,9 +13,10 @@ from typing import Any, Iterable, Optional
 
 #: Our names, what each means.
 SHORT_NAMES = {
-    "x86_64": "this machine's x86-64 CPU (LLVM host detection), or --mcpu",
+    "x86_64": "this machine's x86-64 CPU (LLVM's name for it and its exact features), or --mcpu",
     "aarch64": "64-bit Arm Linux, Cortex-A72 unless --mcpu",
     "jetson-orin": "Jetson Orin: CUDA sm_87, Cortex-A78 host",
+    "cuda-sm90": "an NVIDIA GPU of compute capability 9.0 (H100/H200) on an x86-64 host; cuda-smNN for others",
 }
 #: String and JSON forms, shown in the listing.
 FORMS = (

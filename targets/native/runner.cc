@@ -305,7 +305,7 @@ int Run(const Args& a) {
   if (a.cuda) copy(in, in_dev);
   for (int i = 0; i < a.warmup; ++i) run(in_dev);
   sync(dev, static_cast<int64_t>(0));
-  std::ostringstream json, cpu;
+  std::ostringstream json, cpu_ms;
   json << "{\"latency_ms\": [";
   for (int i = 0; i < a.runs; ++i) {
     timespec c0, c1;
@@ -316,9 +316,9 @@ int Run(const Args& a) {
     auto t1 = std::chrono::steady_clock::now();
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
     json << (i ? ", " : "") << std::chrono::duration<double, std::milli>(t1 - t0).count();
-    cpu << (i ? ", " : "") << (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) * 1e-6;
+    cpu_ms << (i ? ", " : "") << (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) * 1e-6;
   }
-  json << "], \"cpu_ms\": [" << cpu.str() << "], \"batch\": " << a.batch << ", \"device\": \"" << (a.cuda ? "cuda" : "cpu") << "\"}";
+  json << "], \"cpu_ms\": [" << cpu_ms.str() << "], \"batch\": " << a.batch << ", \"device\": \"" << (a.cuda ? "cuda" : "cpu") << "\"}";
   std::cout << json.str() << std::endl;
   return 0;
 }
