@@ -55,16 +55,11 @@ class Catalog:
         return out
 
 
-def _tvm_cpus(triple: str) -> list[str]:
-    import tvm
-    from tvm.target import codegen
-
-    return sorted(str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple})))
-
-
 def cpus(arch: str) -> list[str]:
-    """CPUs LLVM (inside TVM) knows for ``arch``."""
-    return _tvm_cpus("aarch64-linux-gnu" if arch == "aarch64" else "x86_64-linux-gnu")
+    """CPUs LLVM (inside TVM) knows for ``arch`` (:func:`targets.mcpu.known_cpus`, sorted)."""
+    from targets.mcpu import known_cpus
+
+    return sorted(known_cpus("aarch64-linux-gnu" if arch == "aarch64" else "x86_64-linux-gnu"))
 
 
 def working_tags() -> dict[str, dict[str, str]]:
