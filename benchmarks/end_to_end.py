@@ -119,6 +119,7 @@ def run(
                 order = list(calls)
                 for r in range(warmup + rounds):
                     for s in order[r % len(order):] + order[: r % len(order)]:
+                        os.sched_setaffinity(0, all_cpus)  # a runtime that pins the calling thread (OpenVINO) pins only its own turn
                         calls[s](x)  # settle: see the module docstring
                         v = _time(calls[s], x)
                         if r >= warmup:
