@@ -21,9 +21,8 @@ import onnx_graphsurgeon as gs
 
 from bhvit_export.errors import PassError
 
-from .attention_scores import heads_of
+from .attention_context import context_tail, replace_context
 from .graph_utils import const_value, only_consumer, producer
-from .ops import DOMAIN
 
 _ARITH = ("Add", "Sub", "Mul")
 
@@ -137,32 +136,16 @@ def fuse_gsb_context(graph: gs.Graph) -> int:
         if combo is None:
             continue
         mm, weights = combo
-        v = heads_of(mm.inputs[1], [0, 2, 1, 3])
-        tr = only_consumer(mm.outputs[0], "Transpose")
-        if v is None or tr is None or list(tr.attrs.get("perm", [])) != [0, 2, 1, 3]:
+        tail = context_tail(mm)
+        if tail is None:
             continue
-        rs = only_consumer(tr.outputs[0], "Reshape")
-        if rs is None:
-            continue
+        v, rs = tail
         if clip <= 0:
             raise PassError(f"{softmax.name}: GSB clip must be > 0 for threshold masks, got {clip}")
-        name = softmax.name or softmax.outputs[0].name
-        fused = gs.Node(
-            op="GSBAttentionContext",
-            name=f"{name}/GSBAttentionContext",
-            domain=DOMAIN,
-            attrs={"num_heads": int(v[2])},
-            inputs=[
-                softmax.outputs[0],
-                v[0],
-                gs.Constant(f"{name}/v_shift", v[1].astype(np.float32)),
-                gs.Constant(f"{name}/clip", np.array([clip], np.float32)),
-                gs.Constant(f"{name}/rel", np.array([rel[0][0], rel[1][0]], np.float32)),
-                gs.Constant(f"{name}/weights", weights),
-            ],
-            outputs=list(rs.outputs),
-        )
-        rs.outputs.clear()
-        graph.nodes.append(fused)
+        replace_context(graph, "GSBAttentionContext", softmax, v, rs, {
+            "clip": np.array([clip], np.float32),
+            "rel": np.array([rel[0][0], rel[1][0]], np.float32),
+            "weights": weights,
+        })
         count += 1
     return count

@@ -16,9 +16,9 @@ import onnx_graphsurgeon as gs
 
 from bhvit_export.errors import PassError
 
-from .attention_scores import heads_of
+from .attention_context import context_tail, replace_context
 from .graph_utils import const_value, only_consumer, split_const_operand
-from .ops import DOMAIN, qd_thresholds
+from .ops import qd_thresholds
 
 
 def _const_operand(node: gs.Node | None, op: str) -> np.ndarray | None:
@@ -56,13 +56,10 @@ def fuse_qd_context(graph: gs.Graph) -> int:
         mm = only_consumer(mul_a.outputs[0], "MatMul")
         if mm is None or mm.inputs[0] is not mul_a.outputs[0]:
             continue
-        v = heads_of(mm.inputs[1], [0, 2, 1, 3])
-        tr = only_consumer(mm.outputs[0], "Transpose")
-        if v is None or tr is None or list(tr.attrs.get("perm", [])) != [0, 2, 1, 3]:
+        tail = context_tail(mm)
+        if tail is None:
             continue
-        rs = only_consumer(tr.outputs[0], "Reshape")
-        if rs is None:
-            continue
+        v, rs = tail
         heads = v[2]
         a = alpha.reshape(-1).astype(np.float32)
         z = np.broadcast_to(zp.reshape(-1), a.shape).astype(np.float32)
@@ -72,22 +69,6 @@ def fuse_qd_context(graph: gs.Graph) -> int:
             raise PassError(
                 f"{softmax.name}: attention quantizer alpha must be > 0 for threshold QD, got {a.tolist()}"
             )
-        name = softmax.name or softmax.outputs[0].name
-        fused = gs.Node(
-            op="QDAttentionContext",
-            name=f"{name}/QDAttentionContext",
-            domain=DOMAIN,
-            attrs={"num_heads": int(heads)},
-            inputs=[
-                softmax.outputs[0],
-                v[0],
-                gs.Constant(f"{name}/v_shift", v[1].astype(np.float32)),
-                gs.Constant(f"{name}/thresholds", qd_thresholds(a, z)),
-                gs.Constant(f"{name}/alpha", a),
-            ],
-            outputs=list(rs.outputs),
-        )
-        rs.outputs.clear()
-        graph.nodes.append(fused)
+        replace_context(graph, "QDAttentionContext", softmax, v, rs, {"thresholds": qd_thresholds(a, z), "alpha": a})
         count += 1
     return count
