@@ -138,17 +138,31 @@ BinaryAttentionScores <num_heads, scale> (q, k, q_shift, k_shift) => (scores) {
 """
 )
 
-QD_ATTENTION_CONTEXT = (
-    _HEADER
-    + """
-QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
+# Both attention-context bodies: ``vh = heads(sign(v + v_shift))`` [B, h, N, d] first, and the
+# ``pa`` [B, h, N, d] -> ``ctx`` [B, N, C] head merge last.
+_V_HEADS = (
+    """
    vs = Add(v, v_shift)
 """
     + _sign("vb", "vs")
     + _HEADS_SHAPE
     + """
    v4 = Reshape(vb, shp)
-   vh = Transpose <perm = [0, 2, 1, 3]> (v4)
+   vh = Transpose <perm = [0, 2, 1, 3]> (v4)"""
+)
+_MERGE_HEADS = """
+   pt = Transpose <perm = [0, 2, 1, 3]> (pa)
+   oshp = Constant <value_ints = [0, 0, -1]> ()
+   ctx = Reshape(pt, oshp)
+}
+"""
+
+QD_ATTENTION_CONTEXT = (
+    _HEADER
+    + """
+QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {"""
+    + _V_HEADS
+    + """
    tt = Transpose <perm = [1, 0]> (thresholds)
    tax = Constant <value_ints = [1, 3, 4]> ()
    t5 = Unsqueeze(tt, tax)
@@ -160,11 +174,8 @@ QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
    aax = Constant <value_ints = [0, 2, 3]> ()
    a4 = Unsqueeze(alpha, aax)
    pa = Mul(pv, a4)
-   pt = Transpose <perm = [0, 2, 1, 3]> (pa)
-   oshp = Constant <value_ints = [0, 0, -1]> ()
-   ctx = Reshape(pt, oshp)
-}
 """
+    + _MERGE_HEADS
 )
 
 # GSB (spec step 6b): q = p / clip, m = rowmax(q); masks B = [q > 0.5] (= clamp(round(q), 0, 1),
@@ -173,14 +184,9 @@ QDAttentionContext <num_heads> (p, v, v_shift, thresholds, alpha) => (ctx) {
 GSB_ATTENTION_CONTEXT = (
     _HEADER
     + """
-GSBAttentionContext <num_heads> (p, v, v_shift, clip, rel, weights) => (ctx) {
-   vs = Add(v, v_shift)
-"""
-    + _sign("vb", "vs")
-    + _HEADS_SHAPE
+GSBAttentionContext <num_heads> (p, v, v_shift, clip, rel, weights) => (ctx) {"""
+    + _V_HEADS
     + """
-   v4 = Reshape(vb, shp)
-   vh = Transpose <perm = [0, 2, 1, 3]> (v4)
    q = Div(p, clip)
    mx_ax = Constant <value_ints = [-1]> ()
    m = ReduceMax <keepdims = 1> (q, mx_ax)
@@ -206,11 +212,8 @@ GSBAttentionContext <num_heads> (p, v, v_shift, clip, rel, weights) => (ctx) {
    w5 = Reshape(weights, w_shp)
    pw = Mul(pv, w5)
    pa = ReduceSum <keepdims = 0> (pw, zax)
-   pt = Transpose <perm = [0, 2, 1, 3]> (pa)
-   oshp = Constant <value_ints = [0, 0, -1]> ()
-   ctx = Reshape(pt, oshp)
-}
 """
+    + _MERGE_HEADS
 )
 
 # ``x [..., C] -> [..., ratio * C]``: C-vector repeated ``ratio`` times (``Concat([x] * ratio, -1)``).
