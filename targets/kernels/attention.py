@@ -63,6 +63,19 @@ def _check(b: int, n: int, c: int, h: int) -> int:
     return c // h
 
 
+def v_sign_bits(v: te.Tensor, vs: te.Tensor, rows: int, h: int, n: int, d: int) -> te.Tensor:
+    """``sign(v + v_shift) < 0`` bits per head, packed along the tokens: ``[rows = B*h, words(N), d]``.
+
+    The value side of both attention contexts (QD and GSB); ``v`` is ``[B, N, C]`` with head
+    ``bh % h`` in channels ``(bh % h) * d ...``.
+    """
+    return te.compute(
+        (rows, num_words(n), d),
+        lambda bh, w, e: _packed_word(n, w, lambda m: v[bh // h, m, (bh % h) * d + e] + vs[(bh % h) * d + e] < _ZERO),
+        name=V_BLOCK,
+    )
+
+
 def _packed_word(count: int, w: tirx.Expr, bit_of: "callable") -> tirx.Expr:  # type: ignore[valid-type]
     """OR over the 64 bits of word ``w`` of ``bit_of(index)`` (a bool), indices past ``count`` 0.
 
@@ -147,11 +160,7 @@ def make_qd_context(
         (b * h, n, nw), lambda bh, i, w: _packed_word(n, w, lambda m: lv[bh, i, m] >= tirx.const(2, "uint8")),
         name=PLANE1_BLOCK,
     )
-    v_bits = te.compute(
-        (b * h, nw, d),
-        lambda bh, w, e: _packed_word(n, w, lambda m: v[bh // h, m, (bh % h) * d + e] + vs[(bh % h) * d + e] < _ZERO),
-        name=V_BLOCK,
-    )
+    v_bits = v_sign_bits(v, vs, b * h, h, n, d)
     r = te.reduce_axis((0, nw), name="r")
 
     def count(bi, i, ch):  # noqa: ANN001, ANN202

@@ -20,21 +20,19 @@ from typing import Optional
 import tvm
 from tvm import te, tirx
 
-from .attention import OutDType, _check, _packed_word, _row_parallel
+from .attention import V_BLOCK, OutDType, _check, _packed_word, _row_parallel, v_sign_bits
 from .bconv import _largest_divisor, schedule_tiled_popcount
 from .reference import num_words
 from .target_info import TargetLike, u64_lanes
 
 ROWMAX_BLOCK = "rowmax"
 PLANES_BLOCK = "planes"
-V_BLOCK = "v_bits"
 ACC_BLOCK = "popc"
 COUNT_BLOCK = "counts"
 OUT_BLOCK = "out"
 PLANES = 3
 HALF = 0.5
 
-_ZERO = tirx.const(0.0, "float32")
 
 
 def make_gsb_context(b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "float32") -> tirx.PrimFunc:
@@ -72,11 +70,7 @@ def make_gsb_context(b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "f
         lambda pb, i, w: _packed_word(n, w, lambda m: mask(pb // (b * h), pb % (b * h), i, m)),
         name=PLANES_BLOCK,
     )
-    v_bits = te.compute(
-        (b * h, nw, d),
-        lambda bh, w, e: _packed_word(n, w, lambda m: v[bh // h, m, (bh % h) * d + e] + vs[(bh % h) * d + e] < _ZERO),
-        name=V_BLOCK,
-    )
+    v_bits = v_sign_bits(v, vs, b * h, h, n, d)
     r = te.reduce_axis((0, nw), name="r")
 
     def count(pb, i, ch):  # noqa: ANN001, ANN202
