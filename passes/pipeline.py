@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from bhvit_export.errors import PassError
+from bhvit_export.onnx_check import check_model
 
 from .attention_scores import fuse_attention_scores
 from .binary_conv import fuse_binary_conv
@@ -71,6 +72,4 @@ def fuse_model(proto: onnx.ModelProto, report: FuseReport | None = None) -> onnx
     out.producer_version = proto.producer_version
     out.metadata_props.extend(proto.metadata_props)
     out.doc_string = proto.doc_string.replace("float reference graph", "fused packed-bit graph")
-    from bhvit_export.export.reference import finalize
-
-    return finalize(out)
+    return check_model(out, PassError, "the fused graph")
