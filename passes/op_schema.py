@@ -197,12 +197,12 @@ class OpSchema:
     def validate(self, node: onnx.NodeProto, what: str) -> None:
         """Raise :class:`OpSchemaError` (prefixed with ``what``) if ``node`` does not fit this op."""
         n_in, n_out = len(self.inputs), len(self.outputs)
-        if len(node.input) < self.required_inputs or len(node.input) > n_in or len(node.output) != n_out or not all(node.output):
+        if len(node.input) > n_in or len(node.output) != n_out or not all(node.output):
             raise OpSchemaError(
                 f"{what} has {len(node.input)} inputs and {len(node.output)} outputs, expected {n_in} and {n_out}"
                 f" ({', '.join(self.input_names)} -> {', '.join(self.outputs)})"
             )
-        self.named(list(node.input), what)
+        self.named(list(node.input), what)  # a missing or empty required input, by name
         attrs = {a.name: a for a in node.attribute}
         for spec in self.attrs:
             if spec.name not in attrs:
