@@ -222,6 +222,17 @@ def inspect_file(path: str | Path) -> Census:
     return c
 
 
+def op_schemas(c: Census) -> dict[str, Any]:
+    """The schema entries (:mod:`passes.op_schema`) of the ``bhvit`` ops the model uses, as JSON."""
+    return {op: schema.to_json() for op in c.binary_ops if (schema := schema_of(op)) is not None}
+
+
+def format_op_schemas(c: Census) -> str:
+    """``inspect --ops``: each ``bhvit`` op the model uses, its named inputs, attributes and cost."""
+    entries = [schema.describe() for op in c.binary_ops if (schema := schema_of(op)) is not None]
+    return "\n".join(entries) if entries else "bhvit ops       none (a reference graph)"
+
+
 def format_report(c: Census) -> str:
     """The human table ``inspect`` prints (``--json`` prints ``Census.to_json()`` instead)."""
     lines = [

@@ -126,3 +126,24 @@ def test_named_then_positional_round_trips(op: str, data: st.DataObject) -> None
     s = SCHEMAS[op]
     names = [f"t{i}_{data.draw(st.integers(0, 9))}" for i in range(len(s.inputs))]
     assert s.positional(s.named(names)) == names
+
+
+def test_inspect_ops_shows_the_entries_of_the_ops_used(tmp_path) -> None:
+    """``inspect --ops`` adds the schema of each bhvit op the model uses; without it the output is unchanged."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bhvit_export.cli import cli
+
+    path = tmp_path / "fused.onnx"
+    onnx.save(_fused_micro(), str(path))
+    plain = CliRunner().invoke(cli, ["inspect", str(path)])
+    shown = CliRunner().invoke(cli, ["inspect", str(path), "--ops"])
+    assert plain.exit_code == shown.exit_code == 0, shown.output
+    assert shown.output.startswith(plain.output.rstrip("\n"))
+    assert "bhvit.BinaryLinear v1" in shown.output and "(x, shift, w_bits, scale, bias) -> (y)" in shown.output
+    assert "GSBAttentionContext" not in shown.output  # micro is a QD model
+    data = json.loads(CliRunner().invoke(cli, ["inspect", str(path), "--ops", "--json"]).output)
+    assert data["op_schemas"]["QDAttentionContext"]["inputs"][3]["name"] == "thresholds"
+    assert "op_schemas" not in json.loads(CliRunner().invoke(cli, ["inspect", str(path), "--json"]).output)
