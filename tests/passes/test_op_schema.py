@@ -147,3 +147,22 @@ def test_inspect_ops_shows_the_entries_of_the_ops_used(tmp_path) -> None:
     data = json.loads(CliRunner().invoke(cli, ["inspect", str(path), "--ops", "--json"]).output)
     assert data["op_schemas"]["QDAttentionContext"]["inputs"][3]["name"] == "thresholds"
     assert "op_schemas" not in json.loads(CliRunner().invoke(cli, ["inspect", str(path), "--json"]).output)
+
+
+def test_docs_op_table_lists_the_schema_inputs() -> None:
+    """``docs/packing.md``'s op table names each op's inputs and attributes in the schema's order."""
+    import re
+
+    from tests.helpers import REPO
+
+    rows = {}
+    for line in (REPO / "docs" / "packing.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0].strip("`") in SCHEMAS:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(SCHEMAS)
+    for op, (_, inputs, attrs, _) in rows.items():
+        names = [re.match(r"`(\w+)", part.strip()).group(1) for part in re.split(r",\s*(?=`)", inputs)]
+        assert names == list(SCHEMAS[op].input_names), op
+        for a in SCHEMAS[op].attrs:
+            assert a.name in attrs, (op, a.name)
