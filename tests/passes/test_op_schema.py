@@ -166,3 +166,16 @@ def test_docs_op_table_lists_the_schema_inputs() -> None:
         assert names == list(SCHEMAS[op].input_names), op
         for a in SCHEMAS[op].attrs:
             assert a.name in attrs, (op, a.name)
+
+
+def test_schema_and_census_load_no_compiler() -> None:
+    """The schema is core: validating and costing a fused file needs neither torch nor TVM (nor graphsurgeon)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    code = ("import sys, passes.op_schema, bhvit_export.census, bhvit_export.op_attributes; "
+            "print(sorted(m for m in ('torch', 'tvm', 'onnx_graphsurgeon', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "[]"
