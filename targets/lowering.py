@@ -217,4 +217,4 @@ def describe() -> str:
     lines = [f"{'op':<24}" + "".join(f"{a:<34}" for a in archs)]
     for op in OP_TYPES:
         lines.append(f"{op:<24}" + "".join(f"{'+'.join(OP_KERNELS[(op, a)]) or 'float':<34}" for a in archs))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

@@ -31,6 +31,7 @@ from targets.lowering import (  # noqa: E402
     OP_KERNELS,
     LoweringContext,
     architecture,
+    describe,
     kernel_cache_info,
 )
 
@@ -59,6 +60,8 @@ def test_tables_are_complete_and_resolve() -> None:
             kinds = OP_KERNELS[(op, arch)]
             assert all((kind, arch) in KERNELS for kind in kinds), (op, arch, kinds)
     assert all(OP_KERNELS[(op, "generic")] == () for op in OP_TYPES)
+    table = describe().splitlines()
+    assert len(table) == 1 + len(OP_TYPES) and table[6].split() == ["QDAttentionContext", "float", "float", "float", "qd_context"]
     for spec in set(KERNELS.values()):
         module, name = spec.builder.split(":")
         assert callable(getattr(importlib.import_module(module), name)), spec.builder
