@@ -11,12 +11,15 @@ context for micro. Runs on commits before and after the lowering context (``PACK
 or the ``overrides`` argument). Takes about two minutes. Extra arguments ``onnx`` / ``tvm`` limit
 it to one half.
 """
-import hashlib, json, sys, warnings
+import hashlib
+import json
+import sys
 from pathlib import Path
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 what = sys.argv[2:] or ["onnx", "tvm"]
-FIX = Path("/work/shared/fixtures/official")
+from tests.helpers import OFFICIAL as FIX  # run from the repository root
+
 from bhvit_export.checkpoint import load_checkpoint
 from bhvit_export.export.reference import export_reference
 from bhvit_export.census import format_report, inspect_file
