@@ -18,8 +18,8 @@ from typing import Any
 import onnx
 from onnx import shape_inference
 
-from passes.op_schema import DOMAIN as BINARY_DOMAIN
-from passes.op_schema import schema_of
+from bhvit_export.passes.op_schema import DOMAIN as BINARY_DOMAIN
+from bhvit_export.passes.op_schema import schema_of
 
 from .errors import ModelFileError
 

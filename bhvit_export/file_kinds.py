@@ -61,7 +61,7 @@ def _onnx_kind(path: Path) -> Optional[str]:
         return None
     if not model.graph.node:
         return None
-    from passes.op_schema import DOMAIN
+    from bhvit_export.passes.op_schema import DOMAIN
 
     domains = {n.domain for n in model.graph.node}
     if DOMAIN in domains:

@@ -15,7 +15,7 @@ from typing import Any
 def check_bhvit_nodes(model: Any, path: Path, domain: str | None = None) -> None:
     """Raise ModelFileError for the first ``bhvit`` node whose inputs or attributes do not fit its op."""
     try:
-        from passes.op_schema import DOMAIN, schema_of
+        from bhvit_export.passes.op_schema import DOMAIN, schema_of
     except ImportError:  # a build without passes: the importer refuses the ops anyway
         return
     domain = DOMAIN if domain is None else domain

@@ -23,7 +23,7 @@ from tests.helpers import OFFICIAL as FIX  # run from the repository root
 from bhvit_export.checkpoint import load_checkpoint
 from bhvit_export.export.reference import export_reference
 from bhvit_export.census import format_report, inspect_file
-from passes.pipeline import fuse_model
+from bhvit_export.passes.pipeline import fuse_model
 
 fused = {}
 for name in ["micro", "micro-binary-embed", "micro-gsb", "micro-ln-nols"]:
@@ -41,9 +41,9 @@ for name in ["micro", "micro-binary-embed", "micro-gsb", "micro-ln-nols"]:
         print(name, hashlib.sha256(b).hexdigest()[:16], flush=True)
 
 if "tvm" in what:
-    from targets.importer import import_fused
-    from targets.target_spec import resolve
-    from targets import converters
+    from bhvit_export.targets.importer import import_fused
+    from bhvit_export.targets.target_spec import resolve
+    from bhvit_export.targets import converters
     targets = {"x86_64": resolve("x86_64").target, "haswell": resolve("x86_64", mcpu="haswell").target,
                "aarch64": resolve("aarch64").target, "a55": resolve("aarch64", mcpu="cortex-a55").target,
                "orin": resolve("jetson-orin").target}

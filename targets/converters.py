@@ -1,7 +1,7 @@
 """Relax converters for the ``bhvit`` ops (``docs/packing.md``, semantics: ``passes/ops.py``).
 
 TVM's Relax ONNX importer dispatches on ``op_type`` alone and never reads model-local functions,
-so :mod:`targets.importer` registers the classes in :data:`CONVERTERS` for the duration of one
+so :mod:`bhvit_export.targets.importer` registers the classes in :data:`CONVERTERS` for the duration of one
 import, each bound to that import's :class:`~targets.lowering.LoweringContext` (and checks that
 every such node really is in the ``bhvit`` domain before converting). A converter reads its inputs
 by name through the op's schema entry (:mod:`passes.op_schema`) and asks the context which kernels
@@ -10,20 +10,20 @@ there takes its float Relax lowering.
 
 Lowering choices (correctness first; every path is exact against the ONNX function bodies):
 
-* ``BinaryLinear`` -> two ``call_tir`` kernels from :mod:`targets.kernels`: the sign-pack with the
+* ``BinaryLinear`` -> two ``call_tir`` kernels from :mod:`bhvit_export.targets.kernels`: the sign-pack with the
   shift fused (``pack``), then the XNOR/popcount GEMM with the ``scale``/``bias`` epilogue
   (``bgemm``). Both are pre-scheduled for the target and marked opaque + scheduled so the Relax
   pipeline (FuseOps/FuseTIR, dlight) leaves them alone. ``packed=False`` (the context's)
   selects an all-Relax version instead (+-1 weights decoded once at import, float matmul).
 * ``BinaryConv2d`` on llvm targets -> where the channels per group divide 64 (BHViT: 16, 32),
-  the channels-last pair of :mod:`targets.kernels.bconv_nhwc` (sign-pack of each pixel's group
+  the channels-last pair of :mod:`bhvit_export.targets.kernels.bconv_nhwc` (sign-pack of each pixel's group
   channels into a word, then tap-major im2col + GEMM); otherwise one ``call_tir`` kernel
-  (:mod:`targets.kernels.bconv`): sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
+  (:mod:`bhvit_export.targets.kernels.bconv`): sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
   epilogue, written channels-last and permuted (a view FuseOps folds into the consumer) to the
   op's NCHW; the zero padding (after the sign) is corrected exactly with a per
   (border pattern, output channel) table computed here in numpy from the weights.
 * ``BinaryAttentionScores`` on llvm targets -> one ``call_tir`` kernel
-  (:mod:`targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
+  (:mod:`bhvit_export.targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
 * ``QDAttentionContext`` keeps the float Relax lowering on llvm targets by default: measured
   single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
@@ -31,11 +31,11 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   The packed path stays available (and tested) as a context override
   (``overrides={"QDAttentionContext": ("qd_context",)}``).
 * ``GSBAttentionContext`` on llvm targets -> one ``call_tir`` kernel
-  (:mod:`targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
+  (:mod:`bhvit_export.targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
   weighted epilogue. Other targets (cuda included): the function body in Relax ops (float masks,
   one batched matmul).
 * On cuda targets the same three ops use the GPU schedules of the same kernels
-  (:mod:`targets.kernels.gpu_bconv`, :mod:`targets.kernels.gpu_attention`: ``__popcll`` into int32,
+  (:mod:`bhvit_export.targets.kernels.gpu_bconv`, :mod:`bhvit_export.targets.kernels.gpu_attention`: ``__popcll`` into int32,
   shared-memory tiles, coalesced bit-pack stages), the QD context included
   (not measured against the float path yet); the conv always takes the channel-first kernel there.
 * Other targets (the ``generic`` architecture) and ``packed=False`` keep the float Relax lowerings: for the conv,
@@ -57,8 +57,8 @@ import tvm
 from tvm import relax
 
 from bhvit_export.errors import TargetError
-from passes.op_schema import SCHEMAS
-from passes.ops import unpack_bits
+from bhvit_export.passes.op_schema import SCHEMAS
+from bhvit_export.passes.ops import unpack_bits
 
 from .lowering import LoweringContext
 
@@ -338,10 +338,10 @@ class BinaryConv2d(_BhvitConverter):
 
     @staticmethod
     def _packed(ctx, bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
-        """The channels-last pair (:mod:`targets.kernels.bconv_nhwc`) where the op takes it and the
-        groups fit, else one ``call_tir`` of :mod:`targets.kernels.bconv`; NHWC output permuted to NCHW."""
-        from targets.kernels import bconv_nhwc
-        from targets.kernels.bconv import ConvGeometry, border_correction
+        """The channels-last pair (:mod:`bhvit_export.targets.kernels.bconv_nhwc`) where the op takes it and the
+        groups fit, else one ``call_tir`` of :mod:`bhvit_export.targets.kernels.bconv`; NHWC output permuted to NCHW."""
+        from bhvit_export.targets.kernels import bconv_nhwc
+        from bhvit_export.targets.kernels.bconv import ConvGeometry, border_correction
 
         b, c, hgt, wid = _shape(x, f"{what}: x")
         _f32(x, f"{what}: x")

@@ -4,7 +4,7 @@ TVM 0.27's Relax ONNX importer (``tvm.relax.frontend.onnx.from_onnx``) has three
 closes:
 
 * it dispatches on ``op_type`` only (op domains are ignored) and has no custom-op hook, so the
-  converters of :mod:`targets.converters`, each bound to the import's
+  converters of :mod:`bhvit_export.targets.converters`, each bound to the import's
   :class:`~targets.lowering.LoweringContext`, are registered by wrapping the module-level
   ``_get_convert_map`` for the duration of one import (restored afterwards, even on error), and the
   domains are checked here, before anything is converted;
@@ -26,7 +26,7 @@ from typing import Iterator, Mapping, Optional
 import onnx
 
 from bhvit_export.errors import TargetError
-from passes.op_schema import DOMAIN
+from bhvit_export.passes.op_schema import DOMAIN
 
 from . import converters as conv
 from .lowering import LoweringContext

@@ -1,7 +1,7 @@
 """The lowering context: the choices of one import (target, architecture, kernel per op), decided once.
 
-The converters of :mod:`targets.converters` read every choice from a :class:`LoweringContext`
-that :func:`targets.importer.bhvit_converters` binds into TVM's convert map for one import, so two
+The converters of :mod:`bhvit_export.targets.converters` read every choice from a :class:`LoweringContext`
+that :func:`bhvit_export.targets.importer.bhvit_converters` binds into TVM's convert map for one import, so two
 imports for different targets in one process share nothing but the bounded kernel cache (keyed by
 target).
 
@@ -11,7 +11,7 @@ Two tables say which kernel each ``bhvit`` op takes on each architecture:
 * :data:`OP_KERNELS`: the kinds each op lowers to, ``(op, architecture) -> kinds``; an empty tuple
   is the op's float Relax lowering (its function body in Relax ops, exact on +-1 data).
 
-Architectures: ``avx512``, ``avx2``, ``sse2`` (x86-64 by vector width, :func:`targets.arch.arch_of`),
+Architectures: ``avx512``, ``avx2``, ``sse2`` (x86-64 by vector width, :func:`bhvit_export.targets.arch.arch_of`),
 ``neon`` (aarch64), ``cuda``, and ``generic`` for any other target, which takes the float Relax
 lowering everywhere (the packed CPU schedules were written and checked for x86-64 and aarch64 only).
 Adding an architecture is a row in each table.
@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
-from passes.op_schema import OP_TYPES
+from bhvit_export.passes.op_schema import OP_TYPES
 
 #: Kernel PrimFuncs kept across imports (one per kind, shape and target); the least recently used go.
 KERNEL_CACHE_SIZE = 256
@@ -52,7 +52,7 @@ class Kernel:
         return fn(*args, **dict(self.kwargs))
 
 
-_K = "targets.kernels."
+_K = "bhvit_export.targets.kernels."
 _CPU_KERNELS = {k.kind: k for k in (
     Kernel("pack", _K + "pack:pack_module", (("shift", True),)),
     Kernel("bgemm", _K + "bgemm:bgemm_module"),  # the NEON popcount GEMM on aarch64 (udot with dotprod)
@@ -110,7 +110,7 @@ OP_KERNELS: dict[tuple[str, str], tuple[str, ...]] = {
 
 def architecture(target: tvm.target.Target) -> str:
     """The tables' architecture of ``target`` (see the module docstring)."""
-    from targets.kernels.target_info import is_aarch64
+    from bhvit_export.targets.kernels.target_info import is_aarch64
 
     kind = target.kind.name
     if kind == "cuda":
@@ -122,7 +122,7 @@ def architecture(target: tvm.target.Target) -> str:
     triple = str(target.attrs.get("mtriple", ""))
     if triple and not triple.startswith("x86_64"):
         return "generic"
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     return arch_of(target).name
 
@@ -134,7 +134,7 @@ class LoweringContext:
     target: tvm.target.Target
     #: The tables' architecture key (``avx512``, ``avx2``, ``sse2``, ``neon``, ``cuda``, ``generic``).
     arch: str
-    #: The CPU's record (:func:`targets.arch.arch_of`; a CUDA target's host), None where there is none.
+    #: The CPU's record (:func:`bhvit_export.targets.arch.arch_of`; a CUDA target's host), None where there is none.
     record: Optional[Any]
     #: False: every op takes its float Relax lowering (the all-Relax reference path).
     packed: bool
@@ -148,7 +148,7 @@ class LoweringContext:
         """Resolve ``target`` (default: the host) once. ``overrides``: ``{op: kinds}`` replacing the
         table's choice (e.g. ``{"QDAttentionContext": ("qd_context",)}`` for the opt-in packed QD
         context on CPUs); every kind must exist on the architecture."""
-        from targets.kernels.target_info import as_target, host_target
+        from bhvit_export.targets.kernels.target_info import as_target, host_target
 
         tgt = as_target(target) if target is not None else host_target()
         arch = architecture(tgt)
@@ -179,7 +179,7 @@ class LoweringContext:
 def _record(target: tvm.target.Target, arch: str) -> Optional[Any]:
     if arch == "generic" or (arch == "cuda" and target.host is None):
         return None
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     return arch_of(target)
 

@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from bhvit_export.census import census
-from passes.op_schema import DOMAIN, OP_TYPES, SCHEMAS, OpSchemaError, check_against_bodies, schema_of, validate_model
+from bhvit_export.passes.op_schema import DOMAIN, OP_TYPES, SCHEMAS, OpSchemaError, check_against_bodies, schema_of, validate_model
 
 
 @lru_cache(maxsize=1)
 def _fused_micro() -> onnx.ModelProto:
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
     from tests.conftest import official_path
 
     path = official_path("micro")
@@ -44,7 +44,7 @@ def test_entries_agree_with_their_function_bodies() -> None:
 
 def test_converters_cover_exactly_the_schema() -> None:
     pytest.importorskip("tvm")
-    from targets.converters import CONVERTERS
+    from bhvit_export.targets.converters import CONVERTERS
 
     assert set(CONVERTERS) == set(SCHEMAS)
 

@@ -20,11 +20,11 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("tvm")
 
 from bhvit_export.errors import TargetError  # noqa: E402
-from passes.op_schema import OP_TYPES  # noqa: E402
-from passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits  # noqa: E402
-from targets.importer import bhvit_converters, import_fused  # noqa: E402
-from targets.kernels.target_info import AARCH64_CORTEX_A72, X86_AVX2, X86_SAPPHIRERAPIDS  # noqa: E402
-from targets.lowering import (  # noqa: E402
+from bhvit_export.passes.op_schema import OP_TYPES  # noqa: E402
+from bhvit_export.passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits  # noqa: E402
+from bhvit_export.targets.importer import bhvit_converters, import_fused  # noqa: E402
+from bhvit_export.targets.kernels.target_info import AARCH64_CORTEX_A72, X86_AVX2, X86_SAPPHIRERAPIDS  # noqa: E402
+from bhvit_export.targets.lowering import (  # noqa: E402
     ARCHS,
     KERNEL_CACHE_SIZE,
     KERNELS,
