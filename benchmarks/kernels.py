@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from bhvit_export.passes.op_schema import DOMAIN, SCHEMAS
+
 Progress = Callable[[str], None]
 
 
@@ -49,9 +51,10 @@ def binary_shapes(fused: onnx.ModelProto) -> list[Shape]:
     }
     seen: dict[tuple, int] = {}
     for node in static.graph.node:
-        if node.domain != "bhvit" or node.op_type not in ("BinaryLinear", "PackedBinaryLinear", "BinaryExpandPack", "BinaryConv2d"):
+        if node.domain != DOMAIN or node.op_type not in ("BinaryLinear", "PackedBinaryLinear", "BinaryExpandPack", "BinaryConv2d"):
             continue
-        x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
+        args = SCHEMAS[node.op_type].named(list(node.input))
+        x, y = shapes.get(args["x_bits" if node.op_type == "PackedBinaryLinear" else "x"]), shapes.get(node.output[0])
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         k = int(attrs.get("in_features", x[-1] if x else 0))
         if node.op_type in ("BinaryLinear", "PackedBinaryLinear"):

@@ -2,8 +2,9 @@
 
 Costs follow the paper's Table 2 convention (from ReActNet): ``OPs = BOPs / 64 + FLOPs`` where
 FLOPs are the multiply-accumulates of the float Conv/MatMul/Gemm layers and BOPs the binary
-multiply-accumulates. Counted for one 224x224 image. QD's and GSB's ``P.V`` count as three binary
-products (one per mask) and the attention-score ``Q.K^T`` as one.
+multiply-accumulates. Counted for one 224x224 image. Each ``bhvit`` op's BOPs are its schema
+entry's cost (:mod:`bhvit_export.passes.op_schema`): QD's and GSB's ``P.V`` count as three binary products (one
+per mask) and the attention-score ``Q.K^T`` as one.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any
 import onnx
 from onnx import shape_inference
 
+from bhvit_export.passes.op_schema import DOMAIN as BINARY_DOMAIN
+from bhvit_export.passes.op_schema import schema_of
+
 from .errors import ModelFileError
 
-BINARY_DOMAIN = "bhvit"
 FLOAT_MAC_OPS = ("Conv", "MatMul", "Gemm")
 
 #: The paper's Table 2 (ImageNet-1K): size in MB and OPs, for the configs it reports.
@@ -149,22 +152,13 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
     for n in m.graph.node:
         cost_b = cost_f = 0
         if n.domain == BINARY_DOMAIN:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            if n.op_type in ("BinaryLinear", "BinaryConv2d", "PackedBinaryLinear", "BinaryExpandPack"):
-                k = int(attrs["in_features"])
-                w_in = 1 if n.op_type == "PackedBinaryLinear" else 2
-                n_out = shape(n.input[w_in])[0]
-                # BinaryExpandPack's first output is packed bits: count its MACs from x's rows.
-                rows = math.prod(shape(n.input[0])[:-1]) * n_out if n.op_type == "BinaryExpandPack" else None
-                cost_b = (rows if rows is not None else math.prod(shape(n.output[0]))) * k
-                binary_params += n_out * k
-                binary_inputs.add(n.input[w_in])
-            elif n.op_type == "BinaryAttentionScores":
-                b, h, t, _ = shape(n.output[0])
-                cost_b = b * h * t * t * (shape(n.input[0])[-1] // h)
-            elif n.op_type in ("QDAttentionContext", "GSBAttentionContext"):
-                b, h, t, _ = shape(n.input[0])
-                cost_b = 3 * b * h * t * t * (shape(n.input[1])[-1] // h)
+            schema = schema_of(n.op_type, n.domain)
+            if schema is not None:  # (an unknown bhvit op costs nothing here; compile refuses it)
+                cost = schema.cost(n, shape)
+                cost_b = cost.bops
+                binary_params += cost.binary_params
+                if cost.weights is not None:
+                    binary_inputs.add(cost.weights)
         elif n.op_type in FLOAT_MAC_OPS:
             out = shape(n.output[0])
             w = shape(n.input[1])
@@ -226,6 +220,17 @@ def inspect_file(path: str | Path) -> Census:
             "ours_ops": c.total_ops,
         }
     return c
+
+
+def op_schemas(c: Census) -> dict[str, Any]:
+    """The schema entries (:mod:`bhvit_export.passes.op_schema`) of the ``bhvit`` ops the model uses, as JSON."""
+    return {op: schema.to_json() for op in c.binary_ops if (schema := schema_of(op)) is not None}
+
+
+def format_op_schemas(c: Census) -> str:
+    """``inspect --ops``: each ``bhvit`` op the model uses, its named inputs, attributes and cost."""
+    entries = [schema.describe() for op in c.binary_ops if (schema := schema_of(op)) is not None]
+    return "\n".join(entries) if entries else "bhvit ops       none (a reference graph)"
 
 
 def format_report(c: Census) -> str:

@@ -193,12 +193,16 @@ def to_onnx(ckpt: Path, out: Path, reference: bool, entry: str, config_json: Pat
 @cli.command("inspect", epilog=ex.INSPECT)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the census as JSON on stdout (nothing else).")
-def inspect_cmd(model: Path, as_json: bool) -> None:
+@click.option("--ops", "show_ops", is_flag=True, help="Also show the schema of each bhvit op MODEL uses (inputs, attributes, cost).")
+def inspect_cmd(model: Path, as_json: bool, show_ops: bool) -> None:
     """Op census, BOPs/FLOPs/OPs, parameters and size of MODEL (.onnx), beside the paper's Table 2."""
-    from .census import format_report, inspect_file
+    from .census import format_op_schemas, format_report, inspect_file, op_schemas
 
     c = inspect_file(model)
-    click.echo(_json_dump("inspect", c.to_json()) if as_json else format_report(c))
+    if as_json:
+        click.echo(_json_dump("inspect", {**c.to_json(), **({"op_schemas": op_schemas(c)} if show_ops else {})}))
+    else:
+        click.echo(format_report(c) + (f"\n\n{format_op_schemas(c)}" if show_ops else ""))
 
 
 def _say(as_json: bool, stream: Any = None):

@@ -26,6 +26,7 @@ TO_ONNX = _examples(
 INSPECT = _examples(
     "bhvit-export inspect model.onnx",
     "bhvit-export inspect model.onnx --json | jq .binary_ops",
+    "bhvit-export inspect model.onnx --ops                     # + each bhvit op's inputs, attributes, cost",
 )
 COMPILE = _examples(
     "bhvit-export compile model.onnx -o bundle                  # this x86-64 CPU",

@@ -61,8 +61,10 @@ def _onnx_kind(path: Path) -> Optional[str]:
         return None
     if not model.graph.node:
         return None
+    from bhvit_export.passes.op_schema import DOMAIN
+
     domains = {n.domain for n in model.graph.node}
-    if "bhvit" in domains:
+    if DOMAIN in domains:
         return "onnx-fused"
     if any(p.key == "bhvit.golden" for p in model.metadata_props):
         return "onnx-reference"

@@ -40,8 +40,10 @@ HEAD, STEM = "head", "stem"
 
 def anchored_nodes(model: Any) -> list[dict[str, str]]:
     """``[{op, name, layer}]`` of the ONNX nodes that own an anchor kernel, in graph order."""
+    from bhvit_export.passes.op_schema import DOMAIN
+
     return [{"op": n.op_type, "name": n.name, "layer": layer_name(n.name)}
-            for n in model.graph.node if n.domain == "bhvit" and n.op_type in ANCHORS]
+            for n in model.graph.node if n.domain == DOMAIN and n.op_type in ANCHORS]
 
 
 def write_layers(model: Any, path: Path) -> None:

@@ -13,8 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .attention_scores import heads_of
-from .graph_utils import only_consumer
-from .ops import DOMAIN
+from .graph_utils import bhvit_node, only_consumer
 
 
 def context_tail(mm: gs.Node) -> Optional[tuple[Any, gs.Node]]:
@@ -29,20 +28,17 @@ def context_tail(mm: gs.Node) -> Optional[tuple[Any, gs.Node]]:
 
 def replace_context(graph: gs.Graph, op: str, softmax: gs.Node, v: Any, rs: gs.Node,
                     params: dict[str, np.ndarray]) -> None:
-    """Append ``op(P, mv, v_shift, *params)`` (named after the softmax) taking over ``rs``'s outputs."""
+    """Append ``op(p, v, v_shift, **params)`` (named after the softmax) taking over ``rs``'s outputs.
+
+    ``params``: the op's remaining inputs by their schema names (QD: thresholds, alpha; GSB: clip, rel, weights).
+    """
     name = softmax.name or softmax.outputs[0].name
-    fused = gs.Node(
-        op=op,
-        name=f"{name}/{op}",
-        domain=DOMAIN,
-        attrs={"num_heads": int(v[2])},
-        inputs=[
-            softmax.outputs[0],
-            v[0],
-            gs.Constant(f"{name}/v_shift", v[1].astype(np.float32)),
-            *(gs.Constant(f"{name}/{k}", val) for k, val in params.items()),
-        ],
-        outputs=list(rs.outputs),
-    )
+    inputs = {
+        "p": softmax.outputs[0],
+        "v": v[0],
+        "v_shift": gs.Constant(f"{name}/v_shift", v[1].astype(np.float32)),
+        **{k: gs.Constant(f"{name}/{k}", val) for k, val in params.items()},
+    }
+    fused = bhvit_node(op, f"{name}/{op}", inputs, list(rs.outputs), num_heads=v[2])
     rs.outputs.clear()
     graph.nodes.append(fused)

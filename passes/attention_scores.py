@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, only_consumer, producer, sign_source
-from .ops import DOMAIN
+from .graph_utils import bhvit_node, const_value, only_consumer, producer, sign_source
 
 
 def heads_of(t: gs.Tensor, perm: list[int]) -> tuple[gs.Tensor, np.ndarray, int] | None:
@@ -49,19 +48,14 @@ def fuse_attention_scores(graph: gs.Graph) -> int:
         if c is None or c.size != 1 or div.inputs[0] is not node.outputs[0]:
             continue
         name = node.name or node.outputs[0].name
-        fused = gs.Node(
-            op="BinaryAttentionScores",
-            name=f"{name}/BinaryAttentionScores",
-            domain=DOMAIN,
-            attrs={"num_heads": int(q[2]), "scale": float(c.reshape(()))},
-            inputs=[
-                q[0],
-                k[0],
-                gs.Constant(f"{name}/q_shift", q[1].astype(np.float32)),
-                gs.Constant(f"{name}/k_shift", k[1].astype(np.float32)),
-            ],
-            outputs=list(div.outputs),
-        )
+        inputs = {
+            "q": q[0],
+            "k": k[0],
+            "q_shift": gs.Constant(f"{name}/q_shift", q[1].astype(np.float32)),
+            "k_shift": gs.Constant(f"{name}/k_shift", k[1].astype(np.float32)),
+        }
+        fused = bhvit_node("BinaryAttentionScores", f"{name}/BinaryAttentionScores", inputs, list(div.outputs),
+                           num_heads=q[2], scale=c.reshape(()))
         div.outputs.clear()
         graph.nodes.append(fused)
         count += 1

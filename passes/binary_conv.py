@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import binary_weight_rows, const_value, packed_weight_inputs, sign_source
-from .ops import DOMAIN
+from .graph_utils import bhvit_node, binary_weight_rows, const_value, packed_weight_inputs, sign_source
 
 
 def fuse_binary_conv(graph: gs.Graph) -> int:
@@ -43,21 +42,15 @@ def fuse_binary_conv(graph: gs.Graph) -> int:
             bias = b.astype(np.float32)
         x, shift = src
         name = node.name or node.outputs[0].name
-        attrs = {
-            "kernel_shape": [int(kh), int(kw)],
-            "strides": [int(s) for s in node.attrs.get("strides", [1, 1])],
-            "pads": [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])],
-            "dilations": [int(d) for d in node.attrs.get("dilations", [1, 1])],
-            "group": group,
-            "in_features": int(cg * kh * kw),
-        }
-        fused = gs.Node(
-            op="BinaryConv2d",
-            name=f"{name}/BinaryConv2d",
-            domain=DOMAIN,
-            attrs=attrs,
-            inputs=packed_weight_inputs(name, x, shift, signs, scale, bias),
-            outputs=list(node.outputs),
+        fused = bhvit_node(
+            "BinaryConv2d", f"{name}/BinaryConv2d", packed_weight_inputs(name, x, shift, signs, scale, bias),
+            list(node.outputs),
+            kernel_shape=[kh, kw],
+            strides=node.attrs.get("strides", [1, 1]),
+            pads=node.attrs.get("pads", [0, 0, 0, 0]),
+            dilations=node.attrs.get("dilations", [1, 1]),
+            group=group,
+            in_features=cg * kh * kw,
         )
         node.outputs.clear()
         graph.nodes.append(fused)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import binary_weight_rows, const_value, packed_weight_inputs, sign_source
-from .ops import DOMAIN
+from .graph_utils import bhvit_node, binary_weight_rows, const_value, packed_weight_inputs, sign_source
 
 
 def fuse_binary_linear(graph: gs.Graph) -> int:
@@ -33,14 +32,8 @@ def fuse_binary_linear(graph: gs.Graph) -> int:
         scale, signs = rows
         x, shift = src
         name = node.name or node.outputs[0].name
-        fused = gs.Node(
-            op="BinaryLinear",
-            name=f"{name}/BinaryLinear",
-            domain=DOMAIN,
-            attrs={"in_features": int(k)},
-            inputs=packed_weight_inputs(name, x, shift, signs, scale, np.zeros(n, dtype=np.float32)),
-            outputs=list(node.outputs),
-        )
+        inputs = packed_weight_inputs(name, x, shift, signs, scale, np.zeros(n, dtype=np.float32))
+        fused = bhvit_node("BinaryLinear", f"{name}/BinaryLinear", inputs, list(node.outputs), in_features=k)
         node.outputs.clear()
         graph.nodes.append(fused)
         count += 1

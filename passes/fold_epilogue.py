@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import only_consumer, split_const_operand
+from .graph_utils import bhvit_inputs, only_consumer, split_const_operand
+from .op_schema import DOMAIN
 
 FOLDABLE_OPS = ("BinaryLinear", "BinaryConv2d")
 
@@ -36,9 +37,10 @@ def fold_epilogue(graph: gs.Graph) -> int:
     count = 0
     outputs = set(id(t) for t in graph.outputs)
     for node in list(graph.nodes):
-        if node.op not in FOLDABLE_OPS or node.domain != "bhvit":
+        if node.op not in FOLDABLE_OPS or node.domain != DOMAIN:
             continue
-        scale_t, bias_t = node.inputs[3], node.inputs[4]
+        args = bhvit_inputs(node)
+        scale_t, bias_t = args["scale"], args["bias"]
         scale = np.asarray(scale_t.values, dtype=np.float32).copy()
         bias = np.asarray(bias_t.values, dtype=np.float32).copy()
         while id(node.outputs[0]) not in outputs:

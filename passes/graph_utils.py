@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -89,14 +89,30 @@ def binary_weight_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 def packed_weight_inputs(
     name: str, x: gs.Tensor, shift: np.ndarray, signs: np.ndarray, scale: np.ndarray, bias: np.ndarray
-) -> list[gs.Tensor]:
-    """The inputs ``(x, shift, w_bits, scale, bias)`` shared by BinaryLinear and BinaryConv2d."""
+) -> dict[str, gs.Tensor]:
+    """The inputs ``x, shift, w_bits, scale, bias`` shared by BinaryLinear and BinaryConv2d, by name."""
     from .ops import pack_bits
 
-    return [
-        x,
-        gs.Constant(f"{name}/shift", shift.astype(np.float32)),
-        gs.Constant(f"{name}/w_bits", pack_bits(signs)),
-        gs.Constant(f"{name}/scale", scale.astype(np.float32)),
-        gs.Constant(f"{name}/bias", bias.astype(np.float32)),
-    ]
+    return {
+        "x": x,
+        "shift": gs.Constant(f"{name}/shift", shift.astype(np.float32)),
+        "w_bits": gs.Constant(f"{name}/w_bits", pack_bits(signs)),
+        "scale": gs.Constant(f"{name}/scale", scale.astype(np.float32)),
+        "bias": gs.Constant(f"{name}/bias", bias.astype(np.float32)),
+    }
+
+
+def bhvit_node(op: str, name: str, inputs: Mapping[str, gs.Tensor], outputs: list[gs.Tensor], **attrs: Any) -> gs.Node:
+    """A new ``bhvit`` node built through its schema entry (inputs by name, attributes in order)."""
+    from .op_schema import SCHEMAS
+
+    schema = SCHEMAS[op]
+    return gs.Node(op=op, name=name, domain=schema.domain, attrs=schema.attributes(**attrs),
+                   inputs=schema.positional(inputs), outputs=outputs)
+
+
+def bhvit_inputs(node: gs.Node) -> dict[str, Any]:
+    """The inputs of an existing ``bhvit`` node by name (its schema entry's)."""
+    from .op_schema import SCHEMAS
+
+    return SCHEMAS[node.op].named(list(node.inputs), f"{node.op} node '{node.name}'")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, only_consumer, producer, split_const_operand
-from .ops import DOMAIN, WORD
+from .graph_utils import bhvit_inputs, bhvit_node, const_value, only_consumer, producer, split_const_operand
+from .op_schema import DOMAIN
+from .ops import WORD
 
 
 def _per_channel(c: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -84,8 +85,9 @@ def fuse_mlp_expand(graph: gs.Graph) -> int:
     for node in list(graph.nodes):
         if node.op != "BinaryLinear" or node.domain != DOMAIN or not node.outputs:
             continue  # (no outputs: an output layer already rewritten into a PackedBinaryLinear)
-        x, d = node.inputs[0], node.outputs[0]
-        n = int(np.asarray(node.inputs[3].values).size)
+        args = bhvit_inputs(node)
+        x, d = args["x"], node.outputs[0]
+        n = int(np.asarray(args["scale"].values).size)
         c = int(node.attrs["in_features"])
         if n % WORD or id(d) in outputs:
             continue
@@ -108,7 +110,7 @@ def fuse_mlp_expand(graph: gs.Graph) -> int:
         if id(h) in outputs or len(h.outputs) != 2:
             continue
         readers = list(h.outputs)
-        linear = next((r for r in readers if r.op == "BinaryLinear" and r.domain == DOMAIN and r.inputs[0] is h), None)
+        linear = next((r for r in readers if r.op == "BinaryLinear" and r.domain == DOMAIN and bhvit_inputs(r)["x"] is h), None)
         reshape = next((r for r in readers if r is not linear), None)
         mean = _pooling(reshape, h, c, ratio) if linear is not None and reshape is not None else None
         if mean is None or int(linear.attrs["in_features"]) != n:
@@ -116,28 +118,19 @@ def fuse_mlp_expand(graph: gs.Graph) -> int:
         name = node.name or d.name
         bits = gs.Variable(f"{name}/bits", dtype=np.uint64)
         pooled = mean.outputs[0]
-        fused = gs.Node(
-            op="BinaryExpandPack",
-            name=f"{name}/BinaryExpandPack",
-            domain=DOMAIN,
-            attrs={"in_features": c, "ratio": ratio},
-            inputs=list(node.inputs)
-            + [
-                gs.Constant(f"{name}/rp_shift", b1),
-                gs.Constant(f"{name}/rp_slope", slope),
-                gs.Constant(f"{name}/rp_bias", b2),
-                linear.inputs[1],
-            ],
-            outputs=[bits, pooled],
-        )
-        packed = gs.Node(
-            op="PackedBinaryLinear",
-            name=f"{linear.name}/Packed",
-            domain=DOMAIN,
-            attrs={"in_features": n},
-            inputs=[bits] + list(linear.inputs[2:5]),
-            outputs=list(linear.outputs),
-        )
+        out_args = bhvit_inputs(linear)
+        expand_args = {
+            **args,
+            "rp_shift": gs.Constant(f"{name}/rp_shift", b1),
+            "rp_slope": gs.Constant(f"{name}/rp_slope", slope),
+            "rp_bias": gs.Constant(f"{name}/rp_bias", b2),
+            "next_shift": out_args["shift"],
+        }
+        fused = bhvit_node("BinaryExpandPack", f"{name}/BinaryExpandPack", expand_args, [bits, pooled],
+                           in_features=c, ratio=ratio)
+        packed_args = {"x_bits": bits, **{k: out_args[k] for k in ("w_bits", "scale", "bias")}}
+        packed = bhvit_node("PackedBinaryLinear", f"{linear.name}/Packed", packed_args, list(linear.outputs),
+                            in_features=n)
         for old in (node, linear, mean):
             old.outputs.clear()
         graph.nodes.extend([fused, packed])

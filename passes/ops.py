@@ -1,5 +1,8 @@
 """The ``bhvit`` op domain: fused packed-bit ops and their ONNX function bodies.
 
+(Each op's named inputs, attributes and cost are its entry in :mod:`bhvit_export.passes.op_schema`, which
+holds these bodies.)
+
 Each op's function body states its exact semantics in standard ONNX ops (opset 18: BitShift and
 BitwiseAnd unpack the uint64 words), so onnxruntime and Netron run and show a fused model unchanged,
 and the function body is the executable spec that the TVM kernels are tested against. The bit
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx.parser
 
 DOMAIN = "bhvit"
 DOMAIN_VERSION = 1
@@ -324,21 +326,11 @@ PackedBinaryLinear <in_features> (x_bits, w_bits, scale, bias) => (y) {
 """
 )
 
-_SOURCES = {
-    "BinaryLinear": BINARY_LINEAR,
-    "BinaryExpandPack": BINARY_EXPAND_PACK,
-    "PackedBinaryLinear": PACKED_BINARY_LINEAR,
-    "BinaryConv2d": BINARY_CONV2D,
-    "BinaryAttentionScores": BINARY_ATTENTION_SCORES,
-    "QDAttentionContext": QD_ATTENTION_CONTEXT,
-    "GSBAttentionContext": GSB_ATTENTION_CONTEXT,
-}
-OP_TYPES = tuple(_SOURCES)
-
-
 def function_protos(used: set[str] | None = None) -> list[onnx.FunctionProto]:
-    """Parsed function bodies (of the ops in ``used``, or all), ready for ``model.functions``."""
-    return [onnx.parser.parse_function(src) for name, src in _SOURCES.items() if used is None or name in used]
+    """Parsed function bodies (of the ops in ``used``, or all): see :func:`bhvit_export.passes.op_schema.function_protos`."""
+    from .op_schema import function_protos as protos
+
+    return protos(used)
 
 
 def pack_bits(values: np.ndarray) -> np.ndarray:

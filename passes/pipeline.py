@@ -27,7 +27,7 @@ from .binary_conv import fuse_binary_conv
 from .binary_linear import fuse_binary_linear
 from .fold_epilogue import fold_epilogue
 from .mlp_expand import fuse_mlp_expand
-from .ops import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, function_protos
+from .op_schema import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, function_protos
 from .gsb_context import fuse_gsb_context
 from .qd_context import fuse_qd_context
 

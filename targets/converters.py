@@ -2,14 +2,18 @@
 
 TVM's Relax ONNX importer dispatches on ``op_type`` alone and never reads model-local functions,
 so :mod:`bhvit_export.targets.importer` registers the classes in :data:`CONVERTERS` for the duration of one
-import (and checks that every such node really is in the ``bhvit`` domain before converting).
+import, each bound to that import's :class:`~bhvit_export.targets.lowering.LoweringContext` (and checks that
+every such node really is in the ``bhvit`` domain before converting). A converter reads its inputs
+by name through the op's schema entry (:mod:`bhvit_export.passes.op_schema`) and asks the context which kernels
+the op takes on the target's architecture (:data:`bhvit_export.targets.lowering.OP_KERNELS`); an op with none
+there takes its float Relax lowering.
 
 Lowering choices (correctness first; every path is exact against the ONNX function bodies):
 
 * ``BinaryLinear`` -> two ``call_tir`` kernels from :mod:`bhvit_export.targets.kernels`: the sign-pack with the
   shift fused (``pack``), then the XNOR/popcount GEMM with the ``scale``/``bias`` epilogue
   (``bgemm``). Both are pre-scheduled for the target and marked opaque + scheduled so the Relax
-  pipeline (FuseOps/FuseTIR, dlight) leaves them alone. ``packed=False`` in :func:`converters`
+  pipeline (FuseOps/FuseTIR, dlight) leaves them alone. ``packed=False`` (the context's)
   selects an all-Relax version instead (+-1 weights decoded once at import, float matmul).
 * ``BinaryConv2d`` on llvm targets -> where the channels per group divide 64 (BHViT: 16, 32),
   the channels-last pair of :mod:`bhvit_export.targets.kernels.bconv_nhwc` (sign-pack of each pixel's group
@@ -24,7 +28,8 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
   for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
-  The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`.
+  The packed path stays available (and tested) as a context override
+  (``overrides={"QDAttentionContext": ("qd_context",)}``).
 * ``GSBAttentionContext`` on llvm targets -> one ``call_tir`` kernel
   (:mod:`bhvit_export.targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
   weighted epilogue. Other targets (cuda included): the function body in Relax ops (float masks,
@@ -32,8 +37,8 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
 * On cuda targets the same three ops use the GPU schedules of the same kernels
   (:mod:`bhvit_export.targets.kernels.gpu_bconv`, :mod:`bhvit_export.targets.kernels.gpu_attention`: ``__popcll`` into int32,
   shared-memory tiles, coalesced bit-pack stages), the QD context included
-  (:data:`PACKED_QD_CONTEXT_GPU`); the conv always takes the channel-first kernel there.
-* Other targets and ``packed=False`` keep the float Relax lowerings: for the conv,
+  (not measured against the float path yet); the conv always takes the channel-first kernel there.
+* Other targets (the ``generic`` architecture) and ``packed=False`` keep the float Relax lowerings: for the conv,
   ``where(x + shift < 0, -1, 1)`` then ``conv2d`` with the +-1 weights decoded once at import
   (zero padding after the sign, as the spec says) and ``* scale + bias``; for attention, the
   function bodies transcribed to Relax ops.
@@ -44,17 +49,21 @@ below 2^24 and the float path is bit-exact with the packed popcount arithmetic.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from bhvit_export.errors import TargetError
+from bhvit_export.passes.op_schema import SCHEMAS
 from bhvit_export.passes.ops import unpack_bits
 
-#: TIR op-pattern kOpaque: FuseOps never fuses an opaque PrimFunc with its neighbours.
-_OPAQUE = 8
+from .lowering import LoweringContext
+
+#: A converter's inputs by their schema names (Relax expressions; None for an absent optional one).
+Args = dict[str, Optional[relax.Expr]]
 
 
 def _shape(expr: relax.Expr, what: str) -> list[int]:
@@ -102,72 +111,6 @@ def _float_linear(bb: relax.BlockBuilder, a: relax.Expr, w_bits: relax.Expr, k: 
     return relax.op.add(relax.op.multiply(d, scale), bias)
 
 
-class _Options:
-    """Import-wide options, set by :func:`converters` for one import."""
-
-    target: Optional[tvm.target.Target] = None
-    packed: bool = True
-
-
-def _mark_kernel(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """Keep a pre-scheduled kernel intact through the Relax pipeline."""
-    return func.with_attr("op_pattern", _OPAQUE).with_attr("tirx.is_scheduled", True)
-
-
-_KERNEL_CACHE: dict[tuple, tvm.tirx.PrimFunc] = {}
-
-
-def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
-    """Scheduled PrimFunc of one packed kernel for one static shape on the import's target (memoised).
-
-    ``kind``: ``pack``/``bgemm`` (BinaryLinear), ``bconv`` (shape: a ``ConvGeometry``), ``scores``
-    (b, n, c, h, scale), ``qd_context`` and ``gsb_context`` (b, n, c, h).
-    """
-    target = _Options.target
-    key = (kind, shape, str(target))
-    if key not in _KERNEL_CACHE:
-        from bhvit_export.targets.kernels import attention, bconv, bconv_nhwc, bgemm, expand_pack, gsb_context, pack
-
-        builders = {
-            "pack": lambda: pack.pack_module(*shape, target, shift=True),
-            "bgemm": lambda: bgemm.bgemm_module(*shape, target),
-            "bconv": lambda: bconv.bconv_module(*shape, target),
-            "scores": lambda: attention.scores_module(*shape, target),
-            "qd_context": lambda: attention.qd_context_module(*shape, target),
-            "gsb_context": lambda: gsb_context.gsb_context_module(*shape, target),
-            "expand_pack": lambda: expand_pack.expand_pack_module(*shape, target),
-            "sign_pack_nhwc": lambda: bconv_nhwc.sign_pack_module(*shape),
-            "bconv_nhwc": lambda: bconv_nhwc.bconv_module(*shape, target),
-        }
-        func = builders[kind]()["main"]
-        attrs = dict(func.attrs) if func.attrs is not None else {}
-        func = func.without_attr("global_symbol") if "global_symbol" in attrs else func
-        _KERNEL_CACHE[key] = _mark_kernel(func)
-    return _KERNEL_CACHE[key]
-
-
-#: Lower ``QDAttentionContext`` with the packed kernel on llvm targets. Off: the float lowering
-#: measured faster on this CPU at Tiny sizes (module docstring); the bit-plane packing of the
-#: probabilities (scalar, 3 compares per element) costs more than the float matmul it replaces.
-PACKED_QD_CONTEXT = False
-
-
-#: Lower ``QDAttentionContext`` with the packed kernel on cuda targets (not measured yet: no GPU run).
-PACKED_QD_CONTEXT_GPU = True
-
-
-def _packed_gpu() -> bool:
-    """The conv/attention kernels also have GPU schedules (``bhvit_export.targets.kernels.gpu_*``)."""
-    target = _Options.target
-    return _Options.packed and target is not None and target.kind.name == "cuda"
-
-
-def _packed_cpu() -> bool:
-    """The CPU schedules of the conv/attention kernels apply (llvm targets; cuda: :func:`_packed_gpu`)."""
-    target = _Options.target
-    return _Options.packed and target is not None and target.kind.name == "llvm"
-
-
 def _vector(bb: relax.BlockBuilder, t: relax.Expr, size: int, what: str) -> relax.Expr:
     """A float32 per-channel operand (``[C]``, ``[1, C, 1, 1]``, ...) as ``[size]`` (a free reshape)."""
     shape = _shape(t, what)
@@ -182,11 +125,34 @@ def _f32(t: relax.Expr, what: str) -> None:
 
 
 class _BhvitConverter:
-    """The importer asks each converter class for the ``_impl_vN`` of an opset; the bhvit domain has one."""
+    """One ``bhvit`` op: ``lower(ctx, bb, args, attr)`` with ``args`` its inputs by schema name."""
+
+    op: str
 
     @classmethod
-    def get_converter(cls, opset: int):  # noqa: ARG003 - one version of the bhvit domain
-        return cls._impl_v1  # type: ignore[attr-defined]
+    def bind(cls, ctx: LoweringContext) -> "BoundConverter":
+        return BoundConverter(cls, ctx)
+
+
+@dataclass(frozen=True)
+class BoundConverter:
+    """A converter with one import's context: what TVM's convert map holds during that import.
+
+    The importer asks each entry for the ``_impl_vN`` of an opset (the bhvit domain has one
+    version) and calls it as ``impl(bb, inputs, attr, params)`` with the inputs in ONNX order.
+    """
+
+    converter: type
+    ctx: LoweringContext
+
+    def get_converter(self, opset: int) -> Callable[..., relax.Expr]:  # noqa: ARG002 - one version
+        conv, ctx = self.converter, self.ctx
+
+        def impl(bb: relax.BlockBuilder, inputs: list, attr: dict[str, Any], params: Any) -> relax.Expr:  # noqa: ARG001
+            what = f"{conv.op} {_name(attr, conv.op)}"
+            return conv.lower(ctx, bb, SCHEMAS[conv.op].named(list(inputs), what), attr)
+
+        return impl
 
 
 def _rows(bb: relax.BlockBuilder, t: relax.Expr, shape: list[int]) -> relax.Expr:
@@ -201,39 +167,43 @@ def _unrows(t: relax.Expr, lead: list[int], n: int) -> relax.Expr:
     return t if len(lead) == 1 else relax.op.reshape(t, lead + [n])
 
 
-def _pack_rows(bb: relax.BlockBuilder, x2: relax.Expr, shift: relax.Expr, m: int, k: int) -> relax.Expr:
+def _pack_rows(ctx: LoweringContext, bb: relax.BlockBuilder, x2: relax.Expr, shift: relax.Expr, m: int, k: int) -> relax.Expr:
     """The sign-pack kernel (shift fused) on ``[M, K]`` rows: uint64 ``[M, ceil(K/64)]``."""
-    gv = bb.add_func(_kernel("pack", m, k), f"bhvit_pack_{m}x{k}")
+    gv = bb.add_func(ctx.kernel("pack", m, k), f"bhvit_pack_{m}x{k}")
     return bb.emit(relax.call_tir(gv, [x2, shift], relax.TensorType([m, -(-k // 64)], "uint64")))
 
 
-def _bgemm_rows(bb: relax.BlockBuilder, a_bits: relax.Expr, w_bits: relax.Expr, scale: relax.Expr, bias: relax.Expr, m: int, n: int, k: int) -> relax.Expr:
+def _bgemm_rows(ctx: LoweringContext, bb: relax.BlockBuilder, a_bits: relax.Expr, w_bits: relax.Expr, scale: relax.Expr,
+                bias: relax.Expr, m: int, n: int, k: int) -> relax.Expr:
     """The XNOR/popcount GEMM kernel with its scale/bias epilogue on packed ``[M, ceil(K/64)]`` rows."""
-    gv = bb.add_func(_kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
+    gv = bb.add_func(ctx.kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
     return bb.emit(relax.call_tir(gv, [a_bits, w_bits, scale, bias], relax.TensorType([m, n], "float32")))
 
 
 class BinaryLinear(_BhvitConverter):
     """``(K - 2 popc(pack(x + shift) ^ w)) * scale + bias`` over the last axis."""
 
+    op = "BinaryLinear"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any], row: str = "BinaryLinear"):
+        """``row``: the op whose kernels decide (``BinaryExpandPack`` reuses this lowering on CUDA)."""
         what = f"BinaryLinear {_name(attr, 'BinaryLinear')}"
-        x, shift, w_bits, scale, bias = (inputs[i] for i in range(5))
+        x, shift, w_bits, scale, bias = (args[k] for k in ("x", "shift", "w_bits", "scale", "bias"))
         xshape = _shape(x, f"{what}: x")
         k = int(attr.get("in_features", xshape[-1]))
         if xshape[-1] != k:
             raise TargetError(f"{what}: x has {xshape[-1]} features, in_features is {k}")
         n = _shape(w_bits, f"{what}: w_bits")[0]
         m = int(np.prod(xshape[:-1], dtype=np.int64))
-        if not _Options.packed:
+        if not ctx.uses(row, "bgemm"):
             return _float_linear(bb, _sign(bb, x, shift), w_bits, k, scale, bias, what)
         if _shape(shift, f"{what}: shift") != [k] or _shape(scale, f"{what}: scale") != [n] or _shape(
             bias, f"{what}: bias"
         ) != [n] or x.ty.dtype != "float32":
             raise TargetError(f"{what}: expected float32 x, shift [{k}], scale/bias [{n}]")
-        a_bits = _pack_rows(bb, _rows(bb, x, xshape), shift, m, k)
-        return _unrows(_bgemm_rows(bb, a_bits, w_bits, scale, bias, m, n, k), xshape[:-1], n)
+        a_bits = _pack_rows(ctx, bb, _rows(bb, x, xshape), shift, m, k)
+        return _unrows(_bgemm_rows(ctx, bb, a_bits, w_bits, scale, bias, m, n, k), xshape[:-1], n)
 
 
 def _bits_from_signs(bb: relax.BlockBuilder, v: relax.Expr, lead: list[int], n: int) -> relax.Expr:
@@ -259,10 +229,12 @@ def _signs_from_bits(bb: relax.BlockBuilder, bits: relax.Expr, lead: list[int], 
 class BinaryExpandPack(_BhvitConverter):
     """The MLP expansion (``passes/mlp_expand.py``): packed bits of ``h + next_shift`` and ``h``'s channel means."""
 
+    op = "BinaryExpandPack"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"BinaryExpandPack {_name(attr, 'BinaryExpandPack')}"
-        x, shift, w_bits, scale, bias = (inputs[i] for i in range(5))
+        x, shift, w_bits, scale, bias = (args[k] for k in ("x", "shift", "w_bits", "scale", "bias"))
         xshape = _shape(x, f"{what}: x")
         lead, c = xshape[:-1], xshape[-1]
         ratio = int(attr["ratio"])
@@ -271,28 +243,28 @@ class BinaryExpandPack(_BhvitConverter):
             raise TargetError(f"{what}: expected x [..., C], N = ratio * C a multiple of 64; got C={c}, N={n}, ratio={ratio}")
         _f32(x, f"{what}: x")
         m = int(np.prod(lead, dtype=np.int64))
-        vecs = [_vector(bb, inputs[i], n, f"{what}: {nm}") for i, nm in zip(range(5, 9), ("rp_shift", "rp_slope", "rp_bias", "next_shift"))]
-        if _packed_cpu():
+        vecs = [_vector(bb, args[nm], n, f"{what}: {nm}") for nm in ("rp_shift", "rp_slope", "rp_bias", "next_shift")]
+        if ctx.uses(cls.op, "expand_pack"):
             words = _const_array(w_bits, f"{what}: w_bits")
             if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
                 raise TargetError(f"{what}: w_bits must be uint64 [{n}, {-(-c // 64)}], got {words.dtype}{list(words.shape)}")
             x2 = _rows(bb, x, xshape)
-            a_bits = _pack_rows(bb, x2, _vector(bb, shift, c, f"{what}: shift"), m, c)
-            gv = bb.add_func(_kernel("expand_pack", m, n, c, ratio), f"bhvit_expand_pack_{m}x{n}x{c}")
+            a_bits = _pack_rows(ctx, bb, x2, _vector(bb, shift, c, f"{what}: shift"), m, c)
+            gv = bb.add_func(ctx.kernel("expand_pack", m, n, c, ratio), f"bhvit_expand_pack_{m}x{n}x{c}")
             args = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), _vector(bb, scale, n, f"{what}: scale"),
                     _vector(bb, bias, n, f"{what}: bias"), *vecs]
             out = bb.emit(relax.call_tir(gv, args, [relax.TensorType([m, n // 64], "uint64"), relax.TensorType([m, c], "float32")]))
             bits = bb.normalize(relax.op.reshape(relax.TupleGetItem(out, 0), lead + [n // 64]))
             pooled = bb.normalize(relax.op.reshape(relax.TupleGetItem(out, 1), lead + [c]))
             return relax.Tuple([bits, pooled])
-        d = bb.normalize(BinaryLinear._impl_v1(bb, inputs[:5], {**attr, "in_features": c}, params))
+        d = bb.normalize(BinaryLinear.lower(ctx, bb, args, {**attr, "in_features": c}, row=cls.op))
         res = relax.op.tile(x, [1] * len(lead) + [ratio])
         pre = bb.normalize(relax.op.subtract(relax.op.add(d, res), vecs[0]))
         h = bb.normalize(relax.op.add(relax.op.where(relax.op.less(pre, relax.const(0.0, "float32")), relax.op.multiply(pre, vecs[1]), pre), vecs[2]))
         pooled = bb.normalize(relax.op.mean(relax.op.reshape(h, lead + [c, ratio]), axis=[-1]))
         hs = bb.normalize(relax.op.add(h, vecs[3]))
-        if _Options.packed:  # the sign-pack kernel (CPU and GPU schedules)
-            words = _pack_rows(bb, _rows(bb, hs, lead + [n]), relax.const(np.zeros(n, np.float32)), m, n)
+        if ctx.uses(cls.op, "pack"):  # the sign-pack kernel (its GPU schedule on CUDA)
+            words = _pack_rows(ctx, bb, _rows(bb, hs, lead + [n]), relax.const(np.zeros(n, np.float32)), m, n)
             bits = bb.normalize(_unrows(words, lead, n // 64))
         else:
             bits = bb.normalize(_bits_from_signs(bb, hs, lead, n))
@@ -302,10 +274,12 @@ class BinaryExpandPack(_BhvitConverter):
 class PackedBinaryLinear(_BhvitConverter):
     """``BinaryLinear`` whose input is already sign-packed (``[..., ceil(K/64)]`` uint64 words)."""
 
+    op = "PackedBinaryLinear"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"PackedBinaryLinear {_name(attr, 'PackedBinaryLinear')}"
-        x_bits, w_bits, scale, bias = (inputs[i] for i in range(4))
+        x_bits, w_bits, scale, bias = (args[k] for k in ("x_bits", "w_bits", "scale", "bias"))
         k = int(attr["in_features"])
         kw = -(-k // 64)
         xshape = _shape(x_bits, f"{what}: x_bits")
@@ -314,19 +288,21 @@ class PackedBinaryLinear(_BhvitConverter):
         n = _shape(w_bits, f"{what}: w_bits")[0]
         lead = xshape[:-1]
         m = int(np.prod(lead, dtype=np.int64))
-        if not _Options.packed:
+        if not ctx.uses(cls.op, "bgemm"):
             return _float_linear(bb, _signs_from_bits(bb, x_bits, lead, k), w_bits, k, scale, bias, what)
         scale, bias = _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")
-        return _unrows(_bgemm_rows(bb, _rows(bb, x_bits, xshape), w_bits, scale, bias, m, n, k), lead, n)
+        return _unrows(_bgemm_rows(ctx, bb, _rows(bb, x_bits, xshape), w_bits, scale, bias, m, n, k), lead, n)
 
 
 class BinaryConv2d(_BhvitConverter):
     """Conv of ``sign(x + shift)`` (zero padding after the sign) with +-1 weights, ``* scale + bias``."""
 
+    op = "BinaryConv2d"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"BinaryConv2d {_name(attr, 'BinaryConv2d')}"
-        x, shift, w_bits, scale, bias = (inputs[i] for i in range(5))
+        x, shift, w_bits, scale, bias = (args[k] for k in ("x", "shift", "w_bits", "scale", "bias"))
         b, c, _, _ = _shape(x, f"{what}: x")
         kh, kw = (int(v) for v in attr["kernel_shape"])
         group = int(attr.get("group", 1))
@@ -336,8 +312,8 @@ class BinaryConv2d(_BhvitConverter):
         if k != (c // group) * kh * kw:
             raise TargetError(f"{what}: in_features={k} != C/g*kh*kw = {(c // group) * kh * kw}")
         pads = [int(p) for p in attr.get("pads", (0, 0, 0, 0))]
-        if _packed_cpu() or _packed_gpu():
-            return cls._packed(bb, x, shift, w_bits, scale, bias, attr, pads, what)
+        if ctx.uses(cls.op, "bconv") or ctx.uses(cls.op, "bconv_nhwc"):
+            return cls._packed(ctx, bb, x, shift, w_bits, scale, bias, attr, pads, what)
         w_pm = _decode_weights(w_bits, k, what)
         o = w_pm.shape[0]
         w4 = w_pm.reshape(o, c // group, kh, kw)
@@ -361,8 +337,9 @@ class BinaryConv2d(_BhvitConverter):
         return relax.op.add(relax.op.multiply(conv, s4), b4)
 
     @staticmethod
-    def _packed(bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
-        """One ``call_tir`` of :mod:`bhvit_export.targets.kernels.bconv`, its NHWC output permuted to NCHW."""
+    def _packed(ctx, bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
+        """The channels-last pair (:mod:`bhvit_export.targets.kernels.bconv_nhwc`) where the op takes it and the
+        groups fit, else one ``call_tir`` of :mod:`bhvit_export.targets.kernels.bconv`; NHWC output permuted to NCHW."""
         from bhvit_export.targets.kernels import bconv_nhwc
         from bhvit_export.targets.kernels.bconv import ConvGeometry, border_correction
 
@@ -388,17 +365,17 @@ class BinaryConv2d(_BhvitConverter):
         o = geom.out_channels
         hw = geom.out_h * geom.out_w
         name = f"{c}x{hgt}x{wid}_{o}_g{geom.group}_d{geom.dilations[0]}"
-        if bconv_nhwc.supports(geom) and not _packed_gpu():
+        if ctx.uses("BinaryConv2d", "bconv_nhwc") and bconv_nhwc.supports(geom):
             # Channels-last: the sign-pack reads x as NHWC (a permute FuseOps folds into the
             # token-layout producer) and packs each group's channels into one word per pixel.
             xt = bb.normalize(relax.op.permute_dims(x, [0, 2, 3, 1]))
             ph, pw = geom.padded_hw
-            pack_gv = bb.add_func(_kernel("sign_pack_nhwc", geom), f"bhvit_sign_pack_nhwc_{name}")
+            pack_gv = bb.add_func(ctx.kernel("sign_pack_nhwc", geom), f"bhvit_sign_pack_nhwc_{name}")
             pk = bb.emit(relax.call_tir(pack_gv, [xt, _vector(bb, shift, c, f"{what}: shift")],
                                         relax.TensorType([b, geom.group, ph, pw], "uint64")))
             args = [pk, relax.const(bconv_nhwc.tap_major_words(geom, words)), relax.const(pat), relax.const(corr),
                     _vector(bb, scale, o, f"{what}: scale"), _vector(bb, bias, o, f"{what}: bias")]
-            gv = bb.add_func(_kernel("bconv_nhwc", geom), f"bhvit_bconv_nhwc_{name}")
+            gv = bb.add_func(ctx.kernel("bconv_nhwc", geom), f"bhvit_bconv_nhwc_{name}")
         else:
             args = [
                 x,
@@ -409,7 +386,7 @@ class BinaryConv2d(_BhvitConverter):
                 _vector(bb, scale, o, f"{what}: scale"),
                 _vector(bb, bias, o, f"{what}: bias"),
             ]
-            gv = bb.add_func(_kernel("bconv", geom), f"bhvit_bconv_{name}")
+            gv = bb.add_func(ctx.kernel("bconv", geom), f"bhvit_bconv_{name}")
         y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b, hw, o], "float32")))
         # NHWC out (the kernel's layout); the op is NCHW. The token-layout consumers read it back
         # channels-last, so FuseOps turns this permute and theirs into contiguous reads.
@@ -425,22 +402,24 @@ def _heads(bb, t: relax.Expr, b: int, n: int, h: int, perm: list[int]) -> relax.
 class BinaryAttentionScores(_BhvitConverter):
     """``(sign(q+qs)_h . sign(k+ks)_h) / scale`` per head: ``[B, h, N, N]``."""
 
+    op = "BinaryAttentionScores"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"BinaryAttentionScores {_name(attr, 'BinaryAttentionScores')}"
-        q, k, q_shift, k_shift = (inputs[i] for i in range(4))
+        q, k, q_shift, k_shift = (args[n] for n in ("q", "k", "q_shift", "k_shift"))
         b, n, c = _shape(q, f"{what}: q")
         h = int(attr["num_heads"])
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
         scale = float(attr.get("scale", float(np.sqrt(c // h))))
-        if _packed_cpu() or _packed_gpu():
+        if ctx.uses(cls.op, "scores"):
             _f32(q, f"{what}: q")
             if _shape(k, f"{what}: k") != [b, n, c]:
                 raise TargetError(f"{what}: k must have q's shape {[b, n, c]}")
             _f32(k, f"{what}: k")
             args = [q, k, _vector(bb, q_shift, c, f"{what}: q_shift"), _vector(bb, k_shift, c, f"{what}: k_shift")]
-            gv = bb.add_func(_kernel("scores", b, n, c, h, scale), f"bhvit_scores_{b}x{n}x{c}_h{h}")
+            gv = bb.add_func(ctx.kernel("scores", b, n, c, h, scale), f"bhvit_scores_{b}x{n}x{c}_h{h}")
             y = bb.emit(relax.call_tir(gv, args, relax.TensorType([b * h, n, n], "float32")))
             return relax.op.reshape(y, [b, h, n, n])
         qh = _heads(bb, _sign(bb, q, q_shift), b, n, h, [0, 2, 1, 3])
@@ -452,21 +431,23 @@ class BinaryAttentionScores(_BhvitConverter):
 class QDAttentionContext(_BhvitConverter):
     """Per head ``alpha_h * sum_j (p >= t_hj) @ sign(v + vs)_h``, heads merged: ``[B, N, C]``."""
 
+    op = "QDAttentionContext"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"QDAttentionContext {_name(attr, 'QDAttentionContext')}"
-        p, v, v_shift, thresholds, alpha = (inputs[i] for i in range(5))
+        p, v, v_shift, thresholds, alpha = (args[k] for k in ("p", "v", "v_shift", "thresholds", "alpha"))
         b, n, c = _shape(v, f"{what}: v")
         h = int(attr.get("num_heads", _shape(alpha, f"{what}: alpha")[0]))
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
-        if (_packed_cpu() and PACKED_QD_CONTEXT) or (_packed_gpu() and PACKED_QD_CONTEXT_GPU):
+        if ctx.uses(cls.op, "qd_context"):
             if _shape(p, f"{what}: p") != [b, h, n, n] or _shape(thresholds, f"{what}: thresholds") != [h, 3]:
                 raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}] and thresholds [{h}, 3]")
             for t, nm in ((p, "p"), (v, "v"), (thresholds, "thresholds")):
                 _f32(t, f"{what}: {nm}")
             args = [p, v, _vector(bb, v_shift, c, f"{what}: v_shift"), thresholds, _vector(bb, alpha, h, f"{what}: alpha")]
-            gv = bb.add_func(_kernel("qd_context", b, n, c, h), f"bhvit_qd_context_{b}x{n}x{c}_h{h}")
+            gv = bb.add_func(ctx.kernel("qd_context", b, n, c, h), f"bhvit_qd_context_{b}x{n}x{c}_h{h}")
             return bb.emit(relax.call_tir(gv, args, relax.TensorType([b, n, c], "float32")))
         vh = _heads(bb, _sign(bb, v, v_shift), b, n, h, [0, 2, 1, 3])
         # thresholds [h, 3] -> [3, 1, h, 1, 1] against p [1, B, h, N, N]; levels = sum of compares.
@@ -483,10 +464,12 @@ class QDAttentionContext(_BhvitConverter):
 class GSBAttentionContext(_BhvitConverter):
     """GSB: ``sum_P w_P * P @ sign(v + vs)_h`` over masks B, U, V of ``p / clip``, heads merged: ``[B, N, C]``."""
 
+    op = "GSBAttentionContext"
+
     @classmethod
-    def _impl_v1(cls, bb, inputs, attr, params):  # noqa: ARG003
+    def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"GSBAttentionContext {_name(attr, 'GSBAttentionContext')}"
-        p, v, v_shift, clip, rel, weights = (inputs[i] for i in range(6))
+        p, v, v_shift, clip, rel, weights = (args[k] for k in ("p", "v", "v_shift", "clip", "rel", "weights"))
         b, n, c = _shape(v, f"{what}: v")
         h = int(attr["num_heads"])
         if c % h:
@@ -494,13 +477,13 @@ class GSBAttentionContext(_BhvitConverter):
         if _shape(p, f"{what}: p") != [b, h, n, n]:
             raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}], got {_shape(p, what)}")
         clip1, rel2, w3 = (_vector(bb, t, k, f"{what}: {nm}") for t, k, nm in ((clip, 1, "clip"), (rel, 2, "rel"), (weights, 3, "weights")))
-        if _packed_cpu():
+        if ctx.uses(cls.op, "gsb_context"):
             for t, nm in ((p, "p"), (v, "v")):
                 _f32(t, f"{what}: {nm}")
             args = [p, v, _vector(bb, v_shift, c, f"{what}: v_shift"), clip1, rel2, w3]
-            gv = bb.add_func(_kernel("gsb_context", b, n, c, h), f"bhvit_gsb_context_{b}x{n}x{c}_h{h}")
+            gv = bb.add_func(ctx.kernel("gsb_context", b, n, c, h), f"bhvit_gsb_context_{b}x{n}x{c}_h{h}")
             return bb.emit(relax.call_tir(gv, args, relax.TensorType([b, n, c], "float32")))
-        # The function body in Relax ops (CUDA and packed=False): masks as floats, three matmuls.
+        # The function body in Relax ops (CUDA, generic and packed=False): masks as floats, three matmuls.
         vh = _heads(bb, _sign(bb, v, v_shift), b, n, h, [0, 2, 1, 3])
         q = bb.normalize(relax.op.divide(p, clip1))
         m = bb.normalize(relax.op.max(q, axis=[-1], keepdims=True))
@@ -516,13 +499,9 @@ class GSBAttentionContext(_BhvitConverter):
         return relax.op.reshape(pt, [b, n, c])
 
 
-#: op_type -> converter class (classes follow the importer's OnnxOpConverter protocol).
-CONVERTERS: dict[str, type] = {
-    "BinaryLinear": BinaryLinear,
-    "BinaryExpandPack": BinaryExpandPack,
-    "PackedBinaryLinear": PackedBinaryLinear,
-    "BinaryConv2d": BinaryConv2d,
-    "BinaryAttentionScores": BinaryAttentionScores,
-    "QDAttentionContext": QDAttentionContext,
-    "GSBAttentionContext": GSBAttentionContext,
+#: op_type -> converter class; ``cls.bind(ctx)`` is what the importer puts in TVM's convert map.
+CONVERTERS: dict[str, type[_BhvitConverter]] = {
+    c.op: c
+    for c in (BinaryLinear, BinaryExpandPack, PackedBinaryLinear, BinaryConv2d, BinaryAttentionScores,
+              QDAttentionContext, GSBAttentionContext)
 }

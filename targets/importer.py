@@ -4,7 +4,8 @@ TVM 0.27's Relax ONNX importer (``tvm.relax.frontend.onnx.from_onnx``) has three
 closes:
 
 * it dispatches on ``op_type`` only (op domains are ignored) and has no custom-op hook, so the
-  converters of :mod:`bhvit_export.targets.converters` are registered by wrapping the module-level
+  converters of :mod:`bhvit_export.targets.converters`, each bound to the import's
+  :class:`~bhvit_export.targets.lowering.LoweringContext`, are registered by wrapping the module-level
   ``_get_convert_map`` for the duration of one import (restored afterwards, even on error), and the
   domains are checked here, before anything is converted;
 * it never reads model-local functions, so the ``bhvit`` function bodies are never used;
@@ -20,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from typing import Iterator
+from typing import Iterator, Mapping, Optional
 
 import onnx
 
 from bhvit_export.errors import TargetError
-from bhvit_export.passes.ops import DOMAIN
+from bhvit_export.passes.op_schema import DOMAIN
 
 from . import converters as conv
+from .lowering import LoweringContext
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 #: Handled by the importer itself, not through the convert map.
@@ -42,33 +44,39 @@ def _frontend():
 
 
 @contextlib.contextmanager
-def bhvit_converters(target=None, *, packed: bool = True) -> Iterator[None]:
-    """Temporarily add the ``bhvit`` converters to TVM's ONNX convert map.
+def bhvit_converters(
+    target=None,
+    *,
+    packed: bool = True,
+    overrides: Optional[Mapping[str, tuple[str, ...]]] = None,
+    context: Optional[LoweringContext] = None,
+) -> Iterator[LoweringContext]:
+    """Temporarily add the ``bhvit`` converters, bound to one lowering context, to TVM's ONNX convert map.
 
-    ``target`` is the one the pre-scheduled kernels of ``BinaryLinear`` are scheduled for
-    (default: the host); ``packed=False`` lowers ``BinaryLinear`` with plain Relax ops instead.
-    Imports are serialised: the patched map is module-global state.
+    The context is ``context``, or :meth:`LoweringContext.for_target` of ``target`` (default: the
+    host), ``packed`` (False: every op in plain Relax ops) and ``overrides`` (``{op: kernel kinds}``
+    replacing :data:`bhvit_export.targets.lowering.OP_KERNELS`' choice). Yields the context. Imports are
+    serialised: TVM's convert map is module-global state, restored afterwards.
     """
-    from bhvit_export.targets.kernels.target_info import as_target, host_target
-
+    if context is None:
+        context = LoweringContext.for_target(target, packed=packed, overrides=overrides)
+    elif target is not None or not packed or overrides:
+        raise TypeError("bhvit_converters: pass either context or target/packed/overrides")
+    bound = {op: cls.bind(context) for op, cls in conv.CONVERTERS.items()}
     fe = _frontend()
     with _LOCK:
         original = fe._get_convert_map
-        saved = (conv._Options.target, conv._Options.packed)
 
         def patched() -> dict:
             table = dict(original())
-            table.update(conv.CONVERTERS)
+            table.update(bound)
             return table
 
         fe._get_convert_map = patched
-        conv._Options.target = as_target(target) if target is not None else host_target()
-        conv._Options.packed = packed
         try:
-            yield
+            yield context
         finally:
             fe._get_convert_map = original
-            conv._Options.target, conv._Options.packed = saved
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -144,12 +152,14 @@ def import_fused(
     *,
     target=None,
     packed: bool = True,
+    overrides: Optional[Mapping[str, tuple[str, ...]]] = None,
+    context: Optional[LoweringContext] = None,
 ):
     """Import a fused (or plain reference) BHViT ONNX model as a Relax ``IRModule`` ``main``.
 
     ``batch`` fixes the symbolic batch; weights become constants (``keep_params_in_input=False``).
-    ``target``/``packed``: see :func:`bhvit_converters`. Raises :class:`TargetError` naming every
-    op that cannot be lowered.
+    ``target``/``packed``/``overrides``/``context``: see :func:`bhvit_converters`. Raises
+    :class:`TargetError` naming every op that cannot be lowered.
     """
     bad = unsupported_ops(model)
     if bad:
@@ -159,7 +169,7 @@ def import_fused(
 
     inp = static.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    with bhvit_converters(target, packed=packed), warnings.catch_warnings():
+    with bhvit_converters(target, packed=packed, overrides=overrides, context=context), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx.checker cannot see the bhvit function bodies' types
         mod = from_onnx(static, shape_dict={inp.name: shape}, keep_params_in_input=False)
     return mod

@@ -27,6 +27,8 @@ from tests.targets.host import runs_here  # noqa: E402
 from tests.helpers import assert_end_to_end  # noqa: E402
 
 host_only = runs_here()  # build() defaults to the host target
+#: The packed QD context kernel, opt-in on CPUs (``targets/lowering.py``: float measured faster there).
+_QD_PACKED = {"QDAttentionContext": ("qd_context",)}
 
 
 def _model(nodes, inputs, outputs, inits, used) -> onnx.ModelProto:
@@ -146,13 +148,10 @@ def _single_op_model(op: str, rng: np.random.Generator):
         ("GSBAttentionContext", False),
     ],
 )
-def test_single_op_matches_function_body(op: str, packed: bool, monkeypatch) -> None:
-    from bhvit_export.targets import converters
-
-    monkeypatch.setattr(converters, "PACKED_QD_CONTEXT", True)  # test the (opt-in) packed kernel too
+def test_single_op_matches_function_body(op: str, packed: bool) -> None:
     model, x = _single_op_model(op, np.random.default_rng(zlib.crc32(op.encode())))
     want = _ort(model, {"x": x})
-    got = run(build(import_fused(model, batch=1, packed=packed)), x)
+    got = run(build(import_fused(model, batch=1, packed=packed, overrides=_QD_PACKED)), x)  # the opt-in QD kernel too
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
@@ -169,15 +168,12 @@ _PACKED_BY_DEFAULT = ("BinaryConv2d", "BinaryAttentionScores")
 
 @pytest.mark.parametrize("op", sorted(_PACKED_PREFIXES))
 @pytest.mark.parametrize("how", ["llvm", "packed=False", "cuda"])
-def test_packed_kernels_for_llvm_and_cuda_targets(op: str, how: str, monkeypatch) -> None:
+def test_packed_kernels_for_llvm_and_cuda_targets(op: str, how: str) -> None:
     """conv/attention use the packed kernels on llvm and cuda (GPU schedules); packed=False keeps Relax ops.
     GSB's context has no GPU kernel yet: on cuda it takes the float Relax lowering."""
-    from bhvit_export.targets import converters
-
-    monkeypatch.setattr(converters, "PACKED_QD_CONTEXT", True)
     model, _ = _single_op_model(op, np.random.default_rng(0))
     target = {"kind": "cuda"} if how == "cuda" else None
-    mod = import_fused(model, batch=1, target=target, packed=how != "packed=False")
+    mod = import_fused(model, batch=1, target=target, packed=how != "packed=False", overrides=_QD_PACKED)
     names = {gv.name_hint for gv in mod.get_global_vars()}
     packed_here = how == "llvm" or (how == "cuda" and op != "GSBAttentionContext")
     assert any(n.startswith(_PACKED_PREFIXES[op]) for n in names) == packed_here
