@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("tvm")
@@ -27,6 +27,7 @@ from targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.kernels.build import assembly  # noqa: E402
 from targets.kernels.target_info import as_target  # noqa: E402
+from tests.targets.test_bconv import _data, _ref, assert_scaled_conv  # noqa: E402
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
 A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
@@ -205,3 +206,85 @@ def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: 
     np.testing.assert_allclose(got_pooled, h.reshape(m, c, ratio).mean(-1), rtol=1e-5, atol=1e-5 * (1 + float(np.abs(h).max())))
     asm = assembly(expand_pack.expand_pack_module(m, n, c, ratio, target), target)
     assert re.search(r"^\s+cnt\s", asm, re.MULTILINE) and not re.search(r"uaddlp\s+v\d+\.2d", asm)
+
+
+# --- channels-last binary conv (targets/kernels/bconv_nhwc_neon.py) -----------------------------
+
+
+@st.composite
+def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
+    """Small convs the NEON kernel takes: C/g dividing 64, O/g a multiple of 4 (1-3 column tiles)."""
+    from targets.kernels.bconv import ConvGeometry
+
+    group, cg = draw(st.integers(1, 3)), draw(st.sampled_from([2, 8, 16, 32]))
+    try:
+        return ConvGeometry(
+            batch=draw(st.integers(1, 2)), channels=group * cg, height=draw(st.integers(1, 8)),
+            width=draw(st.integers(1, 8)), out_channels=group * 4 * draw(st.integers(1, 5)),
+            kernel=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+            strides=(draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            pads=tuple(draw(st.integers(0, 2)) for _ in range(4)),
+            dilations=(draw(st.integers(1, 2)), draw(st.integers(1, 2))), group=group,
+        )
+    except ValueError:
+        assume(False)  # empty output
+        raise
+
+
+def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  # noqa: ANN001
+    from targets.kernels import bconv, bconv_nhwc
+    lib = device.load({
+        "pack": bconv_nhwc.sign_pack_module(geom)["main"],
+        "ci": bconv_nhwc.bconv_module(geom, target, out_dtype="int32")["main"],
+        "cf": bconv_nhwc.bconv_module(geom, target)["main"],
+    }, target)
+    x, shift, w_bits = _data(geom, seed)
+    ph, pw = geom.padded_hw
+    pk = np.zeros((geom.batch, geom.group, ph, pw), np.uint64)
+    dev = device.dev
+    pk_t = tvm.runtime.tensor(pk, dev)
+    lib["pack"](tvm.runtime.tensor(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), dev), tvm.runtime.tensor(shift, dev), pk_t)
+    pk = pk_t.numpy()
+    pat, corr = bconv.border_correction(geom, w_bits)
+    words = bconv_nhwc.tap_major_words(geom, w_bits)
+    shape = (geom.batch, geom.out_h * geom.out_w, geom.out_channels)
+
+    def nchw(y: np.ndarray) -> np.ndarray:
+        return y.reshape(geom.batch, geom.out_h, geom.out_w, geom.out_channels).transpose(0, 3, 1, 2)
+
+    want = _ref(geom, x, shift, w_bits)
+    np.testing.assert_array_equal(nchw(device.run(lib["ci"], pk, words, pat, corr, out=np.zeros(shape, np.int32))), want)
+    rng = np.random.default_rng(seed + 1)
+    scale = rng.uniform(0.01, 2.0, geom.out_channels).astype(np.float32)
+    bias = rng.standard_normal(geom.out_channels).astype(np.float32)
+    got = nchw(device.run(lib["cf"], pk, words, pat, corr, scale, bias, out=np.zeros(shape, np.float32)))
+    assert_scaled_conv(got, want, scale, bias)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@settings(max_examples=5, deadline=None)
+@given(geom=nhwc_geometries(), seed=st.integers(0, 2**32 - 1))
+def test_bconv_nhwc_neon_bit_exact_under_qemu(device: _Device, variant: str, geom, seed: int) -> None:  # noqa: ANN001
+    """Borders (the correction table), strides, dilations, groups, batches; int32 exact, float scaled."""
+    _check_bconv_nhwc(device, TARGETS[variant], geom, seed)
+
+
+def test_bconv_nhwc_tiny_shape_under_qemu(device: _Device) -> None:
+    """A BHViT-Tiny stage-2 conv shape (32 channels per group, K = 288: 5 words), A72 tiles."""
+    from targets.kernels.bconv import ConvGeometry
+
+    _check_bconv_nhwc(device, A72, ConvGeometry(1, 128, 9, 9, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4), seed=7)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+def test_bconv_nhwc_neon_machine_code(variant: str) -> None:
+    """The conv's K loop accumulates narrow (no per-word widening to 64-bit lanes)."""
+    from targets.kernels import bconv_nhwc
+    from targets.kernels.bconv import ConvGeometry
+
+    target = TARGETS[variant]
+    geom = ConvGeometry(1, 128, 28, 28, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
+    loop = inner_loop(assembly(bconv_nhwc.bconv_module(geom, target), target))
+    ops = [ln.split()[0] for ln in loop]
+    assert ops.count("cnt") >= 8 and ops.count("udot" if variant == "udot" else "uadalp") == ops.count("cnt")
+    assert not any(re.search(r"uaddlp\s+v\d+\.2d", ln) for ln in loop), "64-bit widening left in the K loop"
