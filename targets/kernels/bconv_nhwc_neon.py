@@ -85,12 +85,12 @@ def make_bconv_neon(
                             terms.append(v << tirx.const(q * g.cg, "uint64") if q else v)
                         T.buffer_store(a_t, _or_tree(terms), [b, grp, r, oy * wo + ox])
 
-            def a_word(row: tirx.Expr, r: tirx.Expr, col0: tirx.Expr) -> tirx.Expr:
+            def a_word(_bi: tirx.Expr, row: tirx.Expr, r: tirx.Expr, col0: tirx.Expr) -> tirx.Expr:
                 return a_t[row // hw, col0 // g.og, r, row % hw]
 
             kk, two = tirx.const(g.k, "int32"), tirx.const(2, "int32")
 
-            def store(row: tirx.Expr, col: tirx.Expr, popc: tirx.Expr) -> None:
+            def store(_bi: tirx.Expr, row: tirx.Expr, col: tirx.Expr, popc: tirx.Expr) -> None:
                 b, s = row // hw, row % hw
                 cols = tirx.Ramp(col, 1, 4)
                 dot = kk - two * popc - tirx.BufferLoad(corr, [pat[s], cols])
@@ -98,5 +98,5 @@ def make_bconv_neon(
                     dot = dot.astype("float32x4") * tirx.BufferLoad(scale, [cols]) + tirx.BufferLoad(bias, [cols])
                 T.buffer_store(out, dot, [b, s, cols])
 
-            neon_gemm.emit_tiles(m, n, kwords, a_word=a_word, w_t=w_t, store=store, combine="xor", tile=t, dotprod=dotprod)
+            neon_gemm.emit_tiles(m, n, kwords, a_word=a_word, w_pair=neon_gemm.w_columns(w_t), store=store, combine="xor", tile=t, dotprod=dotprod)
     return ib.get()

@@ -16,7 +16,7 @@ each step is what NEON does natively, per 4 output channels (one ``float32x4``):
 * epilogue: the same float expression as the generic kernel, per float32x4 (``scvtf``, ``fmla``,
   ``fadd``, ``fsub``, ``fcmlt`` + ``bsl`` for the RPReLU, ``fadd``);
 * sign mask: ``fcmlt`` per 4 channels AND-ed with the channels' bits, OR-ed per 32 channels, two
-  ``addp .4s`` to the output word (:func:`_sign_word`; the bits are disjoint, so sums are ORs);
+  ``addp .4s`` to the output word (:func:`neon_sign.sign_word`);
 * channel means: a ``faddp`` tree (level ``L`` adds neighbours ``2^(L-1)`` apart in channel order),
   which adds in exactly the order of the generic kernel's butterfly ``((h0+h1)+(h2+h3))+...``, then
   a multiply by ``1 / ratio`` (a power of two: exact, as the generic kernel's divide).
@@ -30,6 +30,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
+from .neon_sign import sign_word
 from .reference import WORD_BITS, num_words
 
 LANES = WORD_BITS  # output channels per block: one output word
@@ -66,34 +67,6 @@ def _popc_quad(a: tirx.Buffer, w_t: tirx.Buffer, i: tirx.Expr, col: tirx.Expr, k
         s32 = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", s16)
         total = s32 if total is None else total + s32
     return total
-
-
-def _concat(vecs: list[tirx.Expr], lanes: int) -> tirx.Expr:
-    """The ``lanes`` lanes of ``vecs`` (equal widths) one after the other."""
-    return tirx.Shuffle(vecs, [tirx.const(j, "int32") for j in range(lanes)])
-
-
-def _sign_word(hs: list[tirx.Expr]) -> tirx.Expr:
-    """The 64 sign bits ``hs[c] < 0`` (16 float32x4) as one uint64, bit ``c`` = channel ``c``.
-
-    Each ``fcmlt`` mask is AND-ed with its channels' bits ``1 << (c mod 32)`` in 32-bit lanes and
-    the 8 vectors of each half OR-ed (disjoint bits); two ``addp .4s`` then sum the 4 lanes of
-    each half: ``[lo, hi, lo, hi]``, whose first 64 bits are the word. Cheaper on Cortex-A72 than
-    narrowing the masks to bytes (``uzp1`` of 128-bit registers is 3 half-pipe cycles there).
-    """
-    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
-    halves = []
-    for half in range(2):
-        acc = None
-        for q in range(8 * half, 8 * half + 8):
-            bit = tirx.Broadcast(u32(1), VEC) << tirx.Ramp(u32(VEC * q % 32), u32(1), VEC)
-            term = tirx.Select(hs[q] < tirx.Broadcast(tirx.const(0.0, "float32"), VEC), bit, tirx.Broadcast(u32(0), VEC))
-            acc = term if acc is None else acc | term
-        halves.append(acc)
-    addp = lambda x, y: _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", x, y)  # noqa: E731
-    pair = addp(halves[0], halves[1])  # [lo0+lo1, lo2+lo3, hi0+hi1, hi2+hi3]
-    word = addp(pair, pair)  # [lo, hi, lo, hi]
-    return tirx.Shuffle([tirx.reinterpret("uint64x2", word)], [tirx.const(0, "int32")])
 
 
 def _group_means(h: list[tirx.Expr], ratio: int) -> list[tirx.Expr]:
@@ -158,7 +131,7 @@ def make_expand_pack_neon(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
                         h = tirx.Select(pre < f32x4(0.0), pre * v("slope"), pre) + v("b2")
                         hv.append(h)
                         hs.append(h + v("next_shift"))
-                    T.buffer_store(bits, _sign_word(hs), [i, blk])
+                    T.buffer_store(bits, sign_word([v < f32x4(0.0) for v in hs]), [i, blk])
                     for j, mean in enumerate(_group_means(hv, ratio)):
                         lanes = min(VEC, per_block)
                         out = mean if lanes == VEC else tirx.Shuffle([mean], [tirx.const(t, "int32") for t in range(lanes)])

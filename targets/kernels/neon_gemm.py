@@ -92,22 +92,30 @@ def _vec(buf: tirx.Buffer, row: tirx.Expr, col: tirx.Expr, lanes: int) -> tirx.E
     return tirx.BufferLoad(buf, [row, tirx.Ramp(col, 1, lanes)])
 
 
-#: ``(row, K word, first column of the tile) -> the row's uint64 word`` (the column lets a grouped
-#: GEMM pick the group's operand; the tile never straddles groups).
-AWord = Callable[[tirx.Expr, tirx.Expr, tirx.Expr], tirx.Expr]
-#: ``(row, first of 4 columns, their popcount sums as int32x4)``: emits the tile's output stores.
-Store = Callable[[tirx.Expr, tirx.Expr, tirx.Expr], None]
+#: ``(batch, row, K word, first column of the tile) -> the row's uint64 word`` (the column lets a
+#: grouped GEMM pick the group's operand; the tile never straddles groups).
+AWord = Callable[[tirx.Expr, tirx.Expr, tirx.Expr, tirx.Expr], tirx.Expr]
+#: ``(batch, K word, column j) -> the words of columns j, j + 1`` as uint64x2.
+WPair = Callable[[tirx.Expr, tirx.Expr, tirx.Expr], tirx.Expr]
+#: ``(batch, row, first of 4 columns, their popcount sums as int32x4)``: emits the output stores.
+Store = Callable[[tirx.Expr, tirx.Expr, tirx.Expr, tirx.Expr], None]
+
+
+def w_columns(w_t: tirx.Buffer) -> WPair:
+    """Column pairs of one ``[Kw, N]`` weight buffer shared by every batch."""
+    return lambda _bi, r, col: _vec(w_t, r, col, 2)
 
 
 def emit_tiles(
-    m: int, n: int, kw: int, *, a_word: AWord, w_t: tirx.Buffer, store: Store, combine: Combine,
-    tile: NeonTile, dotprod: bool,
+    m: int, n: int, kw: int, *, a_word: AWord, w_pair: WPair, store: Store, combine: Combine,
+    tile: NeonTile, dotprod: bool, batch: int = 1,
 ) -> None:
-    """Emit (inside a ``T.prim_func``) the parallel loop over ``mr x nr`` output tiles.
+    """Emit (inside a ``T.prim_func``) the parallel loop over ``batch`` x ``mr x nr`` output tiles.
 
-    ``w_t`` is ``[Kw, N]``; ``tile`` must already fit (``NeonTile.fit``). Row and column tiles at
-    the edges overlap (:mod:`neon_gemm`'s docstring); a grouped caller picks ``nr`` dividing the
-    group width, so column tiles are aligned and stay in one group.
+    ``w_pair`` reads two columns' words (:func:`w_columns` of a ``[Kw, N]`` buffer); ``tile`` must
+    already fit (``NeonTile.fit``). Row and column tiles at the edges overlap (:mod:`neon_gemm`'s
+    docstring) inside one batch; a grouped caller picks ``nr`` dividing the group width, so column
+    tiles are aligned and stay in one group.
     """
     mr, nr = tile.mr, tile.nr
     if nr % 4 or nr < 4:
@@ -121,6 +129,9 @@ def emit_tiles(
 
     def tile_body(tid: tirx.Expr, acc: tirx.Buffer, sums: tirx.Buffer) -> None:
         """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, epilogue."""
+        bi = tid // (m_tiles * n_tiles) if batch > 1 else tirx.const(0, "int32")
+        if batch > 1:
+            tid = T.Bind(tid % (m_tiles * n_tiles))
         row0 = T.Bind(tirx.min((tid // n_tiles) * mr, m - mr))
         col0 = T.Bind(tirx.min((tid % n_tiles) * nr, n - nr))
         zero = tirx.Broadcast(tirx.const(0, acc_dtype), acc_lanes)
@@ -131,8 +142,8 @@ def emit_tiles(
                     T.buffer_store(acc, zero, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
             with T.serial(0, clen) as rr:
                 r = rr + c0
-                a_vecs = [tirx.Broadcast(a_word(row0 + ii, r, col0), 2) for ii in range(mr)]
-                w_vecs = [_vec(w_t, r, col0 + 2 * jv, 2) for jv in range(pairs)]
+                a_vecs = [tirx.Broadcast(a_word(bi, row0 + ii, r, col0), 2) for ii in range(mr)]
+                w_vecs = [w_pair(bi, r, col0 + 2 * jv) for jv in range(pairs)]
                 for ii in range(mr):
                     for jv in range(pairs):
                         x = a_vecs[ii] ^ w_vecs[jv] if combine == "xor" else a_vecs[ii] & w_vecs[jv]
@@ -159,9 +170,9 @@ def emit_tiles(
         for ii in range(mr):
             for q in range(quads):
                 popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
-                store(row0 + ii, col0 + 4 * q, popc)
+                store(bi, row0 + ii, col0 + 4 * q, popc)
 
-    tiles = m_tiles * n_tiles
+    tiles = batch * m_tiles * n_tiles
     tasks = min(tiles, PARALLEL_TASKS)
     per_task = -(-tiles // tasks)
     with T.parallel(0, tasks) as task:
@@ -220,10 +231,10 @@ def neon_popcount_gemm(
                     with T.serial(0, n) as j:
                         T.buffer_store(w_t, w[j, r], [r, j])
 
-            def store(row: tirx.Expr, col: tirx.Expr, popc: tirx.Expr) -> None:
+            def store(_bi: tirx.Expr, row: tirx.Expr, col: tirx.Expr, popc: tirx.Expr) -> None:
                 cols = tirx.Ramp(col, 1, 4)
                 T.buffer_store(out, epilogue(popc, cols, extras), [row, cols])
 
-            emit_tiles(m, n, kw, a_word=lambda row, r, _col: a[row, r], w_t=w_t, store=store,
+            emit_tiles(m, n, kw, a_word=lambda _bi, row, r, _col: a[row, r], w_pair=w_columns(w_t), store=store,
                        combine=combine, tile=t, dotprod=dotprod)
     return ib.get()
