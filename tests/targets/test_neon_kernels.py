@@ -27,6 +27,7 @@ from targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.kernels.build import assembly  # noqa: E402
 from targets.kernels.target_info import as_target  # noqa: E402
+from tests.targets.test_attention_kernels import _shift, _signs  # noqa: E402
 from tests.targets.test_bconv import _data, _ref, assert_scaled_conv  # noqa: E402
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
@@ -288,3 +289,48 @@ def test_bconv_nhwc_neon_machine_code(variant: str) -> None:
     ops = [ln.split()[0] for ln in loop]
     assert ops.count("cnt") >= 8 and ops.count("udot" if variant == "udot" else "uadalp") == ops.count("cnt")
     assert not any(re.search(r"uaddlp\s+v\d+\.2d", ln) for ln in loop), "64-bit widening left in the K loop"
+
+
+# --- attention scores (targets/kernels/attention_neon.py) ---------------------------------------
+
+
+def _check_scores(device: _Device, target: dict, b: int, n: int, h: int, d: int, scale: float, seed: int) -> None:
+    from targets.kernels import attention
+
+    c = h * d
+    lib = device.load({
+        "si": attention.scores_module(b, n, c, h, scale, target, out_dtype="int32")["main"],
+        "sf": attention.scores_module(b, n, c, h, scale, target)["main"],
+    }, target)
+    rng = np.random.default_rng(seed)
+    q, k, qs, ks = _signs(rng, (b, n, c)), _signs(rng, (b, n, c)), _shift(rng, c), _shift(rng, c)
+    want = ref.attention_scores_ref(q, k, qs, ks, h)
+    got = device.run(lib["si"], q, k, qs, ks, out=np.zeros((b * h, n, n), np.int32))
+    np.testing.assert_array_equal(got.reshape(b, h, n, n), want)
+    got = device.run(lib["sf"], q, k, qs, ks, out=np.zeros((b * h, n, n), np.float32)).reshape(b, h, n, n)
+    # float32 division of small integers is correctly rounded: the kernel must match it bit for bit.
+    np.testing.assert_array_equal(got, want.astype(np.float32) / np.float32(scale))
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@settings(max_examples=5, deadline=None)
+@given(b=st.integers(1, 2), n=st.integers(4, 40), h=st.integers(1, 3), d=st.sampled_from([4, 12, 64, 100]),
+       scale=st.sampled_from([1.0, 8.0, 3.0, 0.5]), seed=st.integers(0, 2**32 - 1))
+def test_scores_neon_bit_exact_under_qemu(device: _Device, variant: str, b: int, n: int, h: int, d: int, scale: float,
+                                          seed: int) -> None:
+    """Partial words (d = 4, 12, 100), multi-word heads, ragged key tiles, power-of-two and other scales."""
+    _check_scores(device, TARGETS[variant], b, n, h, d, scale, seed)
+
+
+def test_scores_tiny_shape_under_qemu(device: _Device) -> None:
+    """BHViT-Tiny's windowed scores: 4 windows x 53 tokens, 4 heads of 64, scale sqrt(64)."""
+    _check_scores(device, A72, 4, 53, 4, 64, 8.0, seed=11)
+
+
+def test_scores_neon_machine_code() -> None:
+    from targets.kernels import attention
+
+    asm = assembly(attention.scores_module(1, 50, 512, 8, 8.0, A72), A72)
+    loop = [ln.split()[0] for ln in inner_loop(asm)]
+    assert loop.count("cnt") == 16 and loop.count("uaddlp") + loop.count("uadalp") >= 16
+    assert not re.search(r"uaddlp\s+v\d+\.2d", asm), "64-bit widening left in the scores"
