@@ -260,5 +260,13 @@ def qd_context_module(
         from .gpu_attention import qd_context_module_gpu
 
         return qd_context_module_gpu(b, n, c, h, target, out_dtype=out_dtype)
+    if is_aarch64(target) and not tiles:
+        from . import attention_neon, neon_gemm
+
+        if attention_neon.qd_supports(n, c, h):
+            tile = neon_gemm.NeonTile(**neon_gemm.arch_tile(target))
+            func = attention_neon.make_qd_context_neon(b, n, c, h, out_dtype=out_dtype, tile=tile,
+                                                       dotprod=neon_gemm.has_dotprod(target))
+            return tvm.IRModule({"main": func})
     func = make_qd_context(b, n, c, h, out_dtype=out_dtype).with_attr("bhvit.head_dim", c // h)
     return schedule_qd_context(func, target, **tiles)

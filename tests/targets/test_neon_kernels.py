@@ -27,7 +27,7 @@ from targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.kernels.build import assembly  # noqa: E402
 from targets.kernels.target_info import as_target  # noqa: E402
-from tests.targets.test_attention_kernels import _shift, _signs  # noqa: E402
+from tests.targets.test_attention_kernels import _qd_inputs, _shift, _signs  # noqa: E402
 from tests.targets.test_bconv import _data, _ref, assert_scaled_conv  # noqa: E402
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
@@ -334,3 +334,37 @@ def test_scores_neon_machine_code() -> None:
     loop = [ln.split()[0] for ln in inner_loop(asm)]
     assert loop.count("cnt") == 16 and loop.count("uaddlp") + loop.count("uadalp") >= 16
     assert not re.search(r"uaddlp\s+v\d+\.2d", asm), "64-bit widening left in the scores"
+
+
+# --- QD attention context (targets/kernels/attention_neon.py) -----------------------------------
+
+
+def _check_qd_context(device: _Device, target: dict, b: int, n: int, h: int, d: int, ordered: bool, seed: int) -> None:
+    from targets.kernels import attention
+
+    c = h * d
+    lib = device.load({
+        "ci": attention.qd_context_module(b, n, c, h, target, out_dtype="int32")["main"],
+        "cf": attention.qd_context_module(b, n, c, h, target)["main"],
+    }, target)
+    p, v, vs, t, alpha = _qd_inputs(np.random.default_rng(seed), b, n, h, d, ordered)
+    want = ref.qd_context_ref(p, v, vs, t, h)
+    np.testing.assert_array_equal(device.run(lib["ci"], p, v, vs, t, out=np.zeros((b, n, c), np.int32)), want)
+    got = device.run(lib["cf"], p, v, vs, t, alpha, out=np.zeros((b, n, c), np.float32))
+    # int32 -> float32 is exact here (|sum| <= 3N), then one rounded multiply: bit for bit.
+    np.testing.assert_array_equal(got, want.astype(np.float32) * np.repeat(alpha, d)[None, None, :])
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@settings(max_examples=5, deadline=None)
+@given(b=st.integers(1, 2), n=st.one_of(st.integers(1, 70), st.sampled_from([64, 128, 130])), h=st.integers(1, 3),
+       d=st.sampled_from([4, 8, 20, 64]), ordered=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_qd_context_neon_bit_exact_under_qemu(device: _Device, variant: str, b: int, n: int, h: int, d: int,
+                                              ordered: bool, seed: int) -> None:
+    """Ragged key words (N % 64), partial quads (N % 4), probabilities on the thresholds, unordered thresholds."""
+    _check_qd_context(device, TARGETS[variant], b, n, h, d, ordered, seed)
+
+
+def test_qd_context_tiny_shape_under_qemu(device: _Device) -> None:
+    """BHViT-Tiny's windowed context: 4 windows x 53 tokens, 4 heads of 64."""
+    _check_qd_context(device, A72, 4, 53, 4, 64, True, seed=13)
