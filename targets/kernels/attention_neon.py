@@ -7,8 +7,8 @@ head dim of 64 (one K word) that left Tiny's scores at 8-11% of the eor + cnt + 
 Cortex-A72. Here:
 
 * pack: per row (query or key) and K word, 16 ``float32x4`` ``fadd`` (the shift) + ``fcmlt``,
-  turned into the word by :func:`neon_sign.sign_word`; rows parallel. Both packs are row-major
-  ``[B*h, N, Kw]`` (the key words are read as column pairs by the GEMM below);
+  turned into the word by :func:`neon_sign.sign_word`; rows parallel. Queries are ``[B*h, N, Kw]``,
+  keys ``[B*h, Kw, N]`` (the GEMM reads two keys' words as one vector);
 * GEMM: :func:`neon_gemm.emit_tiles` with one batch per (image, head): rows = queries, columns =
   keys, ``mr x nr`` tiles from the architecture record (overlapping edge tiles within the head);
   the epilogue ``(d - 2 popc) / scale`` per 4 keys: the generic kernel's value bit for bit (for a
@@ -41,8 +41,10 @@ def _power_of_two(x: float) -> bool:
     return x > 0 and math.frexp(x)[0] == 0.5 and 2.0 ** -100 < x < 2.0 ** 100
 
 
-def _pack_rows(src: tirx.Buffer, shift: tirx.Buffer, dst: tirx.Buffer, rows: int, h: int, n: int, d: int) -> None:
-    """``dst[bh, i, w]``: the sign words of ``src[bh // h, i, head bh % h] + shift`` (rows parallel)."""
+def _pack_rows(src: tirx.Buffer, shift: tirx.Buffer, dst: tirx.Buffer, rows: int, h: int, n: int, d: int,
+               *, transposed: bool = False) -> None:
+    """``dst[bh, i, w]`` (``dst[bh, w, i]`` if ``transposed``): the sign words of
+    ``src[bh // h, i, head bh % h] + shift`` (rows parallel)."""
     zero = tirx.Broadcast(tirx.const(0.0, "float32"), 4)
     with T.parallel(0, rows * n) as row:
         bh, i = row // n, row % n
@@ -56,7 +58,7 @@ def _pack_rows(src: tirx.Buffer, shift: tirx.Buffer, dst: tirx.Buffer, rows: int
                     continue
                 cols = tirx.Ramp(c0 + e, 1, 4)
                 negs.append(tirx.BufferLoad(src, [b, i, cols]) + tirx.BufferLoad(shift, [cols]) < zero)
-            T.buffer_store(dst, sign_word(negs), [bh, i, w])
+            T.buffer_store(dst, sign_word(negs), [bh, w, i] if transposed else [bh, i, w])
 
 
 def make_scores_neon(
@@ -83,11 +85,7 @@ def make_scores_neon(
             q_bits = T.alloc_buffer((rows, n, dw), "uint64")
             k_bits = T.alloc_buffer((rows, dw, n), "uint64")
             _pack_rows(q, qs, q_bits, rows, h, n, d)
-            k_rows = T.alloc_buffer((rows, n, dw), "uint64")
-            _pack_rows(k, ks, k_rows, rows, h, n, d)
-            with T.parallel(0, rows * dw) as t_row:
-                with T.serial(0, n) as j:
-                    T.buffer_store(k_bits, k_rows[t_row // dw, j, t_row % dw], [t_row // dw, t_row % dw, j])
+            _pack_rows(k, ks, k_bits, rows, h, n, d, transposed=True)
             dd, two = tirx.const(d, "int32"), tirx.const(2, "int32")
             f32x4 = lambda v: tirx.Broadcast(tirx.const(v, "float32"), 4)  # noqa: E731
 
