@@ -152,6 +152,24 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
 PACKED_QD_CONTEXT = False
 
 
+#: On aarch64 the NEON kernel (``targets/kernels/attention_neon.py``: compares per 4 keys, no
+#: scalar bit loop) is used instead of the float lowering (Tiny on Cortex-A72: docs/bench.md). The
+#: integer sums are the same; float32 represents them exactly, so the results are identical.
+PACKED_QD_CONTEXT_NEON = True
+
+
+def _packed_qd_cpu(n: int, c: int, h: int) -> bool:
+    """The packed QD context on this llvm target (:data:`PACKED_QD_CONTEXT`, or NEON where it applies)."""
+    if not _packed_cpu():
+        return False
+    if PACKED_QD_CONTEXT:
+        return True
+    from targets.kernels.attention_neon import qd_supports
+    from targets.kernels.target_info import is_aarch64
+
+    return PACKED_QD_CONTEXT_NEON and is_aarch64(_Options.target) and qd_supports(n, c, h)
+
+
 #: Lower ``QDAttentionContext`` with the packed kernel on cuda targets (not measured yet: no GPU run).
 PACKED_QD_CONTEXT_GPU = True
 
@@ -460,7 +478,7 @@ class QDAttentionContext(_BhvitConverter):
         h = int(attr.get("num_heads", _shape(alpha, f"{what}: alpha")[0]))
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
-        if (_packed_cpu() and PACKED_QD_CONTEXT) or (_packed_gpu() and PACKED_QD_CONTEXT_GPU):
+        if _packed_qd_cpu(n, c, h) or (_packed_gpu() and PACKED_QD_CONTEXT_GPU):
             if _shape(p, f"{what}: p") != [b, h, n, n] or _shape(thresholds, f"{what}: thresholds") != [h, 3]:
                 raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}] and thresholds [{h}, 3]")
             for t, nm in ((p, "p"), (v, "v"), (thresholds, "thresholds")):
