@@ -121,12 +121,12 @@ def make_expand_pack_neon(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
                         popc = tirx.reinterpret("int32x4", _popc_quad(a, w_t, i, col, kw))
                         dot = i32x4(k) - i32x4(2) * popc
                         d = dot.astype("float32x4") * v("scale") + v("bias")
+                        # The residual repeats x every C channels; 4 | C (64 | ratio * C, ratio <= 16),
+                        # so each 4 channels are contiguous in x.
                         if c % LANES == 0:  # the block's 64 residual channels are contiguous
                             res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(blk * LANES, c) + VEC * q, 1, VEC)])
-                        elif c % VEC == 0:
-                            res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(col, c), 1, VEC)])
                         else:
-                            res = tirx.BufferLoad(x, [i, tirx.floormod(cols, i32x4(c))])
+                            res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(col, c), 1, VEC)])
                         pre = d + res - v("b1")
                         h = tirx.Select(pre < f32x4(0.0), pre * v("slope"), pre) + v("b2")
                         hv.append(h)

@@ -180,16 +180,13 @@ def test_uadalp_chunks_do_not_overflow_under_qemu(device: _Device) -> None:
     np.testing.assert_array_equal(got, np.full((m, n), -k, np.int32))
 
 
-@pytest.mark.parametrize("variant", ["uadalp", "udot"])
-@pytest.mark.parametrize("m, c, ratio", [(5, 64, 8), (3, 128, 4), (2, 64 * 33, 1)])  # 33 words: two uint8 chunks
-def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: int, c: int, ratio: int) -> None:
-    """The NEON popcount of ``BinaryExpandPack`` (uint8 ``cnt`` sums / ``udot``) against numpy."""
+def _check_expand_pack(device: _Device, target: dict, m: int, c: int, ratio: int, seed: int) -> None:
+    """``BinaryExpandPack`` on aarch64 against numpy: packed sign bits and channel means."""
     from targets.kernels import expand_pack
 
-    target = TARGETS[variant]
     n = c * ratio
     lib = device.load({"ep": expand_pack.expand_pack_module(m, n, c, ratio, target)["main"]}, target)
-    rng = np.random.default_rng(m * 1000 + c + ratio)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, c)).astype(np.float32)
     w_pm = np.where(rng.random((n, c)) < 0.5, -1.0, 1.0).astype(np.float32)
     scale, bias, b1, slope, b2, nshift = (rng.standard_normal(n).astype(np.float32) for _ in range(6))
@@ -205,8 +202,33 @@ def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: 
     near_zero = ref.pack_bits(np.where(np.abs(h + nshift) < 1e-4 * (1 + np.abs(h)), -1.0, 1.0))
     assert not np.any((got_bits ^ ref.pack_bits(h + nshift)) & ~near_zero), "sign bits differ away from zero"
     np.testing.assert_allclose(got_pooled, h.reshape(m, c, ratio).mean(-1), rtol=1e-5, atol=1e-5 * (1 + float(np.abs(h).max())))
-    asm = assembly(expand_pack.expand_pack_module(m, n, c, ratio, target), target)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@pytest.mark.parametrize("m, c, ratio", [(5, 64, 8), (3, 128, 4), (2, 64 * 17, 1), (3, 16, 16), (2, 96, 2)])
+def test_expand_pack_neon_under_qemu(device: _Device, variant: str, m: int, c: int, ratio: int) -> None:
+    """Tiny's ratios (4, 8), 17 K words (two uint8 chunks of the NEON kernel), ratio 16, C = 96
+    (the residual wraps inside a 64-channel block)."""
+    _check_expand_pack(device, TARGETS[variant], m, c, ratio, seed=m * 1000 + c + ratio)
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 9), ratio=st.sampled_from([1, 2, 4, 8, 16]), words=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_expand_pack_neon_random_shapes_under_qemu(device: _Device, m: int, ratio: int, words: int, seed: int) -> None:
+    """Random small shapes: C a multiple of 64 / ratio (so N = ratio * C is whole 64-channel blocks)."""
+    c = words * (64 // ratio)
+    _check_expand_pack(device, A72, m, c, ratio, seed)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+def test_expand_pack_neon_machine_code(variant: str) -> None:
+    """Narrow popcount (no 64-bit widening), the faddp tree for the means, no 64-lane bitcast reduction."""
+    from targets.kernels import expand_pack
+
+    target = TARGETS[variant]
+    asm = assembly(expand_pack.expand_pack_module(196, 1024, 256, 4, target), target)
     assert re.search(r"^\s+cnt\s", asm, re.MULTILINE) and not re.search(r"uaddlp\s+v\d+\.2d", asm)
+    assert re.search(r"^\s+faddp\s", asm, re.MULTILINE) and not re.search(r"^\s+addv\s", asm, re.MULTILINE)
 
 
 # --- channels-last binary conv (targets/kernels/bconv_nhwc_neon.py) -----------------------------
