@@ -24,7 +24,9 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
   for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
-  The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`.
+  The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`. On aarch64 the
+  NEON kernel (:mod:`targets.kernels.attention_neon`) is the default (:data:`PACKED_QD_CONTEXT_NEON`):
+  Tiny on Cortex-A72, estimated, 1.5 ms against ~7.2 ms for the float lowering (docs/bench.md).
 * ``GSBAttentionContext`` on llvm targets -> one ``call_tir`` kernel
   (:mod:`targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
   weighted epilogue. Other targets (cuda included): the function body in Relax ops (float masks,

@@ -163,7 +163,8 @@ _PACKED_PREFIXES = {
     "QDAttentionContext": "bhvit_qd_context_",
     "GSBAttentionContext": "bhvit_gsb_context_",
 }
-#: Ops lowered to packed kernels on llvm by default (QD context is opt-in: float measured faster).
+#: Ops lowered to packed kernels on llvm by default (QD context is opt-in on x86: float measured
+#: faster there; on aarch64 the NEON kernel is the default, ``test_qd_context_default_is_packed_on_aarch64_only``).
 _PACKED_BY_DEFAULT = ("BinaryConv2d", "BinaryAttentionScores")
 
 
