@@ -54,8 +54,9 @@ def cases() -> list[Case]:
     return out
 
 
-def analyse(cpus: Sequence[str] = CPUS) -> dict[str, Any]:
-    """Rows (cpu, kernel, shape): bMAC/cycle of the kernel's tile (or block) loop vs the NEON limit."""
+def analyse(cpus: Sequence[str] = CPUS, kernels: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Rows (cpu, kernel, shape): bMAC/cycle of the kernel's tile (or block) loop vs the NEON limit
+    (``kernels``: only these, e.g. ``["scores"]``)."""
     from targets.kernels.build import assembly
 
     tool = _llvm_mca()
@@ -65,7 +66,7 @@ def analyse(cpus: Sequence[str] = CPUS) -> dict[str, Any]:
         body = ideal_loop(dotprod=dot)
         limit = 128 * _cnt(body) / mca(body, cpu, tool=tool, dotprod=dot)["cycles_per_iteration"]
         target = _target(cpu)
-        for kernel, shape, build, per_tile in cases():
+        for kernel, shape, build, per_tile in (c for c in cases() if kernels is None or c[0] in kernels):
             asm = assembly(build(target), target)
             tile = inner_loop(asm, with_store=True)
             k_loop = inner_loop(asm)

@@ -390,3 +390,18 @@ def test_qd_context_neon_bit_exact_under_qemu(device: _Device, variant: str, b: 
 def test_qd_context_tiny_shape_under_qemu(device: _Device) -> None:
     """BHViT-Tiny's windowed context: 4 windows x 53 tokens, 4 heads of 64."""
     _check_qd_context(device, A72, 4, 53, 4, 64, True, seed=13)
+
+
+def test_binary_kernel_loop_table_runs() -> None:
+    """``benchmarks.mca_binary_kernels`` finds the tile loop of a kernel and prices it below the limit."""
+    from benchmarks.mca import mca_tools
+    from benchmarks.mca_binary_kernels import analyse, format_table
+
+    try:
+        mca_tools()
+    except Exception:
+        pytest.skip("llvm-mca not installed (scripts/install-system-deps.sh)")
+    res = analyse(["cortex-a72"], kernels=["scores"])
+    assert [r["kernel"] for r in res["rows"]] == ["scores", "scores"]
+    assert all(0 < r["fraction_of_limit"] <= 1.05 for r in res["rows"])
+    assert "scores" in format_table(res)
