@@ -70,16 +70,12 @@ def _popc_quad(a: tirx.Buffer, w_t: tirx.Buffer, i: tirx.Expr, col: tirx.Expr, k
 
 
 def _group_means(h: list[tirx.Expr], ratio: int) -> list[tirx.Expr]:
-    """Means of ``ratio`` consecutive channels as float32x4 vectors (``64 / ratio / 4`` of them, or
-    one vector whose first ``64 / ratio`` lanes count when that is below 4)."""
+    """Means of ``ratio`` consecutive channels (``ratio`` <= 16) as ``16 / ratio`` float32x4 vectors."""
     level = list(h)
     step = 1
     while step < ratio:
-        if len(level) == 1:
-            level = [_intrin("float32x4", "llvm.aarch64.neon.faddp.v4f32", level[0], level[0])]
-        else:
-            level = [_intrin("float32x4", "llvm.aarch64.neon.faddp.v4f32", level[2 * j], level[2 * j + 1])
-                     for j in range(len(level) // 2)]
+        level = [_intrin("float32x4", "llvm.aarch64.neon.faddp.v4f32", level[2 * j], level[2 * j + 1])
+                 for j in range(len(level) // 2)]
         step *= 2
     if ratio == 1:
         return level
@@ -131,10 +127,7 @@ def make_expand_pack_neon(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
                         h = tirx.Select(pre < f32x4(0.0), pre * v("slope"), pre) + v("b2")
                         hv.append(h)
                         hs.append(h + v("next_shift"))
-                    T.buffer_store(bits, sign_word([v < f32x4(0.0) for v in hs]), [i, blk])
-                    for j, mean in enumerate(_group_means(hv, ratio)):
-                        lanes = min(VEC, per_block)
-                        out = mean if lanes == VEC else tirx.Shuffle([mean], [tirx.const(t, "int32") for t in range(lanes)])
-                        idx = tirx.Ramp(blk * per_block + VEC * j, 1, lanes) if lanes > 1 else blk * per_block
-                        T.buffer_store(pooled, out, [i, idx])
+                    T.buffer_store(bits, sign_word([hq < f32x4(0.0) for hq in hs]), [i, blk])
+                    for j, mean in enumerate(_group_means(hv, ratio)):  # per_block >= 4 (ratio <= 16)
+                        T.buffer_store(pooled, mean, [i, tirx.Ramp(blk * per_block + VEC * j, 1, VEC)])
     return ib.get()
