@@ -14,7 +14,7 @@ def bench_arm(
     say: Callable[[str], None],
 ) -> str:
     """The whole-model estimate (one model: ``--model``, default tiny) and, with ``--kernels``, the loop
-    tables (the binary GEMM's, :mod:`benchmarks.mca`; the other binary kernels', :mod:`benchmarks.mca_binary_kernels`)."""
+    tables (the binary GEMM's, :mod:`bhvit_export.benchmarks.mca`; the other binary kernels', :mod:`benchmarks.mca_binary_kernels`)."""
     from .arm_report import ORT, SYSTEMS, run_arm
 
     if len(models) > 1:

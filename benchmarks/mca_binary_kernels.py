@@ -1,14 +1,14 @@
 """llvm-mca on the inner loops of every aarch64 binary kernel of BHViT-Tiny, against the NEON limit.
 
-:mod:`benchmarks.mca` does this for the binary GEMM; here the other binary kernels, at Tiny's
+:mod:`bhvit_export.benchmarks.mca` does this for the binary GEMM; here the other binary kernels, at Tiny's
 shapes: the expand-pack (one 64-channel output block: popcount + BN/residual/RPReLU epilogue + sign
 word + channel means), the channels-last conv, the attention scores and the QD context (one output
-tile of :func:`targets.kernels.neon_gemm.emit_tiles`: K words + widening + epilogue). bMAC/cycle =
+tile of :func:`bhvit_export.targets.kernels.neon_gemm.emit_tiles`: K words + widening + epilogue). bMAC/cycle =
 128 x ``cnt`` / llvm-mca cycles of that loop; the limit is llvm-mca's eor + cnt + accumulate loop on
-the same CPU model (:func:`benchmarks.mca.ideal_loop`). The packing stages (sign words of q/k/v,
+the same CPU model (:func:`bhvit_export.benchmarks.mca.ideal_loop`). The packing stages (sign words of q/k/v,
 the level planes, im2col) are outside these loops; ``bench --arm`` prices whole calls.
 
-    python -m benchmarks.mca_binary_kernels [--cpus cortex-a72,cortex-a76] [--json]
+    python -m bhvit_export.benchmarks.mca_binary_kernels [--cpus cortex-a72,cortex-a76] [--json]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ Case = tuple[str, str, Callable[[Any], Any], Callable[[Any], Optional[int]]]
 def _tile_cnt(rows: int, cols: int, kwords: int) -> Callable[[Any], int]:
     """``cnt`` per ``emit_tiles`` tile: mr x nr/2 vectors per K word, with the record's tile fitted."""
     def per_tile(target: Any) -> int:
-        from targets.kernels.neon_gemm import NeonTile, arch_tile
+        from bhvit_export.targets.kernels.neon_gemm import NeonTile, arch_tile
 
         t = NeonTile(**arch_tile(target)).fit(rows, cols)
         return t.mr * t.nr // 2 * kwords
@@ -34,8 +34,8 @@ def _tile_cnt(rows: int, cols: int, kwords: int) -> Callable[[Any], int]:
 
 
 def cases() -> list[Case]:
-    from targets.kernels import attention, bconv_nhwc, expand_pack
-    from targets.kernels.bconv import ConvGeometry
+    from bhvit_export.targets.kernels import attention, bconv_nhwc, expand_pack
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
 
     conv64 = ConvGeometry(1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
     conv128 = ConvGeometry(1, 128, 28, 28, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
@@ -57,7 +57,7 @@ def cases() -> list[Case]:
 def analyse(cpus: Sequence[str] = CPUS, kernels: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Rows (cpu, kernel, shape): bMAC/cycle of the kernel's tile (or block) loop vs the NEON limit
     (``kernels``: only these, e.g. ``["scores"]``)."""
-    from targets.kernels.build import assembly
+    from bhvit_export.targets.kernels.build import assembly
 
     tool = _llvm_mca()
     rows = []

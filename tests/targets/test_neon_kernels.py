@@ -22,11 +22,11 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from benchmarks.mca import inner_loop  # noqa: E402
-from targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.build import assembly  # noqa: E402
-from targets.kernels.target_info import as_target  # noqa: E402
+from bhvit_export.benchmarks.mca import inner_loop  # noqa: E402
+from bhvit_export.targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.kernels.build import assembly  # noqa: E402
+from bhvit_export.targets.kernels.target_info import as_target  # noqa: E402
 from tests.targets.test_attention_kernels import _qd_inputs, _shift, _signs  # noqa: E402
 from tests.targets.test_bconv import _data, _ref, assert_scaled_conv  # noqa: E402
 
@@ -65,7 +65,7 @@ def test_k_loop_accumulates_narrow(variant: str, kernel: str) -> None:
 
 @pytest.mark.parametrize("cpu, rows", [("cortex-a72", 2), ("cortex-a76", 2), ("cortex-a55", 8)])
 def test_register_tile_comes_from_the_architecture_record(cpu: str, rows: int) -> None:
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     target = {**A72, "mcpu": cpu}
     assert arch_of(target).popcount_tile[0] == rows and arch_of(target).name == "neon"
@@ -104,7 +104,7 @@ class _Device:
         self.tmp = tmp
 
     def load(self, funcs: dict[str, tvm.tirx.PrimFunc], target: dict) -> tvm.runtime.Module:
-        from targets.native_build import export_library
+        from bhvit_export.targets.native_build import export_library
 
         mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
         path = self.tmp / f"neon_{next(_names)}.so"
@@ -124,7 +124,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Device]:
 
     need("aarch64-g++", "qemu-aarch64")
     aarch64_libs()
-    from targets.emulate import emulator
+    from bhvit_export.targets.emulate import emulator
 
     with emulator("aarch64") as (host, port):
         yield _Device(host, port, tmp_path_factory.mktemp("neon"))
@@ -182,7 +182,7 @@ def test_uadalp_chunks_do_not_overflow_under_qemu(device: _Device) -> None:
 
 def _check_expand_pack(device: _Device, target: dict, m: int, c: int, ratio: int, seed: int) -> None:
     """``BinaryExpandPack`` on aarch64 against numpy: packed sign bits and channel means."""
-    from targets.kernels import expand_pack
+    from bhvit_export.targets.kernels import expand_pack
 
     n = c * ratio
     lib = device.load({"ep": expand_pack.expand_pack_module(m, n, c, ratio, target)["main"]}, target)
@@ -223,7 +223,7 @@ def test_expand_pack_neon_random_shapes_under_qemu(device: _Device, m: int, rati
 @pytest.mark.parametrize("variant", ["uadalp", "udot"])
 def test_expand_pack_neon_machine_code(variant: str) -> None:
     """Narrow popcount (no 64-bit widening), the faddp tree for the means, no 64-lane bitcast reduction."""
-    from targets.kernels import expand_pack
+    from bhvit_export.targets.kernels import expand_pack
 
     target = TARGETS[variant]
     asm = assembly(expand_pack.expand_pack_module(196, 1024, 256, 4, target), target)
@@ -237,7 +237,7 @@ def test_expand_pack_neon_machine_code(variant: str) -> None:
 @st.composite
 def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
     """Small convs the NEON kernel takes: C/g dividing 64, O/g a multiple of 4 (1-3 column tiles)."""
-    from targets.kernels.bconv import ConvGeometry
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
 
     group, cg = draw(st.integers(1, 3)), draw(st.sampled_from([2, 8, 16, 32]))
     try:
@@ -255,7 +255,7 @@ def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
 
 
 def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  # noqa: ANN001
-    from targets.kernels import bconv, bconv_nhwc
+    from bhvit_export.targets.kernels import bconv, bconv_nhwc
     lib = device.load({
         "pack": bconv_nhwc.sign_pack_module(geom)["main"],
         "ci": bconv_nhwc.bconv_module(geom, target, out_dtype="int32")["main"],
@@ -294,7 +294,7 @@ def test_bconv_nhwc_neon_bit_exact_under_qemu(device: _Device, variant: str, geo
 
 def test_bconv_nhwc_tiny_shape_under_qemu(device: _Device) -> None:
     """A BHViT-Tiny stage-2 conv shape (32 channels per group, K = 288: 5 words), A72 tiles."""
-    from targets.kernels.bconv import ConvGeometry
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
 
     _check_bconv_nhwc(device, A72, ConvGeometry(1, 128, 9, 9, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4), seed=7)
 
@@ -302,8 +302,8 @@ def test_bconv_nhwc_tiny_shape_under_qemu(device: _Device) -> None:
 @pytest.mark.parametrize("variant", ["uadalp", "udot"])
 def test_bconv_nhwc_neon_machine_code(variant: str) -> None:
     """The conv's K loop accumulates narrow (no per-word widening to 64-bit lanes)."""
-    from targets.kernels import bconv_nhwc
-    from targets.kernels.bconv import ConvGeometry
+    from bhvit_export.targets.kernels import bconv_nhwc
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
 
     target = TARGETS[variant]
     geom = ConvGeometry(1, 128, 28, 28, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
@@ -317,7 +317,7 @@ def test_bconv_nhwc_neon_machine_code(variant: str) -> None:
 
 
 def _check_scores(device: _Device, target: dict, b: int, n: int, h: int, d: int, scale: float, seed: int) -> None:
-    from targets.kernels import attention
+    from bhvit_export.targets.kernels import attention
 
     c = h * d
     lib = device.load({
@@ -350,7 +350,7 @@ def test_scores_tiny_shape_under_qemu(device: _Device) -> None:
 
 
 def test_scores_neon_machine_code() -> None:
-    from targets.kernels import attention
+    from bhvit_export.targets.kernels import attention
 
     asm = assembly(attention.scores_module(1, 50, 512, 8, 8.0, A72), A72)
     loop = [ln.split()[0] for ln in inner_loop(asm)]
@@ -362,7 +362,7 @@ def test_scores_neon_machine_code() -> None:
 
 
 def _check_qd_context(device: _Device, target: dict, b: int, n: int, h: int, d: int, ordered: bool, seed: int) -> None:
-    from targets.kernels import attention
+    from bhvit_export.targets.kernels import attention
 
     c = h * d
     lib = device.load({
@@ -394,8 +394,8 @@ def test_qd_context_tiny_shape_under_qemu(device: _Device) -> None:
 
 def test_binary_kernel_loop_table_runs() -> None:
     """``benchmarks.mca_binary_kernels`` finds the tile loop of a kernel and prices it below the limit."""
-    from benchmarks.mca import mca_tools
-    from benchmarks.mca_binary_kernels import analyse, format_table
+    from bhvit_export.benchmarks.mca import mca_tools
+    from bhvit_export.benchmarks.mca_binary_kernels import analyse, format_table
 
     try:
         mca_tools()
