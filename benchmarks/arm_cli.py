@@ -13,7 +13,8 @@ def bench_arm(
     models: Sequence[str], include: Sequence[str], kernels: bool, cache: Optional[Path], as_json: bool,
     say: Callable[[str], None],
 ) -> str:
-    """The whole-model estimate (one model: ``--model``, default tiny) and, with ``--kernels``, the loop table."""
+    """The whole-model estimate (one model: ``--model``, default tiny) and, with ``--kernels``, the loop
+    tables (the binary GEMM's, :mod:`bhvit_export.benchmarks.mca`; the other binary kernels', :mod:`benchmarks.mca_binary_kernels`)."""
     from .arm_report import ORT, SYSTEMS, run_arm
 
     if len(models) > 1:
@@ -34,4 +35,9 @@ def bench_arm(
         loops = analyse()
         out["kernels"] = loops
         text += "\n\n" + format_table(loops)
+        from . import mca_binary_kernels
+
+        others = mca_binary_kernels.analyse()
+        out["binary_kernels"] = others
+        text += "\n\n" + mca_binary_kernels.format_table(others)
     return json.dumps(out, indent=2, sort_keys=True) if as_json else text

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from bhvit_export.targets.kernels.target_info import TargetLike, as_target, has_vector_popcount, is_aarch64, u64_lanes
 
 #: NEON popcount GEMM register tile (rows, uint64 columns) per Cortex model; others get the default.
+#: Every NEON binary kernel built on ``neon_gemm.emit_tiles`` takes it (GEMM, channels-last conv,
+#: attention scores, QD context; the conv narrows the columns to divide its group width).
 NEON_POPCOUNT_TILES: dict[str, tuple[int, int]] = {
     "cortex-a53": (8, 4), "cortex-a55": (8, 4),
     "cortex-a72": (2, 16), "cortex-a76": (2, 16), "cortex-a78": (2, 16),

@@ -24,7 +24,9 @@ Lowering choices (correctness first; every path is exact against the ONNX functi
   (border pattern, output channel) table computed here in numpy from the weights.
 * ``BinaryAttentionScores`` on llvm targets -> one ``call_tir`` kernel
   (:mod:`bhvit_export.targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
-* ``QDAttentionContext`` keeps the float Relax lowering on llvm targets by default: measured
+* ``QDAttentionContext`` takes the NEON packed kernel on aarch64 (levels as two bit planes, one
+  AND-popcount GEMM; the integer sums are exact in float32) and keeps the float Relax lowering on
+  x86 by default: measured
   single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
   for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
@@ -441,7 +443,7 @@ class QDAttentionContext(_BhvitConverter):
         h = int(attr.get("num_heads", _shape(alpha, f"{what}: alpha")[0]))
         if c % h:
             raise TargetError(f"{what}: {c} channels do not split into {h} heads")
-        if ctx.uses(cls.op, "qd_context"):
+        if ctx.takes(cls.op, "qd_context", b, n, c, h):
             if _shape(p, f"{what}: p") != [b, h, n, n] or _shape(thresholds, f"{what}: thresholds") != [h, 3]:
                 raise TargetError(f"{what}: expected p [{b}, {h}, {n}, {n}] and thresholds [{h}, 3]")
             for t, nm in ((p, "p"), (v, "v"), (thresholds, "thresholds")):

@@ -44,6 +44,15 @@ class Kernel:
     builder: str  # "module:function"
     kwargs: tuple[tuple[str, Any], ...] = ()
     takes_target: bool = True
+    #: "module:function" of a predicate on the builder's shape (without the target): the shapes this
+    #: kernel takes; an op whose kernel refuses a shape takes its float Relax lowering. "" = every shape.
+    supports: str = ""
+
+    def takes(self, shape: tuple) -> bool:
+        if not self.supports:
+            return True
+        module, name = self.supports.split(":")
+        return bool(getattr(importlib.import_module(module), name)(*shape))
 
     def build(self, target: tvm.target.Target, shape: tuple) -> tvm.IRModule:
         module, name = self.builder.split(":")
@@ -72,9 +81,17 @@ _GPU_KERNELS = {k.kind: k for k in (
     Kernel("qd_context", _K + "gpu_attention:qd_context_module_gpu"),
 )}
 
+#: NEON overrides of the CPU kernels where the builder's choice alone is not enough.
+_NEON_KERNELS = {k.kind: k for k in (
+    # the NEON QD context (kernels/attention_neon.py via qd_context_module) where head dims are whole
+    # float32x4 vectors; other shapes keep the float lowering, as on x86
+    Kernel("qd_context", _K + "attention:qd_context_module", supports=_K + "attention_neon:qd_supports_shape"),
+)}
+
 #: (kind, architecture) -> the kernel's builder on that architecture.
 KERNELS: dict[tuple[str, str], Kernel] = {
     **{(kind, arch): k for arch in CPU_ARCHS for kind, k in _CPU_KERNELS.items()},
+    **{(kind, "neon"): k for kind, k in _NEON_KERNELS.items()},
     **{(kind, "cuda"): k for kind, k in _GPU_KERNELS.items()},
 }
 
@@ -90,6 +107,9 @@ _CPU_OPS: dict[str, tuple[str, ...]] = {
     "QDAttentionContext": (),
     "GSBAttentionContext": ("gsb_context",),
 }
+#: On NEON the QD context is packed: Tiny on Cortex-A72 estimated 102.9 -> 97.3 ms (docs/bench.md);
+#: the integer sums are exact in float32, so the result is identical to the float lowering's.
+_NEON_OPS: dict[str, tuple[str, ...]] = {**_CPU_OPS, "QDAttentionContext": ("qd_context",)}
 _GPU_OPS: dict[str, tuple[str, ...]] = {
     "BinaryLinear": ("pack", "bgemm"),
     "BinaryExpandPack": ("pack", "bgemm"),  # the GPU bgemm, the epilogue in Relax, the GPU sign-pack
@@ -103,6 +123,7 @@ _GPU_OPS: dict[str, tuple[str, ...]] = {
 #: (op, architecture) -> the kernel kinds the op lowers to; () = its float Relax lowering.
 OP_KERNELS: dict[tuple[str, str], tuple[str, ...]] = {
     **{(op, arch): kinds for arch in CPU_ARCHS for op, kinds in _CPU_OPS.items()},
+    **{(op, "neon"): kinds for op, kinds in _NEON_OPS.items()},
     **{(op, "cuda"): kinds for op, kinds in _GPU_OPS.items()},
     **{(op, "generic"): () for op in OP_TYPES},
 }
@@ -167,6 +188,10 @@ class LoweringContext:
     def uses(self, op: str, kind: str) -> bool:
         """True when ``op`` lowers to the ``kind`` kernel here."""
         return kind in self.kernels[op]
+
+    def takes(self, op: str, kind: str, *shape: Any) -> bool:
+        """True when ``op`` lowers to the ``kind`` kernel here and that kernel takes ``shape``."""
+        return self.uses(op, kind) and KERNELS[(kind, self.arch)].takes(tuple(shape))
 
     def kernel(self, kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
         """The scheduled PrimFunc of ``kind`` for one static ``shape`` on this target (cached, bounded)."""

@@ -40,7 +40,7 @@ from tvm import te, tirx
 from .bconv import _largest_divisor, _or_tree, schedule_tiled_popcount
 from .popcount_gemm import popcount_as
 from .reference import WORD_BITS, num_words
-from .target_info import TargetLike, u64_lanes
+from .target_info import TargetLike, is_aarch64, u64_lanes
 
 OutDType = Literal["float32", "int32"]
 
@@ -230,13 +230,22 @@ def scores_module(
     b: int, n: int, c: int, h: int, scale: float, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
     """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel` (CUDA targets:
-    :func:`gpu_attention.scores_module_gpu`; ``tiles`` are the CPU's ``mr``/``nr``)."""
+    :func:`gpu_attention.scores_module_gpu`; aarch64: :mod:`attention_neon` unless ``tiles``, the
+    generic schedule's ``mr``/``nr``, are given)."""
     from .gpu_schedule import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import scores_module_gpu
 
         return scores_module_gpu(b, n, c, h, scale, target, out_dtype=out_dtype)
+    if is_aarch64(target) and not tiles:
+        from . import attention_neon, neon_gemm
+
+        if attention_neon.supports(n, c, h):
+            tile = neon_gemm.NeonTile(**neon_gemm.arch_tile(target))
+            func = attention_neon.make_scores_neon(b, n, c, h, scale, out_dtype=out_dtype, tile=tile,
+                                                   dotprod=neon_gemm.has_dotprod(target))
+            return tvm.IRModule({"main": func})
     return schedule_scores(make_scores(b, n, c, h, scale, out_dtype=out_dtype), target, **tiles)
 
 
@@ -251,5 +260,13 @@ def qd_context_module(
         from .gpu_attention import qd_context_module_gpu
 
         return qd_context_module_gpu(b, n, c, h, target, out_dtype=out_dtype)
+    if is_aarch64(target) and not tiles:
+        from . import attention_neon, neon_gemm
+
+        if attention_neon.qd_supports(n, c, h):
+            tile = neon_gemm.NeonTile(**neon_gemm.arch_tile(target))
+            func = attention_neon.make_qd_context_neon(b, n, c, h, out_dtype=out_dtype, tile=tile,
+                                                       dotprod=neon_gemm.has_dotprod(target))
+            return tvm.IRModule({"main": func})
     func = make_qd_context(b, n, c, h, out_dtype=out_dtype).with_attr("bhvit.head_dim", c // h)
     return schedule_qd_context(func, target, **tiles)

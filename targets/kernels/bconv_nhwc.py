@@ -41,7 +41,7 @@ from .bconv import (
     schedule_tiled_popcount,
 )
 from .reference import WORD_BITS, num_words, pack_bits, unpack_bits
-from .target_info import TargetLike, u64_lanes
+from .target_info import TargetLike, is_aarch64, u64_lanes
 
 
 def supports(geom: ConvGeometry) -> bool:
@@ -157,5 +157,14 @@ def sign_pack_module(geom: ConvGeometry) -> tvm.IRModule:
 
 
 def bconv_module(geom: ConvGeometry, target: TargetLike, *, out_dtype: OutDType = "float32") -> tvm.IRModule:
-    """Scheduled ``bconv`` module (reads ``sign_pack``'s output), ready for :func:`build.build_kernel`."""
+    """Scheduled ``bconv`` module (reads ``sign_pack``'s output), ready for :func:`build.build_kernel`.
+
+    aarch64 targets get the NEON GEMM tiles (:mod:`bconv_nhwc_neon`) when ``O/g`` is a multiple of 4."""
+    if is_aarch64(target):
+        from . import bconv_nhwc_neon, neon_gemm
+
+        tile = neon_gemm.NeonTile(**neon_gemm.arch_tile(target))
+        if bconv_nhwc_neon.column_tile(geom, tile.nr):
+            func = bconv_nhwc_neon.make_bconv_neon(geom, out_dtype=out_dtype, tile=tile, dotprod=neon_gemm.has_dotprod(target))
+            return tvm.IRModule({"main": func})
     return schedule_bconv(make_bconv(geom, out_dtype=out_dtype), target, geom.out_w)

@@ -110,14 +110,18 @@ def _popc_neon(a: tirx.Buffer, w_t: tirx.Buffer, i: tirx.Expr, col0: tirx.Expr, 
 
 
 def expand_pack_module(m: int, n: int, k: int, ratio: int, target: TargetLike) -> "tvm.IRModule":
-    """Scheduled module for ``target``: the NEON popcount on aarch64 (``udot`` with dotprod)."""
+    """Scheduled module for ``target``: on aarch64 the per-register NEON kernel
+    (:mod:`expand_pack_neon`) for ratios up to 16, else the NEON popcount in the 64-lane kernel."""
     import tvm
 
     neon = is_aarch64(target)
     dotprod = False
     if neon:
+        from . import expand_pack_neon
         from .neon_gemm import has_dotprod
 
+        if expand_pack_neon.supports(ratio):
+            return tvm.IRModule({"main": expand_pack_neon.make_expand_pack_neon(m, n, k, ratio)})
         dotprod = has_dotprod(target)
     return tvm.IRModule({"main": make_expand_pack(m, n, k, ratio, neon=neon, dotprod=dotprod)})
 

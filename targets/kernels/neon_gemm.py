@@ -92,32 +92,32 @@ def _vec(buf: tirx.Buffer, row: tirx.Expr, col: tirx.Expr, lanes: int) -> tirx.E
     return tirx.BufferLoad(buf, [row, tirx.Ramp(col, 1, lanes)])
 
 
-def neon_popcount_gemm(
-    m: int,
-    n: int,
-    k: int,
-    *,
-    combine: Combine,
-    out_dtype: str,
-    epilogue: Epilogue,
-    extra_args: Sequence[tuple[str, tuple[int, ...], str]] = (),
-    tile: NeonTile = NeonTile(),
-    dotprod: bool = False,
-    w_layout: WLayout = "nk",
-) -> tirx.PrimFunc:
-    """PrimFunc ``(a [M,Kw] u64, w, *extra_args, out [M,N] out_dtype)`` for aarch64 NEON.
+#: ``(batch, row, K word, first column of the tile) -> the row's uint64 word`` (the column lets a
+#: grouped GEMM pick the group's operand; the tile never straddles groups).
+AWord = Callable[[tirx.Expr, tirx.Expr, tirx.Expr, tirx.Expr], tirx.Expr]
+#: ``(batch, K word, column j) -> the words of columns j, j + 1`` as uint64x2.
+WPair = Callable[[tirx.Expr, tirx.Expr, tirx.Expr], tirx.Expr]
+#: ``(batch, row, first of 4 columns, their popcount sums as int32x4)``: emits the output stores.
+Store = Callable[[tirx.Expr, tirx.Expr, tirx.Expr, tirx.Expr], None]
 
-    ``w`` is ``[N, Kw]`` (the ONNX op's layout; transposed into a scratch buffer on each call) or,
-    with ``w_layout="kn"``, already ``[Kw, N]`` (transposed once at import, as the weights are
-    constants). ``out[i, j] = epilogue(sum_r popc(a[i, r] OP w[j, r]), j, extras)``.
+
+def w_columns(w_t: tirx.Buffer) -> WPair:
+    """Column pairs of one ``[Kw, N]`` weight buffer shared by every batch."""
+    return lambda _bi, r, col: _vec(w_t, r, col, 2)
+
+
+def emit_tiles(
+    m: int, n: int, kw: int, *, a_word: AWord, w_pair: WPair, store: Store, combine: Combine,
+    tile: NeonTile, dotprod: bool, batch: int = 1,
+) -> None:
+    """Emit (inside a ``T.prim_func``) the parallel loop over ``batch`` x ``mr x nr`` output tiles.
+
+    ``w_pair`` reads two columns' words (:func:`w_columns` of a ``[Kw, N]`` buffer); ``tile`` must
+    already fit (``NeonTile.fit``). Row and column tiles at the edges overlap (:mod:`neon_gemm`'s
+    docstring) inside one batch; a grouped caller picks ``nr`` dividing the group width, so column
+    tiles are aligned and stay in one group.
     """
-    if min(m, n, k) < 1:
-        raise ValueError(f"popcount GEMM needs positive M, N, K; got {(m, n, k)}")
-    if not supports(n):
-        raise ValueError(f"the NEON popcount GEMM needs N >= 4, got {n}")
-    kw = num_words(k)
-    t = tile.fit(m, n)
-    mr, nr = t.mr, t.nr
+    mr, nr = tile.mr, tile.nr
     if nr % 4 or nr < 4:
         raise ValueError(f"nr={nr} must be a multiple of 4 (4 column sums per widened vector)")
     pairs, quads = nr // 2, nr // 4
@@ -127,9 +127,11 @@ def neon_popcount_gemm(
     chunk = kw if dotprod else min(kw, U16_CHUNK_WORDS)
     chunks = [(c0, min(chunk, kw - c0)) for c0 in range(0, kw, chunk)]
 
-    def tile_body(tid: tirx.Expr, a: tirx.Buffer, w_t: tirx.Buffer, out: tirx.Buffer,
-                  extras: Mapping[str, tirx.Buffer], acc: tirx.Buffer, sums: tirx.Buffer) -> None:
+    def tile_body(tid: tirx.Expr, acc: tirx.Buffer, sums: tirx.Buffer) -> None:
         """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, epilogue."""
+        bi = tid // (m_tiles * n_tiles) if batch > 1 else tirx.const(0, "int32")
+        if batch > 1:
+            tid = T.Bind(tid % (m_tiles * n_tiles))
         row0 = T.Bind(tirx.min((tid // n_tiles) * mr, m - mr))
         col0 = T.Bind(tirx.min((tid % n_tiles) * nr, n - nr))
         zero = tirx.Broadcast(tirx.const(0, acc_dtype), acc_lanes)
@@ -140,8 +142,8 @@ def neon_popcount_gemm(
                     T.buffer_store(acc, zero, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
             with T.serial(0, clen) as rr:
                 r = rr + c0
-                a_vecs = [tirx.Broadcast(a[row0 + ii, r], 2) for ii in range(mr)]
-                w_vecs = [_vec(w_t, r, col0 + 2 * jv, 2) for jv in range(pairs)]
+                a_vecs = [tirx.Broadcast(a_word(bi, row0 + ii, r, col0), 2) for ii in range(mr)]
+                w_vecs = [w_pair(bi, r, col0 + 2 * jv) for jv in range(pairs)]
                 for ii in range(mr):
                     for jv in range(pairs):
                         x = a_vecs[ii] ^ w_vecs[jv] if combine == "xor" else a_vecs[ii] & w_vecs[jv]
@@ -168,12 +170,50 @@ def neon_popcount_gemm(
         for ii in range(mr):
             for q in range(quads):
                 popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
-                cols = tirx.Ramp(col0 + 4 * q, 1, 4)
-                T.buffer_store(out, epilogue(popc, cols, extras), [row0 + ii, cols])
+                store(bi, row0 + ii, col0 + 4 * q, popc)
 
-    tiles = m_tiles * n_tiles
+    tiles = batch * m_tiles * n_tiles
     tasks = min(tiles, PARALLEL_TASKS)
     per_task = -(-tiles // tasks)
+    with T.parallel(0, tasks) as task:
+        # Allocated once per task: a local buffer inside the parallel loop's body becomes a
+        # TVMBackendAllocWorkspace call per iteration, which costs as much as a small tile.
+        sums = T.alloc_buffer((mr, nr), "uint32", scope="global")
+        acc = T.alloc_buffer((mr, pairs * acc_lanes), acc_dtype, scope="global")
+        with T.serial(0, per_task) as step:
+            tid = task * per_task + step
+            with T.If(tid < tiles):
+                with T.Then():
+                    tile_body(tid, acc, sums)
+
+
+def neon_popcount_gemm(
+    m: int,
+    n: int,
+    k: int,
+    *,
+    combine: Combine,
+    out_dtype: str,
+    epilogue: Epilogue,
+    extra_args: Sequence[tuple[str, tuple[int, ...], str]] = (),
+    tile: NeonTile = NeonTile(),
+    dotprod: bool = False,
+    w_layout: WLayout = "nk",
+) -> tirx.PrimFunc:
+    """PrimFunc ``(a [M,Kw] u64, w, *extra_args, out [M,N] out_dtype)`` for aarch64 NEON.
+
+    ``w`` is ``[N, Kw]`` (the ONNX op's layout; transposed into a scratch buffer on each call) or,
+    with ``w_layout="kn"``, already ``[Kw, N]`` (transposed once at import, as the weights are
+    constants). ``out[i, j] = epilogue(sum_r popc(a[i, r] OP w[j, r]), j, extras)``.
+    """
+    if min(m, n, k) < 1:
+        raise ValueError(f"popcount GEMM needs positive M, N, K; got {(m, n, k)}")
+    if not supports(n):
+        raise ValueError(f"the NEON popcount GEMM needs N >= 4, got {n}")
+    kw = num_words(k)
+    t = tile.fit(m, n)
+    if t.nr % 4 or t.nr < 4:
+        raise ValueError(f"nr={t.nr} must be a multiple of 4 (4 column sums per widened vector)")
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
@@ -190,14 +230,11 @@ def neon_popcount_gemm(
                 with T.parallel(0, kw) as r:
                     with T.serial(0, n) as j:
                         T.buffer_store(w_t, w[j, r], [r, j])
-            with T.parallel(0, tasks) as task:
-                # Allocated once per task: a local buffer inside the parallel loop's body becomes a
-                # TVMBackendAllocWorkspace call per iteration, which costs as much as a small tile.
-                sums = T.alloc_buffer((mr, nr), "uint32", scope="global")
-                acc = T.alloc_buffer((mr, pairs * acc_lanes), acc_dtype, scope="global")
-                with T.serial(0, per_task) as step:
-                    tid = task * per_task + step
-                    with T.If(tid < tiles):
-                        with T.Then():
-                            tile_body(tid, a, w_t, out, extras, acc, sums)
+
+            def store(_bi: tirx.Expr, row: tirx.Expr, col: tirx.Expr, popc: tirx.Expr) -> None:
+                cols = tirx.Ramp(col, 1, 4)
+                T.buffer_store(out, epilogue(popc, cols, extras), [row, cols])
+
+            emit_tiles(m, n, kw, a_word=lambda _bi, row, r, _col: a[row, r], w_pair=w_columns(w_t), store=store,
+                       combine=combine, tile=t, dotprod=dotprod)
     return ib.get()

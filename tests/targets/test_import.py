@@ -179,6 +179,18 @@ def test_packed_kernels_for_llvm_and_cuda_targets(op: str, how: str) -> None:
     assert any(n.startswith(_PACKED_PREFIXES[op]) for n in names) == packed_here
 
 
+@pytest.mark.parametrize("target, packed", [
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}, True),
+    ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}, False),
+])
+def test_qd_context_default_is_packed_on_aarch64_only(target: dict, packed: bool) -> None:
+    """The NEON QD kernel (``attention_neon``) replaces the float lowering on aarch64 by default;
+    x86 keeps the float lowering (the lowering table's QDAttentionContext rows)."""
+    model, _ = _single_op_model("QDAttentionContext", np.random.default_rng(0))
+    names = {gv.name_hint for gv in import_fused(model, batch=1, target=target).get_global_vars()}
+    assert any(n.startswith("bhvit_qd_context_") for n in names) == packed
+
+
 def _fused_fixture(name: str):
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference

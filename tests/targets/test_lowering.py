@@ -61,10 +61,13 @@ def test_tables_are_complete_and_resolve() -> None:
             assert all((kind, arch) in KERNELS for kind in kinds), (op, arch, kinds)
     assert all(OP_KERNELS[(op, "generic")] == () for op in OP_TYPES)
     table = describe().splitlines()
-    assert len(table) == 1 + len(OP_TYPES) and table[6].split() == ["QDAttentionContext", "float", "float", "float", "qd_context"]
+    assert len(table) == 1 + len(OP_TYPES) and table[6].split() == ["QDAttentionContext", "float", "float", "qd_context", "qd_context"]
     for spec in set(KERNELS.values()):
         module, name = spec.builder.split(":")
         assert callable(getattr(importlib.import_module(module), name)), spec.builder
+        if spec.supports:
+            module, name = spec.supports.split(":")
+            assert callable(getattr(importlib.import_module(module), name)), spec.supports
 
 
 @pytest.mark.parametrize(

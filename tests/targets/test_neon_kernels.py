@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("tvm")
@@ -27,6 +27,8 @@ from bhvit_export.targets.kernels import and_popcount, bgemm, neon_gemm  # noqa:
 from bhvit_export.targets.kernels import reference as ref  # noqa: E402
 from bhvit_export.targets.kernels.build import assembly  # noqa: E402
 from bhvit_export.targets.kernels.target_info import as_target  # noqa: E402
+from tests.targets.test_attention_kernels import _qd_inputs, _shift, _signs  # noqa: E402
+from tests.targets.test_bconv import _data, _ref, assert_scaled_conv  # noqa: E402
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
 A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
@@ -178,16 +180,13 @@ def test_uadalp_chunks_do_not_overflow_under_qemu(device: _Device) -> None:
     np.testing.assert_array_equal(got, np.full((m, n), -k, np.int32))
 
 
-@pytest.mark.parametrize("variant", ["uadalp", "udot"])
-@pytest.mark.parametrize("m, c, ratio", [(5, 64, 8), (3, 128, 4), (2, 64 * 33, 1)])  # 33 words: two uint8 chunks
-def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: int, c: int, ratio: int) -> None:
-    """The NEON popcount of ``BinaryExpandPack`` (uint8 ``cnt`` sums / ``udot``) against numpy."""
+def _check_expand_pack(device: _Device, target: dict, m: int, c: int, ratio: int, seed: int) -> None:
+    """``BinaryExpandPack`` on aarch64 against numpy: packed sign bits and channel means."""
     from bhvit_export.targets.kernels import expand_pack
 
-    target = TARGETS[variant]
     n = c * ratio
     lib = device.load({"ep": expand_pack.expand_pack_module(m, n, c, ratio, target)["main"]}, target)
-    rng = np.random.default_rng(m * 1000 + c + ratio)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, c)).astype(np.float32)
     w_pm = np.where(rng.random((n, c)) < 0.5, -1.0, 1.0).astype(np.float32)
     scale, bias, b1, slope, b2, nshift = (rng.standard_normal(n).astype(np.float32) for _ in range(6))
@@ -203,5 +202,206 @@ def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: 
     near_zero = ref.pack_bits(np.where(np.abs(h + nshift) < 1e-4 * (1 + np.abs(h)), -1.0, 1.0))
     assert not np.any((got_bits ^ ref.pack_bits(h + nshift)) & ~near_zero), "sign bits differ away from zero"
     np.testing.assert_allclose(got_pooled, h.reshape(m, c, ratio).mean(-1), rtol=1e-5, atol=1e-5 * (1 + float(np.abs(h).max())))
-    asm = assembly(expand_pack.expand_pack_module(m, n, c, ratio, target), target)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@pytest.mark.parametrize("m, c, ratio", [(5, 64, 8), (3, 128, 4), (2, 64 * 17, 1), (3, 16, 16), (2, 96, 2)])
+def test_expand_pack_neon_under_qemu(device: _Device, variant: str, m: int, c: int, ratio: int) -> None:
+    """Tiny's ratios (4, 8), 17 K words (two uint8 chunks of the NEON kernel), ratio 16, C = 96
+    (the residual wraps inside a 64-channel block)."""
+    _check_expand_pack(device, TARGETS[variant], m, c, ratio, seed=m * 1000 + c + ratio)
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 9), ratio=st.sampled_from([1, 2, 4, 8, 16]), words=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_expand_pack_neon_random_shapes_under_qemu(device: _Device, m: int, ratio: int, words: int, seed: int) -> None:
+    """Random small shapes: C a multiple of 64 / ratio (so N = ratio * C is whole 64-channel blocks)."""
+    c = words * (64 // ratio)
+    _check_expand_pack(device, A72, m, c, ratio, seed)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+def test_expand_pack_neon_machine_code(variant: str) -> None:
+    """Narrow popcount (no 64-bit widening), the faddp tree for the means, no 64-lane bitcast reduction."""
+    from bhvit_export.targets.kernels import expand_pack
+
+    target = TARGETS[variant]
+    asm = assembly(expand_pack.expand_pack_module(196, 1024, 256, 4, target), target)
     assert re.search(r"^\s+cnt\s", asm, re.MULTILINE) and not re.search(r"uaddlp\s+v\d+\.2d", asm)
+    assert re.search(r"^\s+faddp\s", asm, re.MULTILINE) and not re.search(r"^\s+addv\s", asm, re.MULTILINE)
+
+
+# --- channels-last binary conv (targets/kernels/bconv_nhwc_neon.py) -----------------------------
+
+
+@st.composite
+def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
+    """Small convs the NEON kernel takes: C/g dividing 64, O/g a multiple of 4 (1-3 column tiles)."""
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
+
+    group, cg = draw(st.integers(1, 3)), draw(st.sampled_from([2, 8, 16, 32]))
+    try:
+        return ConvGeometry(
+            batch=draw(st.integers(1, 2)), channels=group * cg, height=draw(st.integers(1, 8)),
+            width=draw(st.integers(1, 8)), out_channels=group * 4 * draw(st.integers(1, 5)),
+            kernel=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+            strides=(draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            pads=tuple(draw(st.integers(0, 2)) for _ in range(4)),
+            dilations=(draw(st.integers(1, 2)), draw(st.integers(1, 2))), group=group,
+        )
+    except ValueError:
+        assume(False)  # empty output
+        raise
+
+
+def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  # noqa: ANN001
+    from bhvit_export.targets.kernels import bconv, bconv_nhwc
+    lib = device.load({
+        "pack": bconv_nhwc.sign_pack_module(geom)["main"],
+        "ci": bconv_nhwc.bconv_module(geom, target, out_dtype="int32")["main"],
+        "cf": bconv_nhwc.bconv_module(geom, target)["main"],
+    }, target)
+    x, shift, w_bits = _data(geom, seed)
+    ph, pw = geom.padded_hw
+    pk = np.zeros((geom.batch, geom.group, ph, pw), np.uint64)
+    dev = device.dev
+    pk_t = tvm.runtime.tensor(pk, dev)
+    lib["pack"](tvm.runtime.tensor(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), dev), tvm.runtime.tensor(shift, dev), pk_t)
+    pk = pk_t.numpy()
+    pat, corr = bconv.border_correction(geom, w_bits)
+    words = bconv_nhwc.tap_major_words(geom, w_bits)
+    shape = (geom.batch, geom.out_h * geom.out_w, geom.out_channels)
+
+    def nchw(y: np.ndarray) -> np.ndarray:
+        return y.reshape(geom.batch, geom.out_h, geom.out_w, geom.out_channels).transpose(0, 3, 1, 2)
+
+    want = _ref(geom, x, shift, w_bits)
+    np.testing.assert_array_equal(nchw(device.run(lib["ci"], pk, words, pat, corr, out=np.zeros(shape, np.int32))), want)
+    rng = np.random.default_rng(seed + 1)
+    scale = rng.uniform(0.01, 2.0, geom.out_channels).astype(np.float32)
+    bias = rng.standard_normal(geom.out_channels).astype(np.float32)
+    got = nchw(device.run(lib["cf"], pk, words, pat, corr, scale, bias, out=np.zeros(shape, np.float32)))
+    assert_scaled_conv(got, want, scale, bias)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@settings(max_examples=5, deadline=None)
+@given(geom=nhwc_geometries(), seed=st.integers(0, 2**32 - 1))
+def test_bconv_nhwc_neon_bit_exact_under_qemu(device: _Device, variant: str, geom, seed: int) -> None:  # noqa: ANN001
+    """Borders (the correction table), strides, dilations, groups, batches; int32 exact, float scaled."""
+    _check_bconv_nhwc(device, TARGETS[variant], geom, seed)
+
+
+def test_bconv_nhwc_tiny_shape_under_qemu(device: _Device) -> None:
+    """A BHViT-Tiny stage-2 conv shape (32 channels per group, K = 288: 5 words), A72 tiles."""
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
+
+    _check_bconv_nhwc(device, A72, ConvGeometry(1, 128, 9, 9, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4), seed=7)
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+def test_bconv_nhwc_neon_machine_code(variant: str) -> None:
+    """The conv's K loop accumulates narrow (no per-word widening to 64-bit lanes)."""
+    from bhvit_export.targets.kernels import bconv_nhwc
+    from bhvit_export.targets.kernels.bconv import ConvGeometry
+
+    target = TARGETS[variant]
+    geom = ConvGeometry(1, 128, 28, 28, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
+    loop = inner_loop(assembly(bconv_nhwc.bconv_module(geom, target), target))
+    ops = [ln.split()[0] for ln in loop]
+    assert ops.count("cnt") >= 8 and ops.count("udot" if variant == "udot" else "uadalp") == ops.count("cnt")
+    assert not any(re.search(r"uaddlp\s+v\d+\.2d", ln) for ln in loop), "64-bit widening left in the K loop"
+
+
+# --- attention scores (targets/kernels/attention_neon.py) ---------------------------------------
+
+
+def _check_scores(device: _Device, target: dict, b: int, n: int, h: int, d: int, scale: float, seed: int) -> None:
+    from bhvit_export.targets.kernels import attention
+
+    c = h * d
+    lib = device.load({
+        "si": attention.scores_module(b, n, c, h, scale, target, out_dtype="int32")["main"],
+        "sf": attention.scores_module(b, n, c, h, scale, target)["main"],
+    }, target)
+    rng = np.random.default_rng(seed)
+    q, k, qs, ks = _signs(rng, (b, n, c)), _signs(rng, (b, n, c)), _shift(rng, c), _shift(rng, c)
+    want = ref.attention_scores_ref(q, k, qs, ks, h)
+    got = device.run(lib["si"], q, k, qs, ks, out=np.zeros((b * h, n, n), np.int32))
+    np.testing.assert_array_equal(got.reshape(b, h, n, n), want)
+    got = device.run(lib["sf"], q, k, qs, ks, out=np.zeros((b * h, n, n), np.float32)).reshape(b, h, n, n)
+    # float32 division of small integers is correctly rounded: the kernel must match it bit for bit.
+    np.testing.assert_array_equal(got, want.astype(np.float32) / np.float32(scale))
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@settings(max_examples=5, deadline=None)
+@given(b=st.integers(1, 2), n=st.integers(4, 40), h=st.integers(1, 3), d=st.sampled_from([4, 12, 64, 100]),
+       scale=st.sampled_from([1.0, 8.0, 3.0, 0.5]), seed=st.integers(0, 2**32 - 1))
+def test_scores_neon_bit_exact_under_qemu(device: _Device, variant: str, b: int, n: int, h: int, d: int, scale: float,
+                                          seed: int) -> None:
+    """Partial words (d = 4, 12, 100), multi-word heads, ragged key tiles, power-of-two and other scales."""
+    _check_scores(device, TARGETS[variant], b, n, h, d, scale, seed)
+
+
+def test_scores_tiny_shape_under_qemu(device: _Device) -> None:
+    """BHViT-Tiny's windowed scores: 4 windows x 53 tokens, 4 heads of 64, scale sqrt(64)."""
+    _check_scores(device, A72, 4, 53, 4, 64, 8.0, seed=11)
+
+
+def test_scores_neon_machine_code() -> None:
+    from bhvit_export.targets.kernels import attention
+
+    asm = assembly(attention.scores_module(1, 50, 512, 8, 8.0, A72), A72)
+    loop = [ln.split()[0] for ln in inner_loop(asm)]
+    assert loop.count("cnt") == 16 and loop.count("uaddlp") + loop.count("uadalp") >= 16
+    assert not re.search(r"uaddlp\s+v\d+\.2d", asm), "64-bit widening left in the scores"
+
+
+# --- QD attention context (targets/kernels/attention_neon.py) -----------------------------------
+
+
+def _check_qd_context(device: _Device, target: dict, b: int, n: int, h: int, d: int, ordered: bool, seed: int) -> None:
+    from bhvit_export.targets.kernels import attention
+
+    c = h * d
+    lib = device.load({
+        "ci": attention.qd_context_module(b, n, c, h, target, out_dtype="int32")["main"],
+        "cf": attention.qd_context_module(b, n, c, h, target)["main"],
+    }, target)
+    p, v, vs, t, alpha = _qd_inputs(np.random.default_rng(seed), b, n, h, d, ordered)
+    want = ref.qd_context_ref(p, v, vs, t, h)
+    np.testing.assert_array_equal(device.run(lib["ci"], p, v, vs, t, out=np.zeros((b, n, c), np.int32)), want)
+    got = device.run(lib["cf"], p, v, vs, t, alpha, out=np.zeros((b, n, c), np.float32))
+    # int32 -> float32 is exact here (|sum| <= 3N), then one rounded multiply: bit for bit.
+    np.testing.assert_array_equal(got, want.astype(np.float32) * np.repeat(alpha, d)[None, None, :])
+
+
+@pytest.mark.parametrize("variant", ["uadalp", "udot"])
+@settings(max_examples=5, deadline=None)
+@given(b=st.integers(1, 2), n=st.one_of(st.integers(1, 70), st.sampled_from([64, 128, 130])), h=st.integers(1, 3),
+       d=st.sampled_from([4, 8, 20, 64]), ordered=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_qd_context_neon_bit_exact_under_qemu(device: _Device, variant: str, b: int, n: int, h: int, d: int,
+                                              ordered: bool, seed: int) -> None:
+    """Ragged key words (N % 64), partial quads (N % 4), probabilities on the thresholds, unordered thresholds."""
+    _check_qd_context(device, TARGETS[variant], b, n, h, d, ordered, seed)
+
+
+def test_qd_context_tiny_shape_under_qemu(device: _Device) -> None:
+    """BHViT-Tiny's windowed context: 4 windows x 53 tokens, 4 heads of 64."""
+    _check_qd_context(device, A72, 4, 53, 4, 64, True, seed=13)
+
+
+def test_binary_kernel_loop_table_runs() -> None:
+    """``benchmarks.mca_binary_kernels`` finds the tile loop of a kernel and prices it below the limit."""
+    from bhvit_export.benchmarks.mca import mca_tools
+    from bhvit_export.benchmarks.mca_binary_kernels import analyse, format_table
+
+    try:
+        mca_tools()
+    except Exception:
+        pytest.skip("llvm-mca not installed (scripts/install-system-deps.sh)")
+    res = analyse(["cortex-a72"], kernels=["scores"])
+    assert [r["kernel"] for r in res["rows"]] == ["scores", "scores"]
+    assert all(0 < r["fraction_of_limit"] <= 1.05 for r in res["rows"])
+    assert "scores" in format_table(res)
