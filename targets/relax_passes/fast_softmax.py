@@ -22,21 +22,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax, topi
 
-from .common import replace_ops, static_shape
+from .common import OPAQUE, replace_ops, static_shape, target_f32_lanes
 
-#: TIR op pattern kOpaque: FuseOps leaves the pre-scheduled kernel alone.
-_OPAQUE = 8
-
-
-def _lanes() -> int:
-    """float32 lanes of the target being built (the host's outside a target scope)."""
-    from targets.arch import arch_of
-    from targets.kernels.target_info import host_target
-
-    target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name not in ("llvm",):
-        target = host_target() if target is None else target
-    return max(arch_of(target).f32_lanes, 2)
 
 
 def _rewrite(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -47,7 +34,7 @@ def _rewrite(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     axis = int(call.attrs.axis)
     if shape is None or str(x.ty.dtype) != "float32" or axis % len(shape) != len(shape) - 1:
         return bb.call_te(topi.nn.fast_softmax, x, axis, primfunc_name_hint="fast_softmax")
-    func = make_softmax(tuple(shape), _lanes()).without_attr("global_symbol").with_attr("op_pattern", _OPAQUE)
+    func = make_softmax(tuple(shape), target_f32_lanes()).without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
     gv = bb.add_func(func, f"softmax_rows_{'x'.join(map(str, shape))}")
     return relax.call_tir(gv, [x], relax.TensorType(shape, "float32"))
 

@@ -1,10 +1,12 @@
-"""The row softmax kernel (``targets/kernels/softmax.py``): numbers and machine code.
+"""The float row kernels (``targets/kernels/softmax.py``, ``layer_norm.py``): numbers and machine code.
 
 * its ``fast_exp`` is TOPI's, bit for bit when compiled alike (and the numpy mirror to float rounding);
 * on small random shapes and vector widths (rows shorter than, equal to and longer than a vector,
   with and without a tail), the kernel matches its numpy reference to float rounding (sums in
   another order) and float64 softmax within 2e-6 relative;
-* on aarch64 its vector loops have no ``fdiv`` (one reciprocal per row) and use NEON ``.4s`` math.
+* on aarch64 its vector loops have no ``fdiv`` (one reciprocal per row) and use NEON ``.4s`` math;
+* the layer norm matches its float64 numpy reference to float rounding on small random shapes and
+  widths, and sums rows with vector adds on aarch64.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tvm  # noqa: E402
 from tvm import te, topi  # noqa: E402
 
 from targets.kernels.build import assembly, build_kernel  # noqa: E402
+from targets.kernels.layer_norm import layer_norm_reference, make_layer_norm  # noqa: E402
 from targets.kernels.softmax import fast_exp, fast_exp_reference, make_softmax, softmax_reference  # noqa: E402
 from targets.kernels.target_info import host_target  # noqa: E402
 
@@ -74,3 +77,29 @@ def test_neon_rows_have_no_divide_per_element() -> None:
     assert asm.count("fdiv") == 1 and "fdiv\tv" not in asm
     assert "fmla\tv" in asm or "fmul\tv" in asm
     assert "frintm\tv" in asm  # the vector floor of fast_exp's range reduction
+
+
+@SETTINGS
+@given(
+    lead=st.lists(st.integers(1, 5), min_size=0, max_size=2),
+    n=st.integers(1, 300),
+    lanes=st.sampled_from([4, 8, 16]),
+    offset=st.sampled_from([0.0, 3.0]),
+    seed=st.integers(0, 99),
+)
+def test_layer_norm_matches_reference(lead: list[int], n: int, lanes: int, offset: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = (offset + rng.standard_normal((*lead, n))).astype("float32")
+    gamma, beta = rng.standard_normal((2, n)).astype("float32")
+    lib = build_kernel(make_layer_norm(x.shape, 1e-5, lanes), host_target())
+    y = tvm.runtime.tensor(np.zeros_like(x))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, gamma, beta)), y)
+    want = layer_norm_reference(x, gamma, beta, 1e-5)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=2e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_neon_layer_norm_sums_vectors() -> None:
+    """Tiny's attention layer norm (rows of 256): vector adds, one divide pair per row."""
+    asm = assembly(make_layer_norm((4, 53, 256), 1e-5, 4), A72)
+    assert asm.count("fadd\tv") >= 2 * 64 // 4
+    assert "fdiv\tv" not in asm
