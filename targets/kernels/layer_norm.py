@@ -19,7 +19,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .softmax import PARALLEL_TASKS, _unravel
+from .rows import tasks_of, unravel
 
 #: Independent vector accumulators per sum (hides the add latency).
 ACCUMULATORS = 4
@@ -44,8 +44,7 @@ def make_layer_norm(shape: tuple[int, ...], eps: float, lanes: int) -> tirx.Prim
     n = shape[-1]
     lead = shape[:-1]
     rows = int(np.prod(lead)) if lead else 1
-    tasks = min(rows, PARALLEL_TASKS)
-    per_task = -(-rows // tasks)
+    tasks, per_task = tasks_of(rows)
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -63,7 +62,7 @@ def make_layer_norm(shape: tuple[int, ...], eps: float, lanes: int) -> tirx.Prim
                         row = task * per_task + step
                         with T.If(row < rows):
                             with T.Then():
-                                _row(x, gamma, beta, y, acc, stat, _unravel(row, lead), n, eps, lanes)
+                                _row(x, gamma, beta, y, acc, stat, unravel(row, lead), n, eps, lanes)
     return ib.get()
 
 

@@ -14,7 +14,7 @@ Cortex-A72 estimate, 3.4 ms of Tiny). Here each row is
 same expression as :func:`tvm.topi.fast_exp`, written over vectors here. Against TOPI's
 ``fast_softmax`` the sum is taken in another order (lanes, then the tail) and ``e * (1/s)``
 rounds once more than ``e / s``: within 3e-7 relative of it. Rows run in parallel, a
-contiguous block of rows per task.
+contiguous block of rows per task (:mod:`.rows`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-#: Parallel tasks of rows (a launch per task; rows are short).
-PARALLEL_TASKS = 48
+from .rows import tasks_of, unravel
 
 # TOPI's fast_exp (include/tvm/topi/elemwise.h, fast_exp_float32).
 _EXP_HI = 88.3762626647950
@@ -94,8 +93,7 @@ def make_softmax(shape: tuple[int, ...], lanes: int) -> tirx.PrimFunc:
     lead = shape[:-1]
     rows = int(np.prod(lead)) if lead else 1
     nv, tail = divmod(n, lanes)
-    tasks = min(rows, PARALLEL_TASKS)
-    per_task = -(-rows // tasks)
+    tasks, per_task = tasks_of(rows)
 
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -114,18 +112,8 @@ def make_softmax(shape: tuple[int, ...], lanes: int) -> tirx.PrimFunc:
                         row = task * per_task + step
                         with T.If(row < rows):
                             with T.Then():
-                                _row(x, y, acc, red, _unravel(row, lead), n, nv, tail, lanes)
+                                _row(x, y, acc, red, unravel(row, lead), n, nv, tail, lanes)
     return ib.get()
-
-
-def _unravel(row: tirx.PrimExpr, lead: tuple[int, ...]) -> list[tirx.PrimExpr]:
-    """Leading indices of flat row ``row`` (row-major over ``lead``)."""
-    idx: list[tirx.PrimExpr] = []
-    rest = row
-    for d in reversed(lead):
-        idx.append(tirx.floormod(rest, d))
-        rest = tirx.floordiv(rest, d)
-    return idx[::-1]
 
 
 def _row(x, y, acc, red, lead, n: int, nv: int, tail: int, lanes: int) -> None:  # noqa: ANN001
@@ -174,4 +162,4 @@ def _row(x, y, acc, red, lead, n: int, nv: int, tail: int, lanes: int) -> None: 
         T.buffer_store(y, y[(*lead, k)] * red[1], [*lead, k])
 
 
-__all__ = ["PARALLEL_TASKS", "fast_exp", "fast_exp_reference", "make_softmax", "softmax_reference"]
+__all__ = ["fast_exp", "fast_exp_reference", "make_softmax", "softmax_reference"]

@@ -129,7 +129,7 @@ def _vector_window(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
     axis of whole vectors (a pooling window over NHWC channels)."""
     kinds = info.dom_kind()
     loops = sch.get_loops(info.block_rv)
-    if "S" not in kinds or len(loops) != len(kinds) or kinds[-1] == "S" and kinds.count("R") == 0:
+    if "S" not in kinds or "R" not in kinds or len(loops) != len(kinds):
         return False
     s_last = [extent(sch, lp) for lp, k in zip(loops, kinds) if k == "S"][-1]
     if s_last is None or pow2_divisor(s_last, lanes) < 2:
