@@ -198,7 +198,7 @@ def _fit_batch(g: Golden, batch: int) -> Golden:
 
 def _export(ex: Any, spec: Any, path: Path) -> None:
     """Link the library for the target's CPU (the cross g++ for aarch64); a failure is one line."""
-    from targets.native_build import export_library
+    from bhvit_export.targets.native_build import export_library
 
     from . import background
 
@@ -267,8 +267,8 @@ def _add_native(spec: Any, root: Path, say: Progress) -> tuple[Optional[dict[str
     if spec.device != "cpu":
         return None, ["no native runner for CUDA bundles: verify them with the Python runtime"]
     try:
-        from targets.native_build import build_runner
-        from targets.runtime_libs import runtime_libs
+        from bhvit_export.targets.native_build import build_runner
+        from bhvit_export.targets.runtime_libs import runtime_libs
     except ImportError:
         return None, ["native runner unavailable in this build"]
     say(f"adding the native runner and the {spec.arch} TVM runtime")
@@ -323,11 +323,11 @@ def compile_model(
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
 
-    from targets.target_spec import resolve
+    from bhvit_export.targets.target_spec import resolve
 
     spec = resolve(target, mcpu=mcpu)
     if spec.arch == "aarch64":
-        from targets.toolchain import require
+        from bhvit_export.targets.toolchain import require
 
         require("aarch64-g++")  # fail before the long build, with what to install
     else:
@@ -336,7 +336,7 @@ def compile_model(
         if cc.get_cc() is None:  # what export_library links the host library with
             raise TargetError("no C++ compiler to link the library (g++, clang++ or $CXX): install it with `apt-get install g++`")
     if spec.device == "cuda":
-        from targets.build_cuda import require_nvcc
+        from bhvit_export.targets.build_cuda import require_nvcc
 
         require_nvcc()  # likewise: before the load, not deep in the build
     times["target"] = time.perf_counter() - t
@@ -348,7 +348,7 @@ def compile_model(
     model = load_onnx(src)
     size = check_image_model(model, batch)
     cfg = config_of_model(model)  # damaged metadata fails here, not after the build
-    from targets.importer import unsupported_ops
+    from bhvit_export.targets.importer import unsupported_ops
 
     bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
     if bad:
@@ -365,8 +365,8 @@ def compile_model(
     import tvm
     import tvm_ffi
 
-    from targets.build import build
-    from targets.importer import import_fused
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.importer import import_fused
 
     from .tvm_failure import tvm_step
 
@@ -385,7 +385,7 @@ def compile_model(
     t = time.perf_counter()
     target_info = spec.to_json()
     if spec.device == "cuda":
-        from targets.build_cuda import device_code_format
+        from bhvit_export.targets.build_cuda import device_code_format
 
         # "binary": compiled sm_XX code; "source": CUDA C the device must JIT (needs NVRTC there)
         target_info["device_code"] = device_code_format(ex)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from targets.kernels.target_info import TargetLike, as_target, has_vector_popcount, is_aarch64, u64_lanes
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target, has_vector_popcount, is_aarch64, u64_lanes
 
 #: NEON popcount GEMM register tile (rows, uint64 columns) per Cortex model; others get the default.
 NEON_POPCOUNT_TILES: dict[str, tuple[int, int]] = {
@@ -62,7 +62,7 @@ def arch_of(target: TargetLike) -> Arch:
     cpu = str(tgt.attrs.get("mcpu", ""))
     lanes = u64_lanes(tgt)
     if is_aarch64(tgt):
-        from targets.kernels.neon_gemm import has_dotprod
+        from bhvit_export.targets.kernels.neon_gemm import has_dotprod
 
         return Arch("neon", cpu, 128, 32, True, has_dotprod(tgt),
                     NEON_POPCOUNT_TILES.get(cpu, DEFAULT_NEON_POPCOUNT_TILE), float_rows=8)

@@ -8,7 +8,7 @@ one check can run between scheduling and lowering: every PrimFunc must have a GP
 A PrimFunc no dlight rule matches is left with unbound loops, and TVM only notices much later in
 ``VerifyMemory`` with an error that names neither the op nor the fix; we name the functions.
 
-Our packed kernels (``targets.kernels``: sign-pack, XNOR popcount GEMM) are imported already
+Our packed kernels (``bhvit_export.targets.kernels``: sign-pack, XNOR popcount GEMM) are imported already
 scheduled for the CUDA target (``tirx.is_scheduled``, opaque), so fusion and dlight leave them alone.
 
 Cross-compiling: the device code is compiled by nvcc for the target's ``arch`` (sm_87 on Orin) and
@@ -41,7 +41,7 @@ import tvm
 from tvm import relax
 
 from bhvit_export.errors import TargetError
-from targets.kernels.target_info import TargetLike, as_target, is_aarch64
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target, is_aarch64
 
 #: The Jetson Orin Nano tag: CUDA sm_87 device, aarch64 (``mtriple=aarch64-linux-gnu``) host.
 JETSON_ORIN: str = "nvidia/jetson-orin-nano"

@@ -56,18 +56,18 @@ class Catalog:
 
 
 def cpus(arch: str) -> list[str]:
-    """CPUs LLVM (inside TVM) knows for ``arch`` (:func:`targets.mcpu.known_cpus`, sorted)."""
-    from targets.mcpu import known_cpus
+    """CPUs LLVM (inside TVM) knows for ``arch`` (:func:`bhvit_export.targets.mcpu.known_cpus`, sorted)."""
+    from bhvit_export.targets.mcpu import known_cpus
 
     return sorted(known_cpus("aarch64-linux-gnu" if arch == "aarch64" else "x86_64-linux-gnu"))
 
 
 def working_tags() -> dict[str, dict[str, str]]:
-    """TVM tags that :func:`targets.target_spec.resolve` accepts, with their arch and device."""
+    """TVM tags that :func:`bhvit_export.targets.target_spec.resolve` accepts, with their arch and device."""
     from tvm.target import tag
 
     from bhvit_export.errors import TargetError
-    from targets.target_spec import resolve
+    from bhvit_export.targets.target_spec import resolve
 
     out = {}
     for name in sorted(tag.list_tags()):
@@ -80,7 +80,7 @@ def working_tags() -> dict[str, dict[str, str]]:
 
 
 def catalog() -> Catalog:
-    from targets.target_spec import ARM_CPUS
+    from bhvit_export.targets.target_spec import ARM_CPUS
 
     import tvm  # noqa: F401  (LLVM's CPU lists come from TVM's LLVM)
 
@@ -110,7 +110,7 @@ def check_cpu(arch: str, cpu: str) -> Optional[str]:
     known = cpus(arch)
     if cpu in known or cpu in ("native", "generic"):
         return None
-    from targets.mcpu import close_names  # difflib's ratio, with a transposition (a27/a72) ranked first
+    from bhvit_export.targets.mcpu import close_names  # difflib's ratio, with a transposition (a27/a72) ranked first
 
     close = close_names(cpu, list(known), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""

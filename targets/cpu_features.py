@@ -111,7 +111,7 @@ _CPUINFO_KEYS = {"x86_64": "flags", "aarch64": "Features"}
 
 
 def _table(arch: str) -> dict[str, str]:
-    from targets.toolchain import normalize_arch
+    from bhvit_export.targets.toolchain import normalize_arch
 
     return TABLES[normalize_arch(arch)]
 
@@ -172,7 +172,7 @@ def target_features(target: Any) -> list[str]:
     if tgt.host is not None and tgt.kind.name != "llvm":
         tgt = tgt.host
     triple = str(tgt.attrs.get("mtriple", "") or "")
-    from targets.toolchain import host_arch
+    from bhvit_export.targets.toolchain import host_arch
 
     arch = "aarch64" if triple.startswith(("aarch64", "arm64")) else ("x86_64" if triple else host_arch())
     if not triple:  # LLVM answers for the triple it is given: name the arch explicitly
@@ -195,7 +195,7 @@ def target_cpu(target: Any) -> str:
 @functools.lru_cache(maxsize=None)
 def _host(pretend: Optional[str]) -> tuple[str, Optional[frozenset[str]]]:
     """(CPU name, LLVM features or None where /proc/cpuinfo cannot tell) of this machine."""
-    from targets.toolchain import host_arch
+    from bhvit_export.targets.toolchain import host_arch
 
     arch = host_arch()
     try:
@@ -238,7 +238,7 @@ def host_mattr() -> list[str]:
     AVX512-FP16 on (a Sapphire Rapids host) and PKU off. ``+f`` for what the CPU has beyond the
     model, ``-f`` for what the model has and the CPU lacks, as ``-march=native`` does.
     """
-    from targets.toolchain import host_arch
+    from bhvit_export.targets.toolchain import host_arch
 
     arch = host_arch()
     try:

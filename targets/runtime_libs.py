@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from bhvit_export.errors import TargetError
-from targets.toolchain import host_arch, normalize_arch
+from bhvit_export.targets.toolchain import host_arch, normalize_arch
 
 RUNTIME = "libtvm_runtime.so"
 FFI = "libtvm_ffi.so"

@@ -17,8 +17,8 @@ from typing import Any, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
-from targets.mcpu import check_mcpu, check_mcpu_name
-from targets.toolchain import host_arch
+from bhvit_export.targets.mcpu import check_mcpu, check_mcpu_name
+from bhvit_export.targets.toolchain import host_arch
 
 #: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
 ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
@@ -50,7 +50,7 @@ class TargetSpec:
         return self.arch != host_arch() or self.device != "cpu"
 
     def to_json(self) -> dict[str, Any]:
-        from targets.cpu_features import target_cpu, target_features
+        from bhvit_export.targets.cpu_features import target_cpu, target_features
 
         return {
             "name": self.name,
@@ -125,10 +125,10 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
 
     Raises :class:`TargetError` (exit 2) for unknown names, bad JSON or unsupported kinds.
     """
-    from targets.kernels.target_info import host_target
+    from bhvit_export.targets.kernels.target_info import host_target
 
-    from targets.catalog import check_cpu, target_suggestion
-    from targets.target_string import looks_like_target_string, parse_target_string
+    from bhvit_export.targets.catalog import check_cpu, target_suggestion
+    from bhvit_export.targets.target_string import looks_like_target_string, parse_target_string
 
     what = f"--target {name}"
     if mcpu is not None and name in ("x86_64", "aarch64") and (bad_cpu := check_cpu(name, mcpu)):

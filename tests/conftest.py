@@ -109,8 +109,8 @@ def micro_bundle_aarch64(tmp_path_factory: pytest.TempPathFactory, fused_onnx: C
     """
     pytest.importorskip("tvm")
     from bhvit_export.errors import TargetError
-    from targets.runtime_libs import runtime_libs
-    from targets.toolchain import require
+    from bhvit_export.targets.runtime_libs import runtime_libs
+    from bhvit_export.targets.toolchain import require
 
     try:
         require("aarch64-g++")

@@ -73,7 +73,7 @@ class NeonTile:
 
 def arch_tile(target: TargetLike) -> dict[str, int]:
     """``{"mr", "nr"}`` of the target's CPU, from the architecture record (``targets/arch.py``)."""
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     mr, nr = arch_of(target).popcount_tile
     return {"mr": mr, "nr": nr}

@@ -79,9 +79,9 @@ def host_target() -> tvm.target.Target:
     --target x86_64``) uses this. A bare ``{"kind": "llvm"}`` means generic x86-64 (no AVX, no
     ``vpopcntq``); a fixed CPU such as ``sapphirerapids`` may use extensions this CPU lacks
     (SIGILL on a Zen 4); and the CPU name alone is a model, not this machine (see
-    :func:`targets.cpu_features.host_mattr`).
+    :func:`bhvit_export.targets.cpu_features.host_mattr`).
     """
-    from targets.cpu_features import host_cpu, host_mattr
+    from bhvit_export.targets.cpu_features import host_cpu, host_mattr
 
     spec: dict[str, Any] = {"kind": "llvm", "mcpu": host_cpu()}
     mattr = host_mattr()
@@ -95,6 +95,6 @@ def runs_on_host(target: TargetLike) -> list[str]:
 
     The one gate for running built code: every feature the build enabled, not one flag.
     """
-    from targets.cpu_features import missing_on_host
+    from bhvit_export.targets.cpu_features import missing_on_host
 
     return missing_on_host(as_target(target))

@@ -16,8 +16,8 @@ OPAQUE = 8
 def target_f32_lanes() -> int:
     """float32 lanes of the target being built (``Target.current()``; the host's outside a target
     scope): the vector width the pre-scheduled float kernels are written for."""
-    from targets.arch import arch_of
-    from targets.kernels.target_info import host_target
+    from bhvit_export.targets.arch import arch_of
+    from bhvit_export.targets.kernels.target_info import host_target
 
     target = tvm.target.Target.current(allow_none=True)
     return max(arch_of(target if target is not None else host_target()).f32_lanes, 2)

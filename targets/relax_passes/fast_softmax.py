@@ -2,7 +2,7 @@
 
 Legalised, Relax's softmax calls libm's scalar ``expf`` once per element: at BHViT-Tiny's attention
 sizes that made it the slowest float kernel (1.2 ms of 18 at one thread). A softmax over the last
-axis (the attention's, rows of 53 or 50) becomes a call of :func:`targets.kernels.softmax.make_softmax`,
+axis (the attention's, rows of 53 or 50) becomes a call of :func:`bhvit_export.targets.kernels.softmax.make_softmax`,
 a pre-scheduled row kernel: TOPI's polynomial ``fast_exp`` over full vectors (the tail of a row
 that is not a multiple of the vector width handled apart, instead of the ``where`` predicate that
 scalarised TOPI's ``fast_softmax`` under dlight's schedule), and one reciprocal per row instead
@@ -27,7 +27,7 @@ from .common import OPAQUE, replace_ops, static_shape, target_f32_lanes
 
 
 def _rewrite(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    from targets.kernels.softmax import make_softmax
+    from bhvit_export.targets.kernels.softmax import make_softmax
 
     x = call.args[0]
     shape = static_shape(x)

@@ -2,7 +2,7 @@
 
 TOPI's legalised layer norm, under dlight's reduction schedule, sums each row in two scalar
 dependency chains (an ``fadd`` per element, its latency each time): 1.9 ms of BHViT-Tiny's
-Cortex-A72 estimate for the attention's layer norms. :func:`targets.kernels.layer_norm.make_layer_norm`
+Cortex-A72 estimate for the attention's layer norms. :func:`bhvit_export.targets.kernels.layer_norm.make_layer_norm`
 sums with independent vector accumulators and normalises in TOPI's order; the sums differ from
 TOPI's sequential ones by float rounding (another summation order). Layer norms over other axes,
 without ``center``/``scale``, or with symbolic shapes keep Relax's lowering.
@@ -17,7 +17,7 @@ from .common import OPAQUE, replace_ops, static_shape, target_f32_lanes
 
 
 def _rewrite(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    from targets.kernels.layer_norm import make_layer_norm
+    from bhvit_export.targets.kernels.layer_norm import make_layer_norm
 
     x, gamma, beta = call.args
     shape = static_shape(x)

@@ -1,4 +1,4 @@
-"""Facts and loop transformations every CPU rule of :mod:`targets.schedules` shares.
+"""Facts and loop transformations every CPU rule of :mod:`bhvit_export.targets.schedules` shares.
 
 The rules follow dlight's shape (a :class:`ScheduleRule` returns a ``Schedule`` or ``None``), but a
 rule that raises while scheduling must not break the build: :class:`SafeRule` turns any schedule
@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from targets.kernels.target_info import u64_lanes
+from bhvit_export.targets.kernels.target_info import u64_lanes
 
 LoopRV = s_tir.schedule.LoopRV
 SBlockRV = s_tir.schedule.SBlockRV

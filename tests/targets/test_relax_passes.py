@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from targets.kernels.target_info import host_target  # noqa: E402
-from targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, row_layer_norm, token_layout  # noqa: E402
+from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
+from bhvit_export.targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, row_layer_norm, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -256,7 +256,7 @@ def test_fast_softmax_matches_softmax(rows: int, n: int, scale: float, seed: int
     e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
     want = e / e.sum(-1, keepdims=True)
     # The row kernel is pre-scheduled (no root block): built by our pipeline, as the model is.
-    from targets.build import build
+    from bhvit_export.targets.build import build
 
     got = relax.VirtualMachine(build(new, TARGET), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-12)
@@ -277,7 +277,7 @@ def test_row_layer_norm_matches_layer_norm(rows: int, n: int, seed: int) -> None
     x = (1.0 + rng.standard_normal((2, rows, n))).astype("float32")
     new = row_layer_norm()(mod)
     assert _count(new, "nn.layer_norm") == 0 and _count(mod, "nn.layer_norm") == 1
-    from targets.build import build
+    from bhvit_export.targets.build import build
 
     got = relax.VirtualMachine(build(new, TARGET), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     want = _run(mod, [x])

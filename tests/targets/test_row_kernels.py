@@ -21,10 +21,10 @@ pytest.importorskip("tvm")
 import tvm  # noqa: E402
 from tvm import te, topi  # noqa: E402
 
-from targets.kernels.build import assembly, build_kernel  # noqa: E402
-from targets.kernels.layer_norm import layer_norm_reference, make_layer_norm  # noqa: E402
-from targets.kernels.softmax import fast_exp, fast_exp_reference, make_softmax, softmax_reference  # noqa: E402
-from targets.kernels.target_info import host_target  # noqa: E402
+from bhvit_export.targets.kernels.build import assembly, build_kernel  # noqa: E402
+from bhvit_export.targets.kernels.layer_norm import layer_norm_reference, make_layer_norm  # noqa: E402
+from bhvit_export.targets.kernels.softmax import fast_exp, fast_exp_reference, make_softmax, softmax_reference  # noqa: E402
+from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

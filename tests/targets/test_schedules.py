@@ -22,8 +22,8 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax, s_tir, tirx  # noqa: E402
 from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: E402
 
-from targets.kernels.target_info import host_target  # noqa: E402
-from targets.schedules import (  # noqa: E402
+from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
+from bhvit_export.targets.schedules import (  # noqa: E402
     PARALLEL_MIN_WORK,
     Contraction,
     Fallback,
@@ -197,7 +197,7 @@ def _loop_kinds(func: tirx.PrimFunc, block: str) -> list[tuple[int, str]]:
 def test_spatial_rows_keep_their_vectors_serial(rows: int, vectors: int, seed: int) -> None:
     """A row-wise elementwise chain (the token shifts' shape): rows parallel, each row's vectors a
     serial loop of their own (unrolled up to 16), never one flat loop recomputing coordinates."""
-    from targets.schedules import f32_lanes
+    from bhvit_export.targets.schedules import f32_lanes
 
     c = f32_lanes(TARGET) * vectors
 
@@ -264,8 +264,8 @@ def test_unparallel_nests_sees_a_serial_loop() -> None:
 def micro_legalized() -> tvm.IRModule:
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
-    from targets.importer import import_fused
+    from bhvit_export.passes.pipeline import fuse_model
+    from bhvit_export.targets.importer import import_fused
     from tests.conftest import official_path
 
     fused = fuse_model(export_reference(load_checkpoint(official_path("micro") / "checkpoint.pth").model))
