@@ -11,10 +11,15 @@ from bhvit_export.errors import TargetError
 
 def bench_arm(
     models: Sequence[str], include: Sequence[str], kernels: bool, cache: Optional[Path], as_json: bool,
-    say: Callable[[str], None],
+    say: Callable[[str], None], cpus: Sequence[str] = (),
 ) -> str:
     """The whole-model estimate (one model: ``--model``, default tiny) and, with ``--kernels``, the loop
-    tables (the binary GEMM's, :mod:`bhvit_export.benchmarks.mca`; the other binary kernels', :mod:`benchmarks.mca_binary_kernels`)."""
+    tables (the binary GEMM's, :mod:`bhvit_export.benchmarks.mca`; the other binary kernels',
+    :mod:`bhvit_export.benchmarks.mca_binary_kernels`).
+
+    ``cpus``: the Cortex models to estimate (``--cpu``; default all of them): one CPU is a fraction
+    of a cold run's compiles and qemu passes.
+    """
     from .arm_report import ORT, SYSTEMS, run_arm
 
     if len(models) > 1:
@@ -25,7 +30,12 @@ def bench_arm(
     systems = [s for s in chosen if s in known]
     if not systems:
         raise TargetError(f"bench --arm estimates {', '.join(known)}; --system chose none of them")
-    report = run_arm(models[0] if models else "tiny", systems=systems, cache_dir=cache, say=say)
+    from .block_estimate import ARM_CPUS
+
+    unknown = [c for c in cpus if c not in ARM_CPUS]
+    if unknown:
+        raise TargetError(f"bench --arm estimates {', '.join(ARM_CPUS)}; got --cpu {', '.join(unknown)}")
+    report = run_arm(models[0] if models else "tiny", cpus=tuple(cpus) or ARM_CPUS, systems=systems, cache_dir=cache, say=say)
     out = report.to_json()
     text = report.text()
     if kernels:

@@ -362,8 +362,10 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG of the results here.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where compiled models are cached [~/.cache/bhvit-export/bench].")
 @click.option("--arm", is_flag=True, help="Estimate Cortex-A55/A72/A76/A78 latency (qemu block counts x llvm-mca), ours vs TVM fp32 and onnxruntime aarch64, checked on x86; with --kernels: the kernels' inner loops vs the NEON limit.")
+@click.option("--cpu", "cpus", multiple=True, type=click.Choice(["cortex-a55", "cortex-a72", "cortex-a76", "cortex-a78"]),
+              help="With --arm: estimate only these CPU models [default: all four].")
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the results as JSON on stdout.")
-def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, breakdown, plot, cache, arm, as_json) -> None:
+def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, breakdown, plot, cache, arm, cpus, as_json) -> None:
     """Time our compiled model against what you would deploy instead, interleaved, on this machine.
 
     PyTorch eager, torch.compile (inductor), onnxruntime fp32 and int8 (dynamic quantization),
@@ -373,7 +375,7 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
     if arm:
         from bhvit_export.benchmarks.arm_cli import bench_arm
 
-        click.echo(bench_arm(models, include, kernels, cache, as_json, lambda m: click.echo(f"... {m}", err=True)))
+        click.echo(bench_arm(models, include, kernels, cache, as_json, lambda m: click.echo(f"... {m}", err=True), cpus=cpus))
         return
     from .errors import BhvitError
     from .output_target import check_output

@@ -24,22 +24,30 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CPU pipeline with our Relax rewrites first and our schedule rules after fusion.
 
     The rewrites (:mod:`bhvit_export.targets.relax_passes`: image-layout islands in NHWC, patch convolutions
-    as matmuls, rolls as takes, repeated concats as broadcasts, a vectorisable erf, divides by
-    constants as multiplies) make the float remainder
+    as matmuls, rolls as takes, repeated concats as broadcasts, a vectorisable erf, softmax and
+    layer norm as pre-scheduled row kernels, divides by constants as multiplies) make the float remainder
     legalise to contiguous loops; then every legalised PrimFunc that is not one of our
     pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`bhvit_export.targets.schedules`); without
     it most of them compile to serial scalar loops.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from bhvit_export.targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout
+    from bhvit_export.targets.relax_passes import (
+        fast_erf,
+        fast_softmax,
+        reciprocal_divide,
+        repeat_concat,
+        roll_concat,
+        row_layer_norm,
+        token_layout,
+    )
     from bhvit_export.targets.schedules import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                [token_layout(), roll_concat(), repeat_concat(), fast_erf(), fast_softmax(), reciprocal_divide()]
+                [token_layout(), roll_concat(), repeat_concat(), fast_erf(), fast_softmax(), row_layer_norm(), reciprocal_divide()]
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [apply_schedules(target)]

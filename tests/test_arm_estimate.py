@@ -134,3 +134,17 @@ def test_bench_arm_user_errors_are_one_line() -> None:
                       (["--system", "pytorch"], "chose none of them")):
         res = CliRunner().invoke(cli, ["bench", "--arm", *args])
         assert res.exit_code == 2 and res.stderr.count("error:") == 1 and msg in res.stderr
+
+
+def test_bench_arm_cpu_choice() -> None:
+    """``--cpu`` takes only the four Cortex models (click refuses others; the library names them)."""
+    from click.testing import CliRunner
+
+    from bhvit_export.benchmarks.arm_cli import bench_arm
+    from bhvit_export.cli import cli
+    from bhvit_export.errors import TargetError
+
+    res = CliRunner().invoke(cli, ["bench", "--arm", "--cpu", "cortex-a53"])
+    assert res.exit_code == 2 and "cortex-a53" in res.stderr
+    with pytest.raises(TargetError, match="got --cpu cortex-x1"):
+        bench_arm(["tiny"], ["bhvit"], False, None, False, lambda _m: None, cpus=["cortex-x1"])

@@ -16,7 +16,10 @@ up to float summation order where a convolution becomes a matmul); those two are
 * :func:`~.repeat_concat.repeat_concat` - a concat of copies of one tensor (the expansion MLP's
   residual) becomes a broadcast;
 * :func:`~.fast_erf.fast_erf` - ``erf`` (the stem's GELU) as a vectorisable rational approximation;
-* :func:`~.fast_softmax.fast_softmax` - ``softmax`` with TVM's polynomial ``exp`` (vectorisable);
+* :func:`~.fast_softmax.fast_softmax` - ``softmax`` with TVM's polynomial ``exp`` as a row kernel
+  (vector loops, one reciprocal per row);
+* :func:`~.row_layer_norm.row_layer_norm` - last-axis ``layer_norm`` as a row kernel (vector sums;
+  float summation order);
 * :func:`~.reciprocal_divide.reciprocal_divide` - division by a constant as a multiply by its
   reciprocal (one more rounding: 2^-23 relative).
 """
@@ -27,6 +30,7 @@ from .patch_conv import patch_conv_nhwc, patch_geometry
 from .reciprocal_divide import reciprocal_divide
 from .repeat_concat import repeat_concat
 from .roll_concat import roll_concat
+from .row_layer_norm import row_layer_norm
 from .token_layout import token_layout
 
-__all__ = ["fast_erf", "fast_softmax", "patch_conv_nhwc", "patch_geometry", "reciprocal_divide", "repeat_concat", "roll_concat", "token_layout"]
+__all__ = ["fast_erf", "fast_softmax", "patch_conv_nhwc", "patch_geometry", "reciprocal_divide", "repeat_concat", "roll_concat", "row_layer_norm", "token_layout"]

@@ -9,6 +9,20 @@ import tvm
 from tvm import relax
 
 
+#: TIR op pattern kOpaque: FuseOps leaves a pre-scheduled kernel alone.
+OPAQUE = 8
+
+
+def target_f32_lanes() -> int:
+    """float32 lanes of the target being built (``Target.current()``; the host's outside a target
+    scope): the vector width the pre-scheduled float kernels are written for."""
+    from bhvit_export.targets.arch import arch_of
+    from bhvit_export.targets.kernels.target_info import host_target
+
+    target = tvm.target.Target.current(allow_none=True)
+    return max(arch_of(target if target is not None else host_target()).f32_lanes, 2)
+
+
 def static_shape(expr: relax.Expr) -> Optional[list[int]]:
     """The static shape of a tensor-typed expression, or ``None`` (symbolic / not a tensor)."""
     shape = getattr(expr.ty, "shape", None)

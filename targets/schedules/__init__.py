@@ -8,8 +8,9 @@ the rest:
 1. :class:`~.injective.Injective` - elementwise, transpose, reshape, slice, concat, pad, resize;
 2. :class:`~.contraction.Contraction` - matmul / batch matmul / NCHW conv (register-tiled);
 3. dlight ``cpu.GEMV`` - matrix-vector (the classifier head);
-4. :class:`~.reduction.Reduction` for long fused chains, then dlight ``cpu.Reduction`` (softmax,
-   layer norm, pooling), then :class:`~.reduction.Reduction` for the other reductions;
+4. :class:`~.reduction.Reduction` for long fused chains and for NHWC pooling windows (vectors of
+   channels), then dlight ``cpu.Reduction`` (softmax, layer norm, other pooling), then
+   :class:`~.reduction.Reduction` for the other reductions;
 5. :class:`~.fallback.Fallback` - anything left: at least parallel over its spatial loops.
 
 :func:`schedule_module` reports which rule scheduled which function (tests and debugging).
@@ -45,6 +46,7 @@ def default_rules() -> list[ScheduleRule]:
         Contraction(),
         dlight.cpu.GEMV(),
         Reduction(min_blocks=BIG_FUSED_BLOCKS),
+        Reduction(windows_only=True),
         dlight.cpu.Reduction(),
         Reduction(),
         Fallback(),

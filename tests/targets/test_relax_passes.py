@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
-from bhvit_export.targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout  # noqa: E402
+from bhvit_export.targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, row_layer_norm, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -255,8 +255,41 @@ def test_fast_softmax_matches_softmax(rows: int, n: int, scale: float, seed: int
     assert _count(new, "nn.softmax") == 0 and _count(mod, "nn.softmax") == 1
     e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
     want = e / e.sum(-1, keepdims=True)
-    got = _run(new, [x])
+    # The row kernel is pre-scheduled (no root block): built by our pipeline, as the model is.
+    from bhvit_export.targets.build import build
+
+    got = relax.VirtualMachine(build(new, TARGET), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-12)
+
+
+@SETTINGS
+@given(rows=st.integers(1, 12), n=st.integers(1, 300), seed=st.integers(0, 99))
+def test_row_layer_norm_matches_layer_norm(rows: int, n: int, seed: int) -> None:
+    """Last-axis layer norm with gamma and beta (the attention's): the row kernel against Relax's
+    own lowering, to float rounding (another summation order)."""
+    rng = np.random.default_rng(seed)
+    gamma, beta = rng.standard_normal((2, n)).astype("float32")
+
+    def body(bb, x):
+        return bb.emit(relax.op.nn.layer_norm(x, relax.const(gamma), relax.const(beta), axes=[-1], epsilon=1e-5))
+
+    mod = _module(body, (2, rows, n))
+    x = (1.0 + rng.standard_normal((2, rows, n))).astype("float32")
+    new = row_layer_norm()(mod)
+    assert _count(new, "nn.layer_norm") == 0 and _count(mod, "nn.layer_norm") == 1
+    from bhvit_export.targets.build import build
+
+    got = relax.VirtualMachine(build(new, TARGET), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = _run(mod, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_row_layer_norm_keeps_other_axes() -> None:
+    def body(bb, x):
+        g, b = relax.const(np.ones(3, "float32")), relax.const(np.zeros(3, "float32"))
+        return bb.emit(relax.op.nn.layer_norm(x, g, b, axes=[1], epsilon=1e-5))
+
+    assert _count(row_layer_norm()(_module(body, (2, 3, 4))), "nn.layer_norm") == 1
 
 
 @SETTINGS
