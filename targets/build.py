@@ -3,7 +3,7 @@
 The pipeline is TVM 0.27's default CPU Relax pipeline (what ``tvm.compile`` runs for ``llvm``:
 library dispatch, ``LegalizeOps``, op-pattern annotation, constant folding, ``FuseOps``/``FuseTIR``,
 dataflow lowering, memory planning, VM lowering), with the CPU schedule rules of
-:mod:`targets.schedules` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
+:mod:`targets.schedules.cpu` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
 PrimFuncs before the VM lowering. Our pre-scheduled packed kernels carry ``tirx.is_scheduled`` and
 ``op_pattern = opaque``, so neither fusion nor the rules touch them.
 """
@@ -27,13 +27,13 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     as matmuls, rolls as takes, repeated concats as broadcasts, a vectorisable erf, divides by
     constants as multiplies) make the float remainder
     legalise to contiguous loops; then every legalised PrimFunc that is not one of our
-    pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`targets.schedules`); without
+    pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`targets.schedules.cpu`); without
     it most of them compile to serial scalar loops.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout
-    from targets.schedules import apply_schedules
+    from targets.schedules.cpu import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

@@ -231,7 +231,7 @@ def scores_module(
 ) -> tvm.IRModule:
     """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel` (CUDA targets:
     :func:`gpu_attention.scores_module_gpu`; ``tiles`` are the CPU's ``mr``/``nr``)."""
-    from .gpu_schedule import is_cuda
+    from targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import scores_module_gpu
@@ -245,7 +245,7 @@ def qd_context_module(
 ) -> tvm.IRModule:
     """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel` (CUDA targets:
     :func:`gpu_attention.qd_context_module_gpu`)."""
-    from .gpu_schedule import is_cuda
+    from targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import qd_context_module_gpu

@@ -325,7 +325,7 @@ def bconv_module(
     geom: ConvGeometry, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
     """Scheduled module, ready for :func:`build.build_kernel` (CUDA targets: :func:`gpu_bconv.bconv_module_gpu`)."""
-    from .gpu_schedule import is_cuda
+    from targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_bconv import bconv_module_gpu

@@ -1,7 +1,7 @@
-"""CUDA build path (``targets/kernels/gpu_schedule.py``, ``targets/build_cuda.py``), run without a GPU.
+"""CUDA build path (``targets/schedules/gpu/packed.py``, ``targets/build_cuda.py``), run without a GPU.
 
 * GPU schedules' numerics, on the CPU: each GPU-scheduled kernel is serialised (thread loops made
-  serial, shared/local buffers global: ``gpu_schedule.serialize_threads``), built for LLVM and
+  serial, shared/local buffers global: ``packed.serialize_threads``), built for LLVM and
   compared bit-exactly with the numpy references on random small shapes, ragged tiles included;
 * the kernels compile for CUDA (nvcc) with ``__popcll`` and a register tile of the planned size;
 * the micro fixture, fused, compiles for the Jetson Orin tag into an aarch64 shared library and for
@@ -46,7 +46,7 @@ from targets.build_cuda import (  # noqa: E402
 )
 from targets.kernels import and_popcount, bgemm, pack  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.gpu_schedule import (  # noqa: E402
+from targets.schedules.gpu.packed import (  # noqa: E402
     GemmTiles,
     is_cuda,
     schedule_popcount_gemm_gpu,

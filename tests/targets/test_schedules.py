@@ -1,4 +1,4 @@
-"""CPU schedule rules (``targets/schedules``).
+"""CPU schedule rules (``targets/schedules/cpu``).
 
 * every PrimFunc of the legalised micro fixture gets a rule, and no loop nest of
   ``PARALLEL_MIN_WORK`` iterations or more is left without a parallel loop;
@@ -23,7 +23,7 @@ from tvm import relax, s_tir, tirx  # noqa: E402
 from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: E402
 
 from targets.kernels.target_info import host_target  # noqa: E402
-from targets.schedules import (  # noqa: E402
+from targets.schedules.cpu import (  # noqa: E402
     PARALLEL_MIN_WORK,
     Contraction,
     Fallback,

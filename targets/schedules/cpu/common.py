@@ -1,4 +1,4 @@
-"""Facts and loop transformations every CPU rule of :mod:`targets.schedules` shares.
+"""Facts and loop transformations every CPU rule of :mod:`targets.schedules.cpu` shares.
 
 The rules follow dlight's shape (a :class:`ScheduleRule` returns a ``Schedule`` or ``None``), but a
 rule that raises while scheduling must not break the build: :class:`SafeRule` turns any schedule
