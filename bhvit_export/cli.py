@@ -28,6 +28,7 @@ from . import cli_examples as ex
 from .checkpoint import ENTRIES  # light: torch is imported inside load_checkpoint
 from .errors import BhvitError
 from .limits import DEFAULT_TIMEOUT_S, MAX_RUNS, MAX_THREADS
+from targets.toolchain import emulated_arches  # light: the architecture records, no TVM
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
@@ -328,7 +329,7 @@ def verify_layers_cmd(model: Path, intermediates: Path | None, checkpoint: Path 
 
 
 @cli.command("emulate", epilog=ex.EMULATE)
-@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True, help="The device's architecture (qemu-user emulates it).")
+@click.option("--arch", type=click.Choice(emulated_arches()), default=emulated_arches()[0], show_default=True, help="The device's architecture (qemu-user emulates it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True, help="TCP port of the RPC server (verify --rpc HOST:PORT).")
 def emulate_cmd(arch: str, host: str, port: int) -> None:

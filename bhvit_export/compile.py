@@ -215,6 +215,18 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
         raise TargetError(f"linking the library for {spec.name} failed: {first}") from None
 
 
+def _require_linker(arch: str) -> None:
+    """The compiler that links the library for ``arch`` is there: the cross g++ of its architecture
+    record on another host, TVM's default C++ compiler on a host of that architecture."""
+    from targets.toolchain import cross_compiler
+
+    if cross_compiler(arch) is None:
+        from tvm.support import cc
+
+        if cc.get_cc() is None:  # what export_library links the host library with
+            raise TargetError("no C++ compiler to link the library (g++, clang++ or $CXX): install it with `apt-get install g++`")
+
+
 def check_compile_output(src: Path, out: Path, as_tar: bool, golden: list[Path], native: bool) -> None:
     """``-o`` checks before anything slow: not an input, not a device or FIFO, a writable folder with
     room for the bundle, and an existing folder (or .tar) replaced only when it is a bundle of ours."""
@@ -326,15 +338,7 @@ def compile_model(
     from targets.target_spec import resolve
 
     spec = resolve(target, mcpu=mcpu)
-    if spec.arch == "aarch64":
-        from targets.toolchain import require
-
-        require("aarch64-g++")  # fail before the long build, with what to install
-    else:
-        from tvm.support import cc
-
-        if cc.get_cc() is None:  # what export_library links the host library with
-            raise TargetError("no C++ compiler to link the library (g++, clang++ or $CXX): install it with `apt-get install g++`")
+    _require_linker(spec.arch)  # fail before the long build, with what to install
     if spec.device == "cuda":
         from targets.build_cuda import require_nvcc
 

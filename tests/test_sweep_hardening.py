@@ -828,9 +828,10 @@ def test_links_and_special_files_in_a_bundle_are_refused(case: str, bundle: Path
 
 
 @pytest.mark.parametrize("target, mcpu, says", [
-    ("x86_64", "haswel", "--mcpu haswel: not a CPU LLVM knows for x86_64 (did you mean haswell"),
-    ("aarch64", "cortex-a27", "--mcpu cortex-a27: not a CPU LLVM knows for aarch64 (did you mean cortex-a72,"),
-    ('{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx"}', None, "LLVM does not know the CPU 'skylake-avx'"),
+    ("x86_64", "haswel", "--mcpu haswel: LLVM does not know the CPU 'haswel' for x86_64 (did you mean haswell?)"),
+    ("aarch64", "cortex-a27", "--mcpu cortex-a27: LLVM does not know the CPU 'cortex-a27' for aarch64 (did you mean cortex-a72,"),
+    ('{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx"}', None,
+     "LLVM does not know the CPU 'skylake-avx' for x86_64 (did you mean skylake-avx512"),
 ])
 def test_unknown_mcpu_names_the_close_ones(target: str, mcpu: str | None, says: str, tmp_path: Path, no_load: None) -> None:
     args = ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "b"), "--target", target] + (["--mcpu", mcpu] if mcpu else [])

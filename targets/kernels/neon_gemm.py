@@ -36,7 +36,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
 from .reference import num_words
-from .target_info import TargetLike, as_target
+from .target_info import TargetLike
 
 Combine = Literal["xor", "and"]
 WLayout = Literal["nk", "kn"]
@@ -52,10 +52,11 @@ PARALLEL_TASKS = 48
 
 
 def has_dotprod(target: TargetLike) -> bool:
-    """True when the (aarch64) target has the ``udot`` instruction (``+dotprod`` in mattr or mcpu)."""
-    from tvm.target import codegen
+    """True when the (aarch64) target has the ``udot`` instruction (``+dotprod`` in mattr or mcpu;
+    the architecture record's dot instruction, ``targets/arch.py``)."""
+    from targets.arch import arch_of
 
-    return bool(codegen.target_has_features(["dotprod"], as_target(target)))
+    return arch_of(target).dotprod
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from tvm import relax  # noqa: E402
 
 from bhvit_export.errors import TargetError  # noqa: E402
 from targets.build_cuda import (  # noqa: E402
-    AARCH64_CXX,
     JETSON_ORIN,
     X86_SM90,
     build_cuda,
@@ -44,6 +43,7 @@ from targets.build_cuda import (  # noqa: E402
     require_gpu_schedules,
     unscheduled_functions,
 )
+from targets.arch import AARCH64  # noqa: E402
 from targets.kernels import and_popcount, bgemm, pack  # noqa: E402
 from targets.kernels import reference as ref  # noqa: E402
 from targets.schedules.gpu.packed import (  # noqa: E402
@@ -61,6 +61,7 @@ SEED = st.integers(0, 2**32 - 1)
 PROPS = settings(max_examples=12, deadline=None)
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed (CUDA toolkit)")
+AARCH64_CXX = AARCH64.cross_compiler.executable
 needs_cross = pytest.mark.skipif(
     shutil.which(AARCH64_CXX) is None, reason=f"{AARCH64_CXX} not installed (g++-aarch64-linux-gnu)"
 )
