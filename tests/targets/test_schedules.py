@@ -264,3 +264,25 @@ def test_injective_inlines_prelu_select(n: int, c: int) -> None:
     funcs = _legalized(lambda x, y: relax.op.nn.relu(relax.op.concat([x, y], axis=1)), (1, n, c), (1, n, c))
     (new, _), = [schedule_function(f, TARGET, [Injective()]) for f in funcs]
     assert len(_blocks(new)) == 2, _blocks(new)
+
+
+def test_a_failing_rule_is_logged_and_raised_in_strict_mode(monkeypatch, caplog) -> None:
+    """A rule that raises is never silently "not applicable": a warning naming the rule and the
+    function, and in strict mode (the tests) a ScheduleRuleError."""
+    from targets.schedules.cpu.common import SafeRule
+    from targets.schedules.rule_failure import STRICT_ENV, ScheduleRuleError
+
+    class Broken(SafeRule):
+        name = "broken"
+
+        def schedule(self, sch, target):
+            raise ValueError("tripped over a shape")
+
+    func = tvm.tirx.PrimFunc([], tvm.tirx.Evaluate(0)).with_attr("global_symbol", "fused_add")
+    target = host_target()
+    with pytest.raises(ScheduleRuleError, match=r"schedule rule broken failed on fused_add \(ValueError: tripped over a shape\)"):
+        schedule_function(func, target, [Broken()])
+    monkeypatch.setenv(STRICT_ENV, "0")
+    with caplog.at_level("WARNING", logger="bhvit.schedules"):
+        assert schedule_function(func, target, [Broken()]) == (None, None)
+    assert "schedule rule broken failed on fused_add (ValueError: tripped over a shape)" in caplog.text

@@ -25,6 +25,8 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from targets.schedules.rule_failure import ScheduleRuleError, rule_failed
+
 from .common import PARALLEL_MIN_WORK, f32_lanes
 from .contraction import Contraction
 from .fallback import Fallback
@@ -67,7 +69,10 @@ def schedule_function(
     for rule in rules if rules is not None else default_rules():
         try:
             sch = rule.apply(func, target, False)
-        except Exception:  # noqa: BLE001 - a dlight rule that trips over a shape: try the next
+        except ScheduleRuleError:
+            raise  # strict mode: one of our rules already named itself and the function
+        except Exception as err:  # noqa: BLE001 - a dlight rule that trips over a shape: logged, the next tries
+            rule_failed(_rule_name(rule), func, err)
             sch = None
         if sch is None:
             continue
