@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .bundle import manifest as mf
-from .errors import BundleError, ModelFileError, TargetError
+from .errors import BundleError, CompileError, ModelFileError, TargetError
 from .golden import MAX_GOLDEN_COUNT, MAX_IMAGE_SIZE, Golden, golden_of_model
 from .sensitivity import sensitivity_of_model
 
@@ -212,7 +212,7 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
         if "No space left on device" in str(e):
             raise OSError(28, "No space left on device") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TargetError(f"linking the library for {spec.name} failed: {first}") from None
+        raise CompileError(f"linking the library for {spec.name} failed: {first}") from None
 
 
 def _require_linker(arch: str) -> None:
@@ -328,8 +328,9 @@ def compile_model(
 
     say = progress or (lambda _msg: None)
     src, out = Path(model_path), Path(out_path)
-    if batch < 1:
-        raise TargetError(f"--batch must be >= 1, got {batch}")
+    from targets.importer import check_batch
+
+    check_batch(batch, "--batch")
     as_tar = out.suffix == ".tar"
     check_compile_output(src, out, as_tar, [p for p in (golden_inputs, golden_outputs) if p is not None], native)
     times: dict[str, float] = {}
@@ -352,11 +353,9 @@ def compile_model(
     model = load_onnx(src)
     size = check_image_model(model, batch)
     cfg = config_of_model(model)  # damaged metadata fails here, not after the build
-    from targets.importer import unsupported_ops
+    from targets.importer import require_lowerable
 
-    bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
-    if bad:
-        raise TargetError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
+    require_lowerable(model)  # before onnxruntime runs the model for a golden reference
     from .graph_kind import require_binary_ops
 
     float_notes = require_binary_ops(model, src, allow_float)

@@ -71,6 +71,6 @@ def fuse_model(proto: onnx.ModelProto, report: FuseReport | None = None) -> onnx
     out.producer_version = proto.producer_version
     out.metadata_props.extend(proto.metadata_props)
     out.doc_string = proto.doc_string.replace("float reference graph", "fused packed-bit graph")
-    from bhvit_export.export.reference import finalize
+    from bhvit_export.onnx_check import check_onnx
 
-    return finalize(out)
+    return check_onnx(out, PassError, "the fused graph")  # a pass made it: its stage, not the export's

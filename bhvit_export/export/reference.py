@@ -64,13 +64,10 @@ def model_metadata(model: BHViT) -> dict[str, str]:
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Infer shapes and run the checker; every model we write goes through here."""
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as e:
-        raise ExportError(f"the exported graph is not valid ONNX: {str(e).splitlines()[0]}") from e
-    return proto
+    """Infer shapes and run the checker on the torch export (an ExportError if it is not valid)."""
+    from ..onnx_check import check_onnx
+
+    return check_onnx(proto, ExportError, "the exported graph")
 
 
 def save_model(proto: onnx.ModelProto, path: str | Path) -> int:
