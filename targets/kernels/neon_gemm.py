@@ -93,6 +93,139 @@ def _vec(buf: tirx.Buffer, row: tirx.Expr, col: tirx.Expr, lanes: int) -> tirx.E
     return tirx.BufferLoad(buf, [row, tirx.Ramp(col, 1, lanes)])
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The loop nest's sizes, fixed before any TIR is written (one place for the builders below)."""
+
+    m: int
+    n: int
+    kw: int
+    mr: int
+    nr: int
+    combine: Combine
+    dotprod: bool
+
+    @property
+    def pairs(self) -> int:
+        """128-bit vectors per tile row (2 uint64 columns each)."""
+        return self.nr // 2
+
+    @property
+    def quads(self) -> int:
+        """Widened uint32x4 column sums per tile row."""
+        return self.nr // 4
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.n // self.nr)
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.m // self.mr) * self.n_tiles
+
+    @property
+    def acc_lanes(self) -> int:
+        """Narrow accumulator lanes per 128-bit vector (2 columns): 8 x u16 (uadalp) or 4 x u32 (udot)."""
+        return 4 if self.dotprod else 8
+
+    @property
+    def acc_dtype(self) -> str:
+        return "uint32" if self.dotprod else "uint16"
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        """(first word, words) of each K chunk the narrow lanes can sum exactly."""
+        chunk = self.kw if self.dotprod else min(self.kw, U16_CHUNK_WORDS)
+        return [(c0, min(chunk, self.kw - c0)) for c0 in range(0, self.kw, chunk)]
+
+
+def _plan(m: int, n: int, k: int, tile: NeonTile, combine: Combine, dotprod: bool) -> _Plan:
+    """Check the problem and fit the tile to it."""
+    if min(m, n, k) < 1:
+        raise ValueError(f"popcount GEMM needs positive M, N, K; got {(m, n, k)}")
+    if not supports(n):
+        raise ValueError(f"the NEON popcount GEMM needs N >= 4, got {n}")
+    t = tile.fit(m, n)
+    if t.nr % 4 or t.nr < 4:
+        raise ValueError(f"nr={t.nr} must be a multiple of 4 (4 column sums per widened vector)")
+    return _Plan(m, n, num_words(k), t.mr, t.nr, combine, dotprod)
+
+
+def _acc_index(p: _Plan, ii: int, jv: int) -> list[tirx.Expr]:
+    return [ii, tirx.Ramp(jv * p.acc_lanes, 1, p.acc_lanes)]
+
+
+def _accumulate_chunk(p: _Plan, a: tirx.Buffer, w_t: tirx.Buffer, acc: tirx.Buffer,
+                      row0: tirx.Expr, col0: tirx.Expr, c0: int, clen: int) -> None:
+    """Zero the narrow accumulators, then the K loop of one chunk: ``eor``/``and`` + ``cnt`` + one
+    accumulate (``uadalp``, or ``udot`` with ones) per 128 bits."""
+    zero = tirx.Broadcast(tirx.const(0, p.acc_dtype), p.acc_lanes)
+    ones = tirx.Broadcast(tirx.const(1, "uint8"), 16)
+    for ii in range(p.mr):
+        for jv in range(p.pairs):
+            T.buffer_store(acc, zero, _acc_index(p, ii, jv))
+    with T.serial(0, clen) as rr:
+        r = rr + c0
+        a_vecs = [tirx.Broadcast(a[row0 + ii, r], 2) for ii in range(p.mr)]
+        w_vecs = [_vec(w_t, r, col0 + 2 * jv, 2) for jv in range(p.pairs)]
+        for ii in range(p.mr):
+            for jv in range(p.pairs):
+                x = a_vecs[ii] ^ w_vecs[jv] if p.combine == "xor" else a_vecs[ii] & w_vecs[jv]
+                cnt = _intrin("uint8x16", "llvm.ctpop.v16i8", tirx.reinterpret("uint8x16", x))
+                idx = _acc_index(p, ii, jv)
+                old = tirx.BufferLoad(acc, idx)
+                if p.dotprod:
+                    new = _intrin("uint32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", old, cnt, ones)
+                else:  # add(acc, uaddlp(x)) is selected as uadalp
+                    new = old + _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", cnt)
+                T.buffer_store(acc, new, idx)
+
+
+def _widen(p: _Plan, acc: tirx.Buffer, sums: tirx.Buffer, first: bool) -> None:
+    """Widen: addp of two pairs' vectors gives 2 lanes per column for columns [j, j+4) (uadalp: u16
+    lanes, then uaddlp to uint32x4; udot: already the uint32x4 sums), stored (first chunk) or added."""
+    for ii in range(p.mr):
+        for q in range(p.quads):
+            halves = [tirx.BufferLoad(acc, _acc_index(p, ii, jv)) for jv in (2 * q, 2 * q + 1)]
+            if p.dotprod:
+                s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
+            else:
+                s16 = _intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", *halves)
+                s32 = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", s16)
+            idx = [ii, tirx.Ramp(4 * q, 1, 4)]
+            T.buffer_store(sums, s32 if first else tirx.BufferLoad(sums, idx) + s32, idx)
+
+
+def _store_tile(p: _Plan, sums: tirx.Buffer, out: tirx.Buffer, epilogue: Epilogue,
+                extras: Mapping[str, tirx.Buffer], row0: tirx.Expr, col0: tirx.Expr) -> None:
+    """The epilogue on 4 columns' sums at a time, stored as 4-lane vectors."""
+    for ii in range(p.mr):
+        for q in range(p.quads):
+            popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
+            cols = tirx.Ramp(col0 + 4 * q, 1, 4)
+            T.buffer_store(out, epilogue(popc, cols, extras), [row0 + ii, cols])
+
+
+def _tile_body(p: _Plan, tid: tirx.Expr, a: tirx.Buffer, w_t: tirx.Buffer, out: tirx.Buffer, epilogue: Epilogue,
+               extras: Mapping[str, tirx.Buffer], acc: tirx.Buffer, sums: tirx.Buffer) -> None:
+    """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, epilogue."""
+    row0 = T.Bind(tirx.min((tid // p.n_tiles) * p.mr, p.m - p.mr))
+    col0 = T.Bind(tirx.min((tid % p.n_tiles) * p.nr, p.n - p.nr))
+    for c_idx, (c0, clen) in enumerate(p.chunks):
+        _accumulate_chunk(p, a, w_t, acc, row0, col0, c0, clen)
+        _widen(p, acc, sums, first=c_idx == 0)
+    _store_tile(p, sums, out, epilogue, extras, row0, col0)
+
+
+def _transposed(w: tirx.Buffer, kw: int, n: int) -> tirx.Buffer:
+    """``w [N, Kw]`` copied to a ``[Kw, N]`` scratch buffer (so the K loop streams both operands)."""
+    w_t = T.alloc_buffer((kw, n), "uint64")
+    with T.parallel(0, kw) as r:
+        with T.serial(0, n) as j:
+            T.buffer_store(w_t, w[j, r], [r, j])
+    return w_t
+
+
 def neon_popcount_gemm(
     m: int,
     n: int,
@@ -112,69 +245,10 @@ def neon_popcount_gemm(
     with ``w_layout="kn"``, already ``[Kw, N]`` (transposed once at import, as the weights are
     constants). ``out[i, j] = epilogue(sum_r popc(a[i, r] OP w[j, r]), j, extras)``.
     """
-    if min(m, n, k) < 1:
-        raise ValueError(f"popcount GEMM needs positive M, N, K; got {(m, n, k)}")
-    if not supports(n):
-        raise ValueError(f"the NEON popcount GEMM needs N >= 4, got {n}")
-    kw = num_words(k)
-    t = tile.fit(m, n)
-    mr, nr = t.mr, t.nr
-    if nr % 4 or nr < 4:
-        raise ValueError(f"nr={nr} must be a multiple of 4 (4 column sums per widened vector)")
-    pairs, quads = nr // 2, nr // 4
-    m_tiles, n_tiles = -(-m // mr), -(-n // nr)
-    # Narrow accumulator lanes per 128-bit vector (2 columns): 8 x u16 (uadalp) or 4 x u32 (udot).
-    acc_lanes, acc_dtype = (4, "uint32") if dotprod else (8, "uint16")
-    chunk = kw if dotprod else min(kw, U16_CHUNK_WORDS)
-    chunks = [(c0, min(chunk, kw - c0)) for c0 in range(0, kw, chunk)]
-
-    def tile_body(tid: tirx.Expr, a: tirx.Buffer, w_t: tirx.Buffer, out: tirx.Buffer,
-                  extras: Mapping[str, tirx.Buffer], acc: tirx.Buffer, sums: tirx.Buffer) -> None:
-        """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, epilogue."""
-        row0 = T.Bind(tirx.min((tid // n_tiles) * mr, m - mr))
-        col0 = T.Bind(tirx.min((tid % n_tiles) * nr, n - nr))
-        zero = tirx.Broadcast(tirx.const(0, acc_dtype), acc_lanes)
-        ones = tirx.Broadcast(tirx.const(1, "uint8"), 16)
-        for c_idx, (c0, clen) in enumerate(chunks):
-            for ii in range(mr):
-                for jv in range(pairs):
-                    T.buffer_store(acc, zero, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
-            with T.serial(0, clen) as rr:
-                r = rr + c0
-                a_vecs = [tirx.Broadcast(a[row0 + ii, r], 2) for ii in range(mr)]
-                w_vecs = [_vec(w_t, r, col0 + 2 * jv, 2) for jv in range(pairs)]
-                for ii in range(mr):
-                    for jv in range(pairs):
-                        x = a_vecs[ii] ^ w_vecs[jv] if combine == "xor" else a_vecs[ii] & w_vecs[jv]
-                        cnt = _intrin("uint8x16", "llvm.ctpop.v16i8", tirx.reinterpret("uint8x16", x))
-                        idx = [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)]
-                        old = tirx.BufferLoad(acc, idx)
-                        if dotprod:
-                            new = _intrin("uint32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", old, cnt, ones)
-                        else:  # add(acc, uaddlp(x)) is selected as uadalp
-                            new = old + _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", cnt)
-                        T.buffer_store(acc, new, idx)
-            # Widen: addp of two pairs' vectors gives 2 lanes per column for columns [j, j+4)
-            # (uadalp: u16 lanes, then uaddlp to uint32x4; udot: already the uint32x4 sums).
-            for ii in range(mr):
-                for q in range(quads):
-                    halves = [tirx.BufferLoad(acc, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)]) for jv in (2 * q, 2 * q + 1)]
-                    if dotprod:
-                        s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
-                    else:
-                        s16 = _intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", *halves)
-                        s32 = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", s16)
-                    idx = [ii, tirx.Ramp(4 * q, 1, 4)]
-                    T.buffer_store(sums, s32 if c_idx == 0 else tirx.BufferLoad(sums, idx) + s32, idx)
-        for ii in range(mr):
-            for q in range(quads):
-                popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
-                cols = tirx.Ramp(col0 + 4 * q, 1, 4)
-                T.buffer_store(out, epilogue(popc, cols, extras), [row0 + ii, cols])
-
-    tiles = m_tiles * n_tiles
-    tasks = min(tiles, PARALLEL_TASKS)
-    per_task = -(-tiles // tasks)
+    p = _plan(m, n, k, tile, combine, dotprod)
+    kw = p.kw
+    tasks = min(p.tiles, PARALLEL_TASKS)
+    per_task = -(-p.tiles // tasks)
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
             T.func_name("main")
@@ -184,21 +258,15 @@ def neon_popcount_gemm(
             extras = {name: T.arg(name, T.Buffer(shape, dt)) for name, shape, dt in extra_args}
             out = T.arg("out", T.Buffer((m, n), out_dtype))
             T.func_attr({"tirx.noalias": True})
-            if w_layout == "kn":
-                w_t = w
-            else:
-                w_t = T.alloc_buffer((kw, n), "uint64")
-                with T.parallel(0, kw) as r:
-                    with T.serial(0, n) as j:
-                        T.buffer_store(w_t, w[j, r], [r, j])
+            w_t = w if w_layout == "kn" else _transposed(w, kw, n)
             with T.parallel(0, tasks) as task:
                 # Allocated once per task: a local buffer inside the parallel loop's body becomes a
                 # TVMBackendAllocWorkspace call per iteration, which costs as much as a small tile.
-                sums = T.alloc_buffer((mr, nr), "uint32", scope="global")
-                acc = T.alloc_buffer((mr, pairs * acc_lanes), acc_dtype, scope="global")
+                sums = T.alloc_buffer((p.mr, p.nr), "uint32", scope="global")
+                acc = T.alloc_buffer((p.mr, p.pairs * p.acc_lanes), p.acc_dtype, scope="global")
                 with T.serial(0, per_task) as step:
                     tid = task * per_task + step
-                    with T.If(tid < tiles):
+                    with T.If(tid < p.tiles):
                         with T.Then():
-                            tile_body(tid, a, w_t, out, extras, acc, sums)
+                            _tile_body(p, tid, a, w_t, out, epilogue, extras, acc, sums)
     return ib.get()
