@@ -99,6 +99,9 @@ class ArchRecord:
     default_popcount_tile: tuple[int, int] = (4, 8)
     #: Rows of the float contraction's register tile (with two vectors of columns per row).
     float_rows: int = 8
+    #: Rows of the register tile of the scheduled TE popcount kernels (GEMM, conv, GSB context;
+    #: columns: two vectors, :func:`targets.kernels.popcount_gemm.schedule_popcount_gemm`).
+    popcount_rows: int = 4
 
     def popcount_tile(self, cpu: str) -> tuple[int, int]:
         return self.popcount_tiles.get(cpu, self.default_popcount_tile)
@@ -221,6 +224,10 @@ class Arch:
     @property
     def float_rows(self) -> int:
         return self.record.float_rows
+
+    @property
+    def popcount_rows(self) -> int:
+        return self.record.popcount_rows
 
     def has_variant(self, variant: str) -> bool:
         return variant in self.record.kernel_variants

@@ -297,8 +297,12 @@ def schedule_tiled_popcount(
         sch.unroll(lp)
 
 
-def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, *, mr: int = 4, nr: Optional[int] = None) -> tvm.IRModule:
-    """CPU schedule: row-parallel sign stage, im2col vectorised along output columns, tiled GEMM."""
+def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, *, mr: Optional[int] = None, nr: Optional[int] = None) -> tvm.IRModule:
+    """CPU schedule: row-parallel sign stage, im2col vectorised along output columns, tiled GEMM
+    (``mr``: the architecture record's ``popcount_rows`` unless given)."""
+    from targets.arch import arch_of
+
+    mr = mr if mr is not None else arch_of(target).popcount_rows
     sch = tvm.s_tir.Schedule(func)
     lanes = u64_lanes(target)
     sign = sch.get_sblock(SIGN_BLOCK)

@@ -75,12 +75,13 @@ def schedule_popcount_gemm(
     func: tirx.PrimFunc,
     target: TargetLike,
     *,
-    mr: int = 4,
+    mr: Optional[int] = None,
     nr: Optional[int] = None,
 ) -> tvm.IRModule:
     """Register-tiled, M-parallel schedule for the kernels built on :func:`popcount_gemm_stages`.
 
-    ``mr`` rows x ``nr`` columns of accumulators are kept in vector registers; ``nr`` defaults to
+    ``mr`` rows (default: the architecture record's ``popcount_rows``) x ``nr`` columns of
+    accumulators are kept in vector registers; ``nr`` defaults to
     two vectors of ``u64_lanes(target)`` (AVX-512: 16, AVX2: 8, NEON: 4), shrunk to a divisor of N
     so the vector loop never carries a per-lane tail predicate.
     Rows use ``mr`` with a predicate on the last tile: that keeps the vector body intact.
@@ -90,6 +91,9 @@ def schedule_popcount_gemm(
 
     if is_cuda(target):
         return schedule_popcount_gemm_gpu(func, target)
+    from targets.arch import arch_of
+
+    mr = mr if mr is not None else arch_of(target).popcount_rows
     lanes = u64_lanes(target)
     sch = tvm.s_tir.Schedule(func)
     acc = sch.get_sblock(ACC_BLOCK)
