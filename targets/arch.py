@@ -88,7 +88,7 @@ class ArchRecord:
     cpuinfo_key: str  # the /proc/cpuinfo line listing its features
     #: --mcpu when none is given; "" means this machine's CPU (only on a host of this arch).
     default_cpu: str
-    #: mattr every target of ours gets, and what CPUs in ``dotprod_cpus`` get on top.
+    #: mattr every target of ours gets; CPUs in ``dotprod_cpus`` also get their SIMD level's ``dot_requires``.
     base_mattr: tuple[str, ...]
     dotprod_cpus: tuple[str, ...]
     checked_cpus: tuple[str, ...]  # CPUs our kernels were checked on (--mcpu warns for none; listed first)

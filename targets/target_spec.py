@@ -142,7 +142,8 @@ def _arch_target(rec: ArchRecord, mcpu: Optional[str]) -> tvm.target.Target:
     else:
         cpu = mcpu or rec.default_cpu
         check_mcpu_name(cpu, rec.triple, f"--mcpu {cpu}")
-        mattr = list(rec.base_mattr) + (["+dotprod"] if cpu in rec.dotprod_cpus else [])
+        dot = [f"+{f}" for unit in rec.vector_units for f in unit.dot_requires] if cpu in rec.dotprod_cpus else []
+        mattr = list(rec.base_mattr) + dot
         attrs = {"mcpu": cpu, **({"mattr": mattr} if mattr else {})}
     return _make({"kind": "llvm", "mtriple": rec.triple, **attrs}, f"--mcpu {attrs['mcpu']}")
 
