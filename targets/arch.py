@@ -248,6 +248,15 @@ def target_record(target: "TargetLike") -> ArchRecord:
     return next((r for r in ARCHES.values() if bool(tgt.attrs.get(f"feature.is_{r.name}", False))), X86_64)
 
 
+def cpu_variant(target: "TargetLike", variant: str) -> bool:
+    """True when ``target`` is an llvm CPU target whose record has the kernel ``variant`` (a CUDA
+    target's kernels are the GPU ones, whatever its host)."""
+    from targets.kernels.target_info import as_target
+
+    tgt = as_target(target)
+    return tgt.kind.name == "llvm" and variant in target_record(tgt).kernel_variants
+
+
 def arch_of(target: "TargetLike") -> Arch:
     """The resolved record of an llvm CPU target (its host, for CUDA targets with an llvm host)."""
     from targets.kernels.target_info import as_target, has_features

@@ -36,7 +36,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
 from .reference import num_words
-from .target_info import TargetLike
+from .target_info import TargetLike, as_target
 
 Combine = Literal["xor", "and"]
 WLayout = Literal["nk", "kn"]
@@ -56,7 +56,8 @@ def has_dotprod(target: TargetLike) -> bool:
     the architecture record's dot instruction, ``targets/arch.py``)."""
     from targets.arch import arch_of
 
-    return arch_of(target).dotprod
+    tgt = as_target(target)
+    return tgt.kind.name == "llvm" and arch_of(tgt).dotprod
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,12 @@ def as_target(target: TargetLike) -> tvm.target.Target:
 
 
 def is_aarch64(target: TargetLike) -> bool:
-    """True for 64-bit Arm targets (the architecture record of the target's triple, see ``targets/arch.py``)."""
+    """True for 64-bit Arm llvm targets (the architecture record of the target's triple, see
+    ``targets/arch.py``); False for a CUDA target, whatever its host."""
     from targets.arch import target_record
 
-    return target_record(target) is AARCH64
+    tgt = as_target(target)
+    return tgt.kind.name == "llvm" and target_record(tgt) is AARCH64
 
 
 def has_features(target: tvm.target.Target, *features: str) -> bool:
@@ -65,10 +67,11 @@ def u64_lanes(target: TargetLike) -> int:
 
 
 def has_vector_popcount(target: TargetLike) -> bool:
-    """True where a vector popcount instruction exists (x86 VPOPCNTDQ, NEON ``cnt``)."""
+    """True where a vector popcount instruction exists (x86 VPOPCNTDQ, NEON ``cnt``; llvm targets)."""
     from targets.arch import arch_of
 
-    return arch_of(target).vector_popcount
+    tgt = as_target(target)
+    return tgt.kind.name == "llvm" and arch_of(tgt).vector_popcount
 
 
 def host_target() -> tvm.target.Target:

@@ -151,3 +151,15 @@ def test_readers_hold_no_architecture_facts(path: str) -> None:
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "startswith":
             consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
             assert not names & consts, f"{path}:{node.lineno}: matches an architecture prefix"
+
+
+def test_a_cuda_target_gets_the_gpu_kernels_whatever_its_host() -> None:
+    """The Jetson's host is aarch64, but its kernels are CUDA's: no NEON variant, not "aarch64"."""
+    pytest.importorskip("tvm")
+    from targets.build_cuda import JETSON_ORIN
+    from targets.kernels.target_info import has_vector_popcount, is_aarch64
+
+    assert arch.target_record(JETSON_ORIN) is AARCH64  # what links and runs its host code
+    assert not arch.cpu_variant(JETSON_ORIN, arch.NEON_POPCOUNT_GEMM) and not is_aarch64(JETSON_ORIN)
+    assert not has_vector_popcount(JETSON_ORIN)
+    assert arch.cpu_variant({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, arch.NEON_POPCOUNT_GEMM)
