@@ -2,9 +2,9 @@
 
 For each CPU model (A55, A72, A76, A78) our fused model and the float reference (TVM fp32) are
 compiled for aarch64 with that ``-mcpu``; each runs once under qemu-user with the block-counting
-plugin (:mod:`benchmarks.block_estimate`) and the counted blocks are priced by llvm-mca for that
-CPU, at the board clock of :data:`~benchmarks.block_estimate.CLOCKS_GHZ`. onnxruntime's aarch64
-build runs the reference ONNX on the same estimator (:mod:`benchmarks.ort_aarch64`), where it can.
+plugin (:mod:`bhvit_export.benchmarks.block_estimate`) and the counted blocks are priced by llvm-mca for that
+CPU, at the board clock of :data:`~bhvit_export.benchmarks.block_estimate.CLOCKS_GHZ`. onnxruntime's aarch64
+build runs the reference ONNX on the same estimator (:mod:`bhvit_export.benchmarks.ort_aarch64`), where it can.
 
 The method is checked where it can be: the same estimator on an x86-64 build (``-mcpu haswell``:
 qemu-x86_64 7.2 has no AVX-512) priced for this host's CPU at its measured clock, against the
@@ -114,7 +114,7 @@ class ArmReport:
 
 
 def _aarch64_target(cpu: str) -> Any:
-    from targets.target_spec import resolve
+    from bhvit_export.targets.target_spec import resolve
 
     return resolve("aarch64", mcpu=cpu).target
 
@@ -147,8 +147,8 @@ def _time_native(runner: Path, lib: Path, x: Path, y: Path, rounds: int) -> tupl
 
 def x86_validation(model: Any, cache: Path, say: Progress, rounds: int = 30) -> dict[str, Any]:
     """Estimate vs measurement of the same x86-64 (haswell) library at one thread on this host."""
-    from targets.kernels.target_info import host_target
-    from targets.native_build import build_runner
+    from bhvit_export.targets.kernels.target_info import host_target
+    from bhvit_export.targets.native_build import build_runner
 
     from .core_clock import measured_ghz
 
@@ -185,7 +185,7 @@ def run_arm(
     cache_dir: Optional[Path] = None,
     say: Progress = lambda _m: None,
 ) -> ArmReport:
-    from targets.native_build import build_runner
+    from bhvit_export.targets.native_build import build_runner
 
     cache = artifacts.ensure_dir(cache_dir)
     art = artifacts.model_artifacts(model, say)

@@ -72,7 +72,7 @@ def model_artifacts(name: str, say: Progress) -> ModelArtifacts:
     Once per model and process: the end-to-end run, the kernel table and the breakdown share it.
     """
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
 
     if name not in _ARTIFACTS:
         say(f"{name}: building the PyTorch model and exporting ONNX")
@@ -101,9 +101,9 @@ def tvm_library(
     its cross compiler.
     """
     from bhvit_export.atomic import atomic_path
-    from targets.build import build
-    from targets.importer import import_fused
-    from targets.kernels.target_info import as_target, host_target, is_aarch64
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.importer import import_fused
+    from bhvit_export.targets.kernels.target_info import as_target, host_target, is_aarch64
 
     target = as_target(target) if target is not None else host_target()
     key = hashlib.sha256(
@@ -117,7 +117,7 @@ def tvm_library(
     ex = build(import_fused(model, batch=batch, target=target, packed=packed), target)
     with atomic_path(path) as tmp:
         if is_aarch64(target):
-            from targets.native_build import export_library
+            from bhvit_export.targets.native_build import export_library
 
             export_library(ex, tmp.with_suffix(".so"), "aarch64")
         else:

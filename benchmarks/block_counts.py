@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bhvit_export.errors import TargetError
-from targets.runtime_libs import cache_root
+from bhvit_export.targets.runtime_libs import cache_root
 
 SOURCE = Path(__file__).resolve().parent.parent / "targets" / "native" / "tb_count.c"
 PLUGIN = "libtb_count.so"

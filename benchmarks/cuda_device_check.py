@@ -2,7 +2,7 @@
 
 Run on the GPU machine (x86-64, NVIDIA GPU, Python 3, numpy; torch, onnxruntime-gpu and TensorRT
 where installed; **no TVM needed**) from the repository root, on the folder that
-``python -m benchmarks.cuda_payload`` prepared here::
+``python -m bhvit_export.benchmarks.cuda_payload`` prepared here::
 
     python3 benchmarks/cuda_device_check.py build/cuda-check [--budget-s 300] [--runs 50] [--save OUT.json] [--json]
 
@@ -154,7 +154,7 @@ def run_native(
     """Run ``lib`` on ``x`` with ``runtime/bhvit-run``; (outputs, timed latencies in seconds)."""
     runner = payload / "runtime" / "bhvit-run"
     if not runner.is_file():
-        raise FileNotFoundError(f"{runner} missing: build the payload with python -m benchmarks.cuda_payload")
+        raise FileNotFoundError(f"{runner} missing: build the payload with python -m bhvit_export.benchmarks.cuda_payload")
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(inp, np.ascontiguousarray(x, np.float32))
@@ -387,7 +387,7 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("payload", type=Path, help="folder made by python -m benchmarks.cuda_payload")
+    p.add_argument("payload", type=Path, help="folder made by python -m bhvit_export.benchmarks.cuda_payload")
     p.add_argument("--budget-s", type=float, default=300.0, help="wall-clock budget of the whole check")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
@@ -397,7 +397,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         if not (args.payload / "bundle" / "model.so").is_file():
-            raise FileNotFoundError(f"{args.payload}/bundle/model.so missing: build it with python -m benchmarks.cuda_payload")
+            raise FileNotFoundError(f"{args.payload}/bundle/model.so missing: build it with python -m bhvit_export.benchmarks.cuda_payload")
         report = check(args.payload, device=args.device, budget_s=args.budget_s, runs=args.runs, warmup=args.warmup)
         status = 0 if report["pass"] else 1
     except Exception as err:  # the bundle itself could not run: one line, exit 2

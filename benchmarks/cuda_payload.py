@@ -17,7 +17,7 @@ builds one folder (default ``build/cuda-check``, git-ignored, carried with ``run
 
 Usage::
 
-    python -m benchmarks.cuda_payload [--fixture micro] [--target cuda-sm90] [--out build/cuda-check] [--json]
+    python -m bhvit_export.benchmarks.cuda_payload [--fixture micro] [--target cuda-sm90] [--out build/cuda-check] [--json]
 
 Refuses (exit 2) when the folder would pass the carry limit. Written under a temporary name and
 renamed, so a failed build never leaves a half payload.
@@ -55,7 +55,7 @@ def _runtime(dest: Path) -> None:
     """The native runner and the three TVM runtime libraries it needs for CUDA."""
     import tvm
 
-    from targets.native_build import build_runner
+    from bhvit_export.targets.native_build import build_runner
 
     build_runner("x86_64", dest)
     plugin = Path(tvm.__file__).resolve().parent / "lib" / "libtvm_runtime_cuda.so"
@@ -66,10 +66,10 @@ def _op_bundles(dest: Path, target: str) -> None:
     """One small CUDA library per op with its input and the onnxruntime result of its ONNX body."""
     import onnxruntime as ort
 
-    from targets.build import build
-    from targets.build_cuda import export_cuda_library
-    from targets.importer import import_fused
-    from targets.target_spec import resolve
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.build_cuda import export_cuda_library
+    from bhvit_export.targets.importer import import_fused
+    from bhvit_export.targets.target_spec import resolve
     from tests.targets.test_import import _single_op_model
 
     tgt = resolve(target).target

@@ -40,7 +40,7 @@ class Shape:
 
 def binary_shapes(fused: onnx.ModelProto) -> list[Shape]:
     """(op, M, N, K) of every binary linear, MLP expansion and conv at batch 1, deduplicated with counts."""
-    from targets.importer import prepare
+    from bhvit_export.targets.importer import prepare
 
     static = prepare(fused, batch=1)
     shapes = {
@@ -71,7 +71,7 @@ def roofline(threads: int) -> float:
     import tvm
     from tvm import te, tirx
 
-    from targets.kernels.target_info import host_target, u64_lanes
+    from bhvit_export.targets.kernels.target_info import host_target, u64_lanes
 
     target = host_target()
     lanes = u64_lanes(target)
@@ -137,11 +137,11 @@ def expand_throughput(m: int, n: int, k: int, ratio: int, threads: int) -> float
     """Median binary MAC/s of the fused MLP-expansion kernel (GEMM + epilogue) at ``M x N x K``."""
     import tvm
 
-    from targets.kernels.build import build_kernel
-    from targets.kernels.expand_pack import make_expand_pack
-    from targets.kernels.reference import num_words
-    from targets.kernels.target_info import host_target
-    from targets.threads import set_threads
+    from bhvit_export.targets.kernels.build import build_kernel
+    from bhvit_export.targets.kernels.expand_pack import make_expand_pack
+    from bhvit_export.targets.kernels.reference import num_words
+    from bhvit_export.targets.kernels.target_info import host_target
+    from bhvit_export.targets.threads import set_threads
 
     set_threads(threads)
     lib = build_kernel(make_expand_pack(m, n, k, ratio), host_target())
@@ -163,8 +163,8 @@ def expand_throughput(m: int, n: int, k: int, ratio: int, threads: int) -> float
 
 def kernel_table(fused: onnx.ModelProto, threads: int, say: Progress) -> dict[str, Any]:
     """Rows for every binary shape of ``fused`` plus the roofline, as JSON-able data."""
-    from targets.kernels.bench_gemm import gemm_throughput
-    from targets.kernels.target_info import host_target
+    from bhvit_export.targets.kernels.bench_gemm import gemm_throughput
+    from bhvit_export.targets.kernels.target_info import host_target
 
     say(f"kernels: measuring the popcount roofline ({threads} threads)")
     peak = roofline(threads)

@@ -116,8 +116,8 @@ def _target(cpu: str) -> dict[str, Any]:
 
 
 def _kernel_asm(m: int, n: int, k: int, cpu: str, generic: bool) -> str:
-    from targets.kernels import bgemm
-    from targets.kernels.build import assembly
+    from bhvit_export.targets.kernels import bgemm
+    from bhvit_export.targets.kernels.build import assembly
 
     target = _target(cpu)
     if generic:
@@ -139,7 +139,7 @@ def cnt_per_tile_word(m: int, n: int, generic: bool, cpu: str = "cortex-a72") ->
     """NEON ``cnt`` per K word of one register tile (rows x 128-bit column vectors)."""
     if generic:
         return min(4, m) * next(c for c in (4, 2, 1) if n % c == 0) // 2
-    from targets.kernels.neon_gemm import NeonTile, arch_tile
+    from bhvit_export.targets.kernels.neon_gemm import NeonTile, arch_tile
 
     tile = NeonTile(**arch_tile(_target(cpu))).fit(m, n)
     return tile.mr * tile.nr // 2

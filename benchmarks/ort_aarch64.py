@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from bhvit_export.errors import TargetError
-from targets.runtime_libs import cache_root
+from bhvit_export.targets.runtime_libs import cache_root
 
 from . import block_counts
 

@@ -54,7 +54,7 @@ class BenchReport:
 def _machine() -> dict[str, Any]:
     import os
 
-    from targets.kernels.target_info import host_target
+    from bhvit_export.targets.kernels.target_info import host_target
 
     return {
         "cpu": str(host_target().attrs["mcpu"]),
@@ -93,7 +93,7 @@ def run_bench(
             import numpy as np
             import tvm
 
-            from targets.profile import profile_functions
+            from bhvit_export.targets.profile import profile_functions
 
             lib = artifacts.tvm_library(art.fused, 1, True, artifacts.ensure_dir(cache), say, f"{art.name}-fused")
             say("profiling our compiled model function by function")

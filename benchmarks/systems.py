@@ -66,7 +66,7 @@ def set_tvm_threads(threads: int) -> None:
     The benchmark runs thread counts in descending order and sets TVM_NUM_THREADS to the largest
     before any TVM call, so every later size is a shrink.
     """
-    from targets.threads import set_threads
+    from bhvit_export.targets.threads import set_threads
 
     if _TVM_THREADS and _TVM_THREADS[-1] == threads:
         return

@@ -29,7 +29,7 @@ from . import cli_examples as ex
 from .checkpoint import ENTRIES  # light: torch is imported inside load_checkpoint
 from .errors import BhvitError
 from .limits import DEFAULT_TIMEOUT_S, MAX_RUNS, MAX_THREADS
-from targets.toolchain import emulated_arches  # light: the architecture records, no TVM
+from bhvit_export.targets.toolchain import emulated_arches  # light: the architecture records, no TVM
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
@@ -342,7 +342,7 @@ def emulate_cmd(arch: str, host: str, port: int) -> None:
     device's latency: this proves the library runs and is correct. Needs g++-aarch64-linux-gnu and
     qemu-user (scripts/install-system-deps.sh).
     """
-    from targets.emulate import serve
+    from bhvit_export.targets.emulate import serve
 
     serve(arch, host, port, on_ready=lambda h, p: click.echo(f"emulated {arch} device serving TVM RPC on {h}:{p} (Ctrl-C stops it)", err=True))
 
@@ -370,7 +370,7 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
     and thread count.
     """
     if arm:
-        from benchmarks.arm_cli import bench_arm
+        from bhvit_export.benchmarks.arm_cli import bench_arm
 
         click.echo(bench_arm(models, include, kernels, cache, as_json, lambda m: click.echo(f"... {m}", err=True)))
         return
@@ -379,7 +379,7 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
 
     if plot is not None:  # before minutes of timing, not after
         check_output(plot, folder=False, error=BhvitError, option="--plot")
-    from benchmarks.report import run_bench
+    from bhvit_export.benchmarks.report import run_bench
 
     report = run_bench(
         models=tuple(str(c) for c in checkpoints) + tuple(models) or ("tiny", "small"),
@@ -394,7 +394,7 @@ def bench_cmd(models, batches, threads, rounds, checkpoints, include, kernels, b
 @click.option("--json", "as_json", is_flag=True, callback=_json_mode, help="Print the list as JSON on stdout.")
 def targets_cmd(as_json: bool) -> None:
     """List what compile --target and --mcpu accept: our names, the TVM tags that work, the CPUs."""
-    from targets.catalog import catalog
+    from bhvit_export.targets.catalog import catalog
 
     c = catalog()
     click.echo(_json_dump("targets", c.to_json()) if as_json else "\n".join(c.lines()))

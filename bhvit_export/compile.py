@@ -198,7 +198,7 @@ def _fit_batch(g: Golden, batch: int) -> Golden:
 
 def _export(ex: Any, spec: Any, path: Path) -> None:
     """Link the library for the target's CPU (the cross g++ for aarch64); a failure is one line."""
-    from targets.native_build import export_library
+    from bhvit_export.targets.native_build import export_library
 
     from . import background
 
@@ -218,7 +218,7 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
 def _require_linker(arch: str) -> None:
     """The compiler that links the library for ``arch`` is there: the cross g++ of its architecture
     record on another host, TVM's default C++ compiler on a host of that architecture."""
-    from targets.toolchain import cross_compiler
+    from bhvit_export.targets.toolchain import cross_compiler
 
     if cross_compiler(arch) is None:
         from tvm.support import cc
@@ -279,8 +279,8 @@ def _add_native(spec: Any, root: Path, say: Progress) -> tuple[Optional[dict[str
     if spec.device != "cpu":
         return None, ["no native runner for CUDA bundles: verify them with the Python runtime"]
     try:
-        from targets.native_build import build_runner
-        from targets.runtime_libs import runtime_libs
+        from bhvit_export.targets.native_build import build_runner
+        from bhvit_export.targets.runtime_libs import runtime_libs
     except ImportError:
         return None, ["native runner unavailable in this build"]
     say(f"adding the native runner and the {spec.arch} TVM runtime")
@@ -316,7 +316,7 @@ def _check_tools(spec: Any) -> None:
     """The linker (and nvcc for CUDA) are there: fail before the long build, with what to install."""
     _require_linker(spec.arch)
     if spec.device == "cuda":
-        from targets.build_cuda import require_nvcc
+        from bhvit_export.targets.build_cuda import require_nvcc
 
         require_nvcc()  # likewise: before the load, not deep in the build
 
@@ -326,7 +326,7 @@ def _load_checked(
 ) -> _Loaded:
     """Load the ONNX and check everything a build needs from it before TVM sees it: an image model of
     ours, undamaged metadata, ops we can lower, and golden pairs that fit (repeated to whole batches)."""
-    from targets.importer import require_lowerable
+    from bhvit_export.targets.importer import require_lowerable
 
     from .census import load_onnx
     from .file_kinds import expect_onnx
@@ -346,8 +346,8 @@ def _load_checked(
 
 def _build(loaded: _Loaded, src: Path, spec: Any, batch: int, say: Progress, times: dict[str, float]) -> Any:
     """Import into Relax with our converters and build for the target (each a logged TVM step)."""
-    from targets.build import build
-    from targets.importer import import_fused
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.importer import import_fused
 
     from .progress import long_step
     from .tvm_failure import tvm_step
@@ -367,7 +367,7 @@ def _target_info(spec: Any, ex: Any) -> dict[str, Any]:
     """The manifest's ``target``: the resolved target, and for CUDA how its device code is shipped."""
     info = spec.to_json()
     if spec.device == "cuda":
-        from targets.build_cuda import device_code_format
+        from bhvit_export.targets.build_cuda import device_code_format
 
         # "binary": compiled sm_XX code; "source": CUDA C the device must JIT (needs NVRTC there)
         info["device_code"] = device_code_format(ex)
@@ -426,8 +426,8 @@ def compile_model(
     for bad models, targets and missing toolchains; nothing is written unless all steps succeed.
     A graph without bhvit ops (the float reference) is refused unless ``allow_float``.
     """
-    from targets.importer import check_batch
-    from targets.target_spec import resolve
+    from bhvit_export.targets.importer import check_batch
+    from bhvit_export.targets.target_spec import resolve
 
     from .bundle.writer import write_bundle, write_golden
     from .layer_map import LAYERS_FILE, write_layers

@@ -30,7 +30,7 @@ _TYPE_NAMES = {1: "FLOAT", 2: "INT", 7: "INTS"}
 @lru_cache(maxsize=1)
 def _schemas() -> dict[str, tuple[int, int, tuple[str, ...]]]:
     """op type -> (number of inputs, number of outputs, attribute names), from the function protos."""
-    from passes.ops import function_protos
+    from bhvit_export.passes.ops import function_protos
 
     return {f.name: (len(f.input), len(f.output), tuple(f.attribute)) for f in function_protos()}
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 from bhvit_export.errors import TargetError
 
 if TYPE_CHECKING:
-    from targets.kernels.target_info import TargetLike
+    from bhvit_export.targets.kernels.target_info import TargetLike
 
 #: Kernel variant: the explicit NEON popcount GEMM (``targets/kernels/neon_gemm.py``), for N >= 4.
 NEON_POPCOUNT_GEMM = "neon-popcount-gemm"
@@ -100,7 +100,7 @@ class ArchRecord:
     #: Rows of the float contraction's register tile (with two vectors of columns per row).
     float_rows: int = 8
     #: Rows of the register tile of the scheduled TE popcount kernels (GEMM, conv, GSB context;
-    #: columns: two vectors, :func:`targets.kernels.popcount_gemm.schedule_popcount_gemm`).
+    #: columns: two vectors, :func:`bhvit_export.targets.kernels.popcount_gemm.schedule_popcount_gemm`).
     popcount_rows: int = 4
 
     def popcount_tile(self, cpu: str) -> tuple[int, int]:
@@ -236,7 +236,7 @@ class Arch:
 def target_record(target: "TargetLike") -> ArchRecord:
     """The record of an llvm target (its host for a CUDA target): by triple, else by ``feature.is_*``,
     else the x86-64 default LLVM assumes for a triple-less target."""
-    from targets.kernels.target_info import as_target
+    from bhvit_export.targets.kernels.target_info import as_target
 
     tgt = as_target(target)
     if tgt.kind.name != "llvm" and tgt.host is not None:
@@ -251,7 +251,7 @@ def target_record(target: "TargetLike") -> ArchRecord:
 def cpu_variant(target: "TargetLike", variant: str) -> bool:
     """True when ``target`` is an llvm CPU target whose record has the kernel ``variant`` (a CUDA
     target's kernels are the GPU ones, whatever its host)."""
-    from targets.kernels.target_info import as_target
+    from bhvit_export.targets.kernels.target_info import as_target
 
     tgt = as_target(target)
     return tgt.kind.name == "llvm" and variant in target_record(tgt).kernel_variants
@@ -259,7 +259,7 @@ def cpu_variant(target: "TargetLike", variant: str) -> bool:
 
 def arch_of(target: "TargetLike") -> Arch:
     """The resolved record of an llvm CPU target (its host, for CUDA targets with an llvm host)."""
-    from targets.kernels.target_info import as_target, has_features
+    from bhvit_export.targets.kernels.target_info import as_target, has_features
 
     tgt = as_target(target)
     if tgt.kind.name != "llvm" and tgt.host is not None:

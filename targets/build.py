@@ -3,7 +3,7 @@
 The pipeline is TVM 0.27's default CPU Relax pipeline (what ``tvm.compile`` runs for ``llvm``:
 library dispatch, ``LegalizeOps``, op-pattern annotation, constant folding, ``FuseOps``/``FuseTIR``,
 dataflow lowering, memory planning, VM lowering), with the CPU schedule rules of
-:mod:`targets.schedules.cpu` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
+:mod:`bhvit_export.targets.schedules.cpu` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
 PrimFuncs before the VM lowering. Our pre-scheduled packed kernels carry ``tirx.is_scheduled`` and
 ``op_pattern = opaque``, so neither fusion nor the rules touch them.
 """
@@ -17,23 +17,23 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from targets.kernels.target_info import TargetLike, as_target, host_target
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target, host_target
 
 
 def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CPU pipeline with our Relax rewrites first and our schedule rules after fusion.
 
-    The rewrites (:mod:`targets.relax_passes`: image-layout islands in NHWC, patch convolutions
+    The rewrites (:mod:`bhvit_export.targets.relax_passes`: image-layout islands in NHWC, patch convolutions
     as matmuls, rolls as takes, repeated concats as broadcasts, a vectorisable erf, divides by
     constants as multiplies) make the float remainder
     legalise to contiguous loops; then every legalised PrimFunc that is not one of our
-    pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`targets.schedules.cpu`); without
+    pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`bhvit_export.targets.schedules.cpu`); without
     it most of them compile to serial scalar loops.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout
-    from targets.schedules.cpu import apply_schedules
+    from bhvit_export.targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout
+    from bhvit_export.targets.schedules.cpu import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -54,12 +54,12 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 def build(mod: tvm.IRModule, target: TargetLike | None = None) -> relax.VMExecutable:
     """Compile ``mod`` (Relax ``main`` + any PrimFuncs) for ``target`` (default: the host CPU).
 
-    CUDA targets go to :func:`targets.build_cuda.build_cuda` (GPU pipeline, nvcc); import ``mod``
+    CUDA targets go to :func:`bhvit_export.targets.build_cuda.build_cuda` (GPU pipeline, nvcc); import ``mod``
     with the same target so its packed kernels carry GPU schedules.
     """
     tgt = as_target(target) if target is not None else host_target()
     if tgt.kind.name == "cuda":
-        from targets.build_cuda import build_cuda
+        from bhvit_export.targets.build_cuda import build_cuda
 
         return build_cuda(mod, tgt)
     if tgt.kind.name != "llvm":

@@ -8,7 +8,7 @@ one check can run between scheduling and lowering: every PrimFunc must have a GP
 A PrimFunc no dlight rule matches is left with unbound loops, and TVM only notices much later in
 ``VerifyMemory`` with an error that names neither the op nor the fix; we name the functions.
 
-Our packed kernels (``targets.kernels``: sign-pack, XNOR popcount GEMM) are imported already
+Our packed kernels (``bhvit_export.targets.kernels``: sign-pack, XNOR popcount GEMM) are imported already
 scheduled for the CUDA target (``tirx.is_scheduled``, opaque), so fusion and dlight leave them alone.
 
 Cross-compiling: the device code is compiled by nvcc for the target's ``arch`` (sm_87 on Orin) and
@@ -41,7 +41,7 @@ import tvm
 from tvm import relax
 
 from bhvit_export.errors import TargetError
-from targets.kernels.target_info import TargetLike, as_target
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target
 
 #: The Jetson Orin Nano tag: CUDA sm_87 device, aarch64 (``mtriple=aarch64-linux-gnu``) host.
 JETSON_ORIN: str = "nvidia/jetson-orin-nano"
@@ -74,8 +74,8 @@ def require_nvcc() -> str:
 def require_cross_compiler(host: tvm.target.Target) -> Optional[str]:
     """The C++ compiler that links a library for ``host``: the cross g++ of its architecture record
     on a host of another architecture, ``None`` (TVM's default, the native compiler) otherwise."""
-    from targets.arch import target_record
-    from targets.toolchain import cross_compiler
+    from bhvit_export.targets.arch import target_record
+    from bhvit_export.targets.toolchain import cross_compiler
 
     return cross_compiler(target_record(host).name)
 
@@ -262,7 +262,7 @@ def export_cuda_library(
     C++ runtime pieces link); ``None`` uses TVM's default (native) compiler, right for a host of this
     machine's architecture. The library loads with ``tvm.runtime.load_module`` on the device.
     """
-    from targets.arch import ARCHES
+    from bhvit_export.targets.arch import ARCHES
 
     out = Path(path)
     if host_cc is not None and shutil.which(host_cc) is None:

@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from targets.arch import ARCHES
+from bhvit_export.targets.arch import ARCHES
 
 #: Our names, what each means: one per architecture record, then the GPU devices.
 SHORT_NAMES = {
@@ -57,20 +57,20 @@ class Catalog:
 
 
 def cpus(arch: str) -> list[str]:
-    """CPUs LLVM (inside TVM) knows for ``arch`` (:func:`targets.mcpu.known_cpus`, sorted)."""
-    from targets.mcpu import known_cpus
+    """CPUs LLVM (inside TVM) knows for ``arch`` (:func:`bhvit_export.targets.mcpu.known_cpus`, sorted)."""
+    from bhvit_export.targets.mcpu import known_cpus
 
-    from targets.arch import arch_record
+    from bhvit_export.targets.arch import arch_record
 
     return sorted(known_cpus(arch_record(arch).triple))
 
 
 def working_tags() -> dict[str, dict[str, str]]:
-    """TVM tags that :func:`targets.target_spec.resolve` accepts, with their arch and device."""
+    """TVM tags that :func:`bhvit_export.targets.target_spec.resolve` accepts, with their arch and device."""
     from tvm.target import tag
 
     from bhvit_export.errors import TargetError
-    from targets.target_spec import resolve
+    from bhvit_export.targets.target_spec import resolve
 
     out = {}
     for name in sorted(tag.list_tags()):

@@ -1,36 +1,36 @@
 """Relax converters for the ``bhvit`` ops (``docs/packing.md``, semantics: ``passes/ops.py``).
 
 TVM's Relax ONNX importer dispatches on ``op_type`` alone and never reads model-local functions,
-so :mod:`targets.importer` registers the classes in :data:`CONVERTERS` for the duration of one
+so :mod:`bhvit_export.targets.importer` registers the classes in :data:`CONVERTERS` for the duration of one
 import (and checks that every such node really is in the ``bhvit`` domain before converting).
 
 Lowering choices (correctness first; every path is exact against the ONNX function bodies):
 
-* ``BinaryLinear`` -> two ``call_tir`` kernels from :mod:`targets.kernels`: the sign-pack with the
+* ``BinaryLinear`` -> two ``call_tir`` kernels from :mod:`bhvit_export.targets.kernels`: the sign-pack with the
   shift fused (``pack``), then the XNOR/popcount GEMM with the ``scale``/``bias`` epilogue
   (``bgemm``). Both are pre-scheduled for the target and marked opaque + scheduled so the Relax
   pipeline (FuseOps/FuseTIR, dlight) leaves them alone. ``packed=False`` in :func:`converters`
   selects an all-Relax version instead (+-1 weights decoded once at import, float matmul).
 * ``BinaryConv2d`` on llvm targets -> where the channels per group divide 64 (BHViT: 16, 32),
-  the channels-last pair of :mod:`targets.kernels.bconv_nhwc` (sign-pack of each pixel's group
+  the channels-last pair of :mod:`bhvit_export.targets.kernels.bconv_nhwc` (sign-pack of each pixel's group
   channels into a word, then tap-major im2col + GEMM); otherwise one ``call_tir`` kernel
-  (:mod:`targets.kernels.bconv`): sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
+  (:mod:`bhvit_export.targets.kernels.bconv`): sign-pack im2col with the shift fused, grouped XNOR/popcount GEMM and ``scale``/``bias``
   epilogue, written channels-last and permuted (a view FuseOps folds into the consumer) to the
   op's NCHW; the zero padding (after the sign) is corrected exactly with a per
   (border pattern, output channel) table computed here in numpy from the weights.
 * ``BinaryAttentionScores`` on llvm targets -> one ``call_tir`` kernel
-  (:mod:`targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
+  (:mod:`bhvit_export.targets.kernels.attention`): per-head XNOR popcount, ``/ scale`` in the epilogue.
 * ``QDAttentionContext`` keeps the float Relax lowering on llvm targets by default: measured
   single thread at BHViT-Tiny size (B=1, h=4, N=196, d=64) on this Sapphire Rapids host, the
   packed kernel (levels as two bit planes x AND/popcount) took 0.45-0.68 ms against 0.26-0.38 ms
   for the float path (levels + a dlight-scheduled float matmul), min of 7 repeats, three runs.
   The packed path stays available (and tested) behind :data:`PACKED_QD_CONTEXT`.
 * ``GSBAttentionContext`` on llvm targets -> one ``call_tir`` kernel
-  (:mod:`targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
+  (:mod:`bhvit_export.targets.kernels.gsb_context`): row max, three mask bit planes, AND/popcount per plane,
   weighted epilogue. Other targets (cuda included): the function body in Relax ops (float masks,
   one batched matmul).
 * On cuda targets the same three ops use the GPU schedules of the same kernels
-  (:mod:`targets.kernels.gpu_bconv`, :mod:`targets.kernels.gpu_attention`: ``__popcll`` into int32,
+  (:mod:`bhvit_export.targets.kernels.gpu_bconv`, :mod:`bhvit_export.targets.kernels.gpu_attention`: ``__popcll`` into int32,
   shared-memory tiles, coalesced bit-pack stages), the QD context included
   (:data:`PACKED_QD_CONTEXT_GPU`); the conv always takes the channel-first kernel there.
 * Other targets and ``packed=False`` keep the float Relax lowerings: for the conv,
@@ -51,7 +51,7 @@ import tvm
 from tvm import relax
 
 from bhvit_export.errors import TargetError
-from passes.ops import unpack_bits
+from bhvit_export.passes.ops import unpack_bits
 
 #: TIR op-pattern kOpaque: FuseOps never fuses an opaque PrimFunc with its neighbours.
 _OPAQUE = 8
@@ -126,7 +126,7 @@ def _kernel(kind: str, *shape: Any) -> tvm.tirx.PrimFunc:
     target = _Options.target
     key = (kind, shape, str(target))
     if key not in _KERNEL_CACHE:
-        from targets.kernels import attention, bconv, bconv_nhwc, bgemm, expand_pack, gsb_context, pack
+        from bhvit_export.targets.kernels import attention, bconv, bconv_nhwc, bgemm, expand_pack, gsb_context, pack
 
         builders = {
             "pack": lambda: pack.pack_module(*shape, target, shift=True),
@@ -157,7 +157,7 @@ PACKED_QD_CONTEXT_GPU = True
 
 
 def _packed_gpu() -> bool:
-    """The conv/attention kernels also have GPU schedules (``targets.kernels.gpu_*``)."""
+    """The conv/attention kernels also have GPU schedules (``bhvit_export.targets.kernels.gpu_*``)."""
     target = _Options.target
     return _Options.packed and target is not None and target.kind.name == "cuda"
 
@@ -362,9 +362,9 @@ class BinaryConv2d(_BhvitConverter):
 
     @staticmethod
     def _packed(bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
-        """One ``call_tir`` of :mod:`targets.kernels.bconv`, its NHWC output permuted to NCHW."""
-        from targets.kernels import bconv_nhwc
-        from targets.kernels.bconv import ConvGeometry, border_correction
+        """One ``call_tir`` of :mod:`bhvit_export.targets.kernels.bconv`, its NHWC output permuted to NCHW."""
+        from bhvit_export.targets.kernels import bconv_nhwc
+        from bhvit_export.targets.kernels.bconv import ConvGeometry, border_correction
 
         b, c, hgt, wid = _shape(x, f"{what}: x")
         _f32(x, f"{what}: x")

@@ -28,7 +28,7 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from targets.arch import ARCHES, X86_64, arch_for_triple
+from bhvit_export.targets.arch import ARCHES, X86_64, arch_for_triple
 
 #: Test hook: an LLVM CPU name this machine pretends to be (name and features).
 PRETEND_ENV = "BHVIT_PRETEND_CPU"
@@ -113,7 +113,7 @@ TABLES = {"x86_64": X86_FEATURES, "aarch64": AARCH64_FEATURES}
 
 
 def _table(arch: str) -> dict[str, str]:
-    from targets.toolchain import normalize_arch
+    from bhvit_export.targets.toolchain import normalize_arch
 
     return TABLES[normalize_arch(arch)]
 
@@ -173,7 +173,7 @@ def target_features(target: Any) -> list[str]:
     if tgt.host is not None and tgt.kind.name != "llvm":
         tgt = tgt.host
     triple = str(tgt.attrs.get("mtriple", "") or "")
-    from targets.toolchain import host_arch
+    from bhvit_export.targets.toolchain import host_arch
 
     rec = arch_for_triple(triple)
     arch = rec.name if rec is not None else (X86_64.name if triple else host_arch())
@@ -197,7 +197,7 @@ def target_cpu(target: Any) -> str:
 @functools.lru_cache(maxsize=None)
 def _host(pretend: Optional[str]) -> tuple[str, Optional[frozenset[str]]]:
     """(CPU name, LLVM features or None where /proc/cpuinfo cannot tell) of this machine."""
-    from targets.toolchain import host_arch
+    from bhvit_export.targets.toolchain import host_arch
 
     arch = host_arch()
     try:
@@ -240,7 +240,7 @@ def host_mattr() -> list[str]:
     AVX512-FP16 on (a Sapphire Rapids host) and PKU off. ``+f`` for what the CPU has beyond the
     model, ``-f`` for what the model has and the CPU lacks, as ``-march=native`` does.
     """
-    from targets.toolchain import host_arch
+    from bhvit_export.targets.toolchain import host_arch
 
     arch = host_arch()
     try:

@@ -20,9 +20,9 @@ import time
 from typing import Callable, Iterator, Optional
 
 from bhvit_export.errors import TargetError
-from targets.native_build import build_rpc_server
-from targets.native_run import native_command
-from targets.toolchain import qemu_command
+from bhvit_export.targets.native_build import build_rpc_server
+from bhvit_export.targets.native_run import native_command
+from bhvit_export.targets.toolchain import qemu_command
 
 #: qemu + the server's static initialisers take ~1 s; a loaded CI machine may need far more.
 READY_TIMEOUT_S = 60.0

@@ -4,7 +4,7 @@ TVM 0.27's Relax ONNX importer (``tvm.relax.frontend.onnx.from_onnx``) has three
 closes:
 
 * it dispatches on ``op_type`` only (op domains are ignored) and has no custom-op hook, so the
-  converters of :mod:`targets.converters` are registered by wrapping the module-level
+  converters of :mod:`bhvit_export.targets.converters` are registered by wrapping the module-level
   ``_get_convert_map`` for the duration of one import (restored afterwards, even on error), and the
   domains are checked here, before anything is converted;
 * it never reads model-local functions, so the ``bhvit`` function bodies are never used;
@@ -25,7 +25,7 @@ from typing import Iterator
 import onnx
 
 from bhvit_export.errors import CompileError, TargetError
-from passes.ops import DOMAIN
+from bhvit_export.passes.ops import DOMAIN
 
 from . import converters as conv
 
@@ -49,7 +49,7 @@ def bhvit_converters(target=None, *, packed: bool = True) -> Iterator[None]:
     (default: the host); ``packed=False`` lowers ``BinaryLinear`` with plain Relax ops instead.
     Imports are serialised: the patched map is module-global state.
     """
-    from targets.kernels.target_info import as_target, host_target
+    from bhvit_export.targets.kernels.target_info import as_target, host_target
 
     fe = _frontend()
     with _LOCK:

@@ -47,7 +47,7 @@ def check_mcpu_name(mcpu: str, triple: str, what: str) -> None:
     cpus = known_cpus(triple)
     if not mcpu or not cpus or mcpu in cpus:
         return
-    from targets.arch import arch_for_triple
+    from bhvit_export.targets.arch import arch_for_triple
 
     rec = arch_for_triple(triple)
     close = close_names(mcpu, cpus, n=3)

@@ -1,7 +1,7 @@
 """Build the native helpers (``bhvit-run``, ``bhvit-rpc-server``) for the host or aarch64.
 
 Both are small C++17 programs over tvm-ffi's headers, linked against the TVM runtime libraries of
-:mod:`targets.runtime_libs`. The libraries are copied beside the binary and the binary carries
+:mod:`bhvit_export.targets.runtime_libs`. The libraries are copied beside the binary and the binary carries
 ``rpath $ORIGIN``, so the output folder can be copied to a device as is. A build is skipped when
 the folder already holds a binary stamped with the same hash of (source, compiler, flags, TVM
 versions): compiling against the runtime headers takes a few seconds per binary.
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from bhvit_export.errors import TargetError
-from targets.runtime_libs import cache_root, include_dirs, runtime_libs, versions
-from targets.toolchain import compiler, host_arch, normalize_arch
+from bhvit_export.targets.runtime_libs import cache_root, include_dirs, runtime_libs, versions
+from bhvit_export.targets.toolchain import compiler, host_arch, normalize_arch
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 RUNNER = "bhvit-run"
@@ -94,7 +94,7 @@ def export_library(executable, path: PathLike, arch: str) -> Path:
     """Write a built Relax ``VMExecutable`` as a shared library loadable on ``arch``.
 
     The host links with its default compiler; aarch64 links with the cross g++ (found through
-    :func:`targets.toolchain.require`, so a missing one is a TargetError with the apt package).
+    :func:`bhvit_export.targets.toolchain.require`, so a missing one is a TargetError with the apt package).
     """
     from tvm.support import cc
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from bhvit_export.errors import TargetError
-from targets.toolchain import elf_arch, normalize_arch, qemu_command
+from bhvit_export.targets.toolchain import elf_arch, normalize_arch, qemu_command
 
 PathLike = Union[str, Path]
 

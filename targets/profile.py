@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from targets.kernels.target_info import TargetLike
+from bhvit_export.targets.kernels.target_info import TargetLike
 
 ProfileRow = tuple[str, float, int]
 """(function name, milliseconds per model run summed over its calls, calls per model run)."""
@@ -29,7 +29,7 @@ ProfileRow = tuple[str, float, int]
 def _library(ex_or_mod: Any, target: Optional[TargetLike]) -> tvm.runtime.Module:
     """The runtime module holding the VM executable (its ``library`` import has the kernels)."""
     if isinstance(ex_or_mod, tvm.IRModule):
-        from targets.build import build
+        from bhvit_export.targets.build import build
 
         ex_or_mod = build(ex_or_mod, target)
     if isinstance(ex_or_mod, relax.VMExecutable):

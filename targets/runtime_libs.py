@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 
 from bhvit_export.errors import TargetError
-from targets.arch import arch_record
-from targets.toolchain import host_arch, normalize_arch
+from bhvit_export.targets.arch import arch_record
+from bhvit_export.targets.toolchain import host_arch, normalize_arch
 
 RUNTIME = "libtvm_runtime.so"
 FFI = "libtvm_ffi.so"

@@ -17,9 +17,9 @@ from typing import Any, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
-from targets.arch import AARCH64, ARCHES, X86_64, ArchRecord, arch_for_triple
-from targets.mcpu import check_mcpu, check_mcpu_name
-from targets.toolchain import host_arch
+from bhvit_export.targets.arch import AARCH64, ARCHES, X86_64, ArchRecord, arch_for_triple
+from bhvit_export.targets.mcpu import check_mcpu, check_mcpu_name
+from bhvit_export.targets.toolchain import host_arch
 
 #: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
 ORIN_HOST = {"kind": "llvm", "mtriple": AARCH64.triple, "mcpu": "cortex-a78", "mattr": list(AARCH64.base_mattr)}
@@ -38,7 +38,7 @@ class TargetSpec:
 
     name: str  # what the user asked for
     target: tvm.target.Target
-    arch: str  # of the CPU that runs the library: a name of ``targets.arch.ARCHES``
+    arch: str  # of the CPU that runs the library: a name of ``bhvit_export.targets.arch.ARCHES``
     device: str  # "cpu" or "cuda"
 
     @property
@@ -52,7 +52,7 @@ class TargetSpec:
         return self.arch != host_arch() or self.device != "cpu"
 
     def to_json(self) -> dict[str, Any]:
-        from targets.cpu_features import target_cpu, target_features
+        from bhvit_export.targets.cpu_features import target_cpu, target_features
 
         return {
             "name": self.name,
@@ -130,7 +130,7 @@ def _check_supported(tgt: tvm.target.Target, name: str) -> tuple[str, str]:
 def _arch_target(rec: ArchRecord, mcpu: Optional[str]) -> tvm.target.Target:
     """The llvm target of our short name for ``rec``: its triple, the CPU (``--mcpu``, the record's
     default, or this machine's CPU with its exact features) and the record's mattr for that CPU."""
-    from targets.kernels.target_info import host_target
+    from bhvit_export.targets.kernels.target_info import host_target
 
     if not rec.default_cpu and mcpu in (None, "native"):  # this CPU: its LLVM name and its exact features
         if host_arch() != rec.name:
@@ -153,8 +153,8 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
 
     Raises :class:`TargetError` (exit 2) for unknown names, bad JSON or unsupported kinds.
     """
-    from targets.catalog import target_suggestion
-    from targets.target_string import looks_like_target_string, parse_target_string
+    from bhvit_export.targets.catalog import target_suggestion
+    from bhvit_export.targets.target_string import looks_like_target_string, parse_target_string
 
     what = f"--target {name}"
     if name in ARCHES:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from bhvit_export.errors import TargetError
-from targets.arch import ARCHES, Tool, arch_for_elf_machine, arch_record
+from bhvit_export.targets.arch import ARCHES, Tool, arch_for_elf_machine, arch_record
 
 __all__ = ["TOOLS", "Tool", "compiler", "cross_compiler", "elf_arch", "emulated_arches", "host_arch", "normalize_arch",
            "qemu_command", "require", "require_tool"]

@@ -17,7 +17,7 @@ def strict_schedules() -> Any:
     the CLI subprocesses the tests start."""
     import os
 
-    from targets.schedules.rule_failure import STRICT_ENV
+    from bhvit_export.targets.schedules.rule_failure import STRICT_ENV
 
     old = os.environ.get(STRICT_ENV)
     os.environ[STRICT_ENV] = "1"
@@ -126,8 +126,8 @@ def micro_bundle_aarch64(tmp_path_factory: pytest.TempPathFactory, fused_onnx: C
     """
     pytest.importorskip("tvm")
     from bhvit_export.errors import TargetError
-    from targets.runtime_libs import runtime_libs
-    from targets.toolchain import require
+    from bhvit_export.targets.runtime_libs import runtime_libs
+    from bhvit_export.targets.toolchain import require
 
     try:
         require("aarch64-g++")

@@ -48,14 +48,14 @@ def loop_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_plugin_builds() -> None:
     _need("gcc")
-    from benchmarks.block_counts import build_plugin
+    from bhvit_export.benchmarks.block_counts import build_plugin
 
     lib = build_plugin()
     assert lib.is_file() and lib.read_bytes()[:4] == b"\x7fELF"
 
 
 def test_plugin_counts_a_loop_exactly(loop_program: Path) -> None:
-    from benchmarks import block_counts, symbols
+    from bhvit_export.benchmarks import block_counts, symbols
 
     a = block_counts.count([str(loop_program), "1000"], "aarch64")
     b = block_counts.count([str(loop_program), "3000"], "aarch64")
@@ -69,7 +69,7 @@ def test_plugin_counts_a_loop_exactly(loop_program: Path) -> None:
 
 def test_price_orders_blocks_by_work() -> None:
     _need("llvm-mca")
-    from benchmarks.block_cost import price
+    from bhvit_export.benchmarks.block_cost import price
 
     short = ["add x0, x0, #1"]
     long = ["mul x1, x1, x1"] * 8  # a dependent chain of 8 multiplies
@@ -78,7 +78,7 @@ def test_price_orders_blocks_by_work() -> None:
 
 
 def test_failing_program_is_one_target_error(loop_program: Path) -> None:
-    from benchmarks import block_counts
+    from bhvit_export.benchmarks import block_counts
 
     with pytest.raises(TargetError, match="under qemu-aarch64 failed"):
         block_counts.count([str(loop_program.parent / "missing")], "aarch64")
@@ -86,8 +86,8 @@ def test_failing_program_is_one_target_error(loop_program: Path) -> None:
 
 def test_estimator_on_micro_bundle(micro_bundle_aarch64: Path) -> None:
     _need("qemu-aarch64", "llvm-mca", "llvm-mc")
-    from benchmarks import block_estimate
-    from benchmarks.block_cost import disassemble
+    from bhvit_export.benchmarks import block_estimate
+    from bhvit_export.benchmarks.block_cost import disassemble
 
     counts = block_estimate.count_inference(
         micro_bundle_aarch64 / "runtime" / "bhvit-run", micro_bundle_aarch64 / "model.so", "aarch64",
@@ -108,8 +108,8 @@ def test_estimator_on_micro_bundle(micro_bundle_aarch64: Path) -> None:
 
 
 def test_report_json_has_the_contract_fields() -> None:
-    from benchmarks.arm_report import ArmReport
-    from benchmarks.block_estimate import ARM_CPUS, CLOCKS_GHZ, Estimate
+    from bhvit_export.benchmarks.arm_report import ArmReport
+    from bhvit_export.benchmarks.block_estimate import ARM_CPUS, CLOCKS_GHZ, Estimate
 
     rep = ArmReport("tiny")
     for cpu in ARM_CPUS:

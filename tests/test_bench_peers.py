@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.peers import constants_to_initializers
+from bhvit_export.benchmarks.peers import constants_to_initializers
 from tests.helpers import official_path
 
 
@@ -37,7 +37,7 @@ def test_constants_become_initializers_with_the_same_outputs() -> None:
 
 
 def test_bench_checkpoint_with_a_missing_peer_is_a_skipped_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import end_to_end
+    from bhvit_export.benchmarks import end_to_end
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails
     results = end_to_end.run([str(official_path("micro") / "checkpoint.pth")], [1], [1], rounds=1, warmup=1,

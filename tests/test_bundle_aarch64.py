@@ -1,7 +1,7 @@
 """An aarch64 bundle of the official micro fixture, verified without ARM hardware.
 
 * through its native runner under qemu (``verify --native``);
-* over TVM RPC on the emulated device (``bhvit-export emulate``'s server, via ``targets.emulate``);
+* over TVM RPC on the emulated device (``bhvit-export emulate``'s server, via ``bhvit_export.targets.emulate``);
 both against the official logits with the spec's end-to-end tolerance. Loading it in this x86
 process is refused with a pointer to --rpc/--native.
 """
@@ -19,7 +19,7 @@ pytest.importorskip("tvm")
 from bhvit_export.bundle import manifest as mf  # noqa: E402
 from bhvit_export.cli import cli  # noqa: E402
 from bhvit_export.errors import TargetError  # noqa: E402
-from targets.toolchain import elf_arch, require  # noqa: E402
+from bhvit_export.targets.toolchain import elf_arch, require  # noqa: E402
 
 
 def _need_qemu() -> None:
@@ -54,7 +54,7 @@ def test_native_runner_under_qemu_passes(micro_bundle_aarch64: Path) -> None:
 
 def test_rpc_on_emulated_device_passes(micro_bundle_aarch64: Path) -> None:
     _need_qemu()
-    from targets.emulate import emulator
+    from bhvit_export.targets.emulate import emulator
 
     with emulator("aarch64") as (host, port):
         r = _verify_json(str(micro_bundle_aarch64), "--rpc", f"{host}:{port}", "--runs", "1", "--warmup", "0")

@@ -213,7 +213,7 @@ def test_disable_layerscale_with_batchnorm_loads_and_fuses(micro_checkpoint: dic
 
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import FuseReport, fuse_model
+    from bhvit_export.passes.pipeline import FuseReport, fuse_model
     from tests.helpers import assert_end_to_end
     from tests.passes.util import run
 

@@ -131,18 +131,18 @@ def test_debug_shows_traceback_of_user_errors(tmp_path: Path) -> None:
 
 
 def test_fused_export_unavailable_without_passes(tmp_path: Path, micro: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "passes.pipeline", None)  # import of passes.pipeline now fails
+    monkeypatch.setitem(sys.modules, "bhvit_export.passes.pipeline", None)  # import of bhvit_export.passes.pipeline now fails
     result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(tmp_path / "m.onnx"))
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error[export]: the fused export is unavailable in this build (passes.pipeline.fuse_model not found); "
+        "error[export]: the fused export is unavailable in this build (bhvit_export.passes.pipeline.fuse_model not found); "
         "use --reference for the float reference graph"
     ]
 
 
 def test_fused_export(tmp_path: Path, micro: Path) -> None:
     """The default (no --reference) runs the passes; what they produce is tested in their own tests."""
-    pytest.importorskip("passes.pipeline")
+    pytest.importorskip("bhvit_export.passes.pipeline")
     import onnx
 
     out = tmp_path / "fused.onnx"
@@ -184,7 +184,7 @@ def test_inspect_reports_the_paper_row_for_tiny(tmp_path: Path) -> None:
     from bhvit_export.config import BHViTConfig
     from bhvit_export.export.reference import export_reference, save_model
     from bhvit_export.model import BHViT
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
 
     torch.manual_seed(0)
     path = tmp_path / "tiny.onnx"

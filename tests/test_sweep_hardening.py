@@ -98,12 +98,12 @@ def listing(folder: Path) -> list[str]:
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A compile whose TVM steps take no time (the output handling is under test, not TVM)."""
     import bhvit_export.compile as compile_mod
-    import targets.build
-    import targets.importer
+    import bhvit_export.targets.build
+    import bhvit_export.targets.importer
 
     calls: list[str] = []
-    monkeypatch.setattr(targets.importer, "import_fused", lambda *_a, **_k: calls.append("import"))
-    monkeypatch.setattr(targets.build, "build", lambda *_a, **_k: calls.append("build"))
+    monkeypatch.setattr(bhvit_export.targets.importer, "import_fused", lambda *_a, **_k: calls.append("import"))
+    monkeypatch.setattr(bhvit_export.targets.build, "build", lambda *_a, **_k: calls.append("build"))
     monkeypatch.setattr(compile_mod, "_export", lambda _ex, _spec, path: path.write_bytes(b"\x7fELF stand-in"))
     return calls
 
@@ -190,12 +190,12 @@ def test_a_folder_that_changes_during_the_build_is_not_replaced(
 ) -> None:
     """Ours when compile starts; a user's file lands in it during the (stand-in) build: refused at the
     rename, the folder and the user's file untouched, no temp left."""
-    import targets.build
+    import bhvit_export.targets.build
 
     def build_while_the_user_writes(*_a: Any, **_k: Any) -> None:
         (bundle / "notes.txt").write_text("written during the build")
 
-    monkeypatch.setattr(targets.build, "build", build_while_the_user_writes)
+    monkeypatch.setattr(bhvit_export.targets.build, "build", build_while_the_user_writes)
     before = listing(bundle)
     code, _, err = run("compile", str(fused_onnx("micro")), "-o", str(bundle), "--no-native")
     one_error(code, err, "changed during the build and is no longer a bundle of ours", "notes.txt")
@@ -412,9 +412,9 @@ METADATA_CASES: dict[str, tuple[str, Callable[[dict[str, Any]], Any], str]] = {
 
 @pytest.mark.parametrize("case", sorted(METADATA_CASES))
 def test_damaged_metadata_is_refused_before_tvm(case: str, micro_proto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import targets.importer
+    import bhvit_export.targets.importer
 
-    _forbid(monkeypatch, (targets.importer, "import_fused"))
+    _forbid(monkeypatch, (bhvit_export.targets.importer, "import_fused"))
     key, value, says = METADATA_CASES[case]
     _metadata(micro_proto, key, value(_golden(micro_proto)))
     model = _save(micro_proto, tmp_path / "m.onnx")
@@ -743,9 +743,9 @@ def _drop_attribute(proto: Any, op_type: str, name: str) -> str:
 
 @pytest.mark.parametrize("cmd", ["inspect", "compile"])
 def test_missing_op_attribute(cmd: str, micro_proto: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import targets.importer
+    import bhvit_export.targets.importer
 
-    _forbid(monkeypatch, (targets.importer, "import_fused"))
+    _forbid(monkeypatch, (bhvit_export.targets.importer, "import_fused"))
     name = _drop_attribute(micro_proto, "BinaryLinear", "in_features")
     model = _save(micro_proto, tmp_path / "m.onnx")
     args = ["inspect", str(model)] if cmd == "inspect" else ["compile", str(model), "-o", str(tmp_path / "b")]
@@ -899,7 +899,7 @@ def test_bad_reference_for_images(case: str, micro_bundle: Path, images: Path, t
 def test_tvm_failure_is_one_line_and_a_log(fused_onnx: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tvm
 
-    import targets.build
+    import bhvit_export.targets.build
 
     ir_dump = "\n".join(["Traceback (most recent call last):"] + [f"  {i}: tvm::relax::SomePass  # IR line {i}" for i in range(300)]
                         + ["InternalError: Check failed: (lanes == 64) is false: simulated"])
@@ -907,7 +907,7 @@ def test_tvm_failure_is_one_line_and_a_log(fused_onnx: Callable[[str], Path], tm
     def failing_build(*_a: Any, **_k: Any) -> None:
         raise tvm.error.InternalError(ir_dump)
 
-    monkeypatch.setattr(targets.build, "build", failing_build)
+    monkeypatch.setattr(bhvit_export.targets.build, "build", failing_build)
     out = tmp_path / "b"
     code, _, err = run("compile", str(fused_onnx("micro")), "-o", str(out), "--no-native")
     line = one_error(code, err, "TVM failed while building micro.onnx for x86_64", "Check failed: (lanes == 64) is false",

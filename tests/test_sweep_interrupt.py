@@ -63,11 +63,11 @@ if args[0] == "to-onnx":
     reference.save_model = save_model
 else:
     import bhvit_export.compile as compile_mod
-    import targets.build
-    import targets.importer
+    import bhvit_export.targets.build
+    import bhvit_export.targets.importer
 
-    targets.importer.import_fused = lambda *_a, **_k: None
-    targets.build.build = lambda *_a, **_k: None
+    bhvit_export.targets.importer.import_fused = lambda *_a, **_k: None
+    bhvit_export.targets.build.build = lambda *_a, **_k: None
 
     def export(_ex, _spec, path):
         path.write_bytes(b"\x7fELF half a library")
@@ -122,11 +122,11 @@ def _rerun(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
         monkeypatch.setattr(reference, "export_reference", lambda model, **_k: onnx.ModelProto())
     else:
         import bhvit_export.compile as compile_mod
-        import targets.build
-        import targets.importer
+        import bhvit_export.targets.build
+        import bhvit_export.targets.importer
 
-        monkeypatch.setattr(targets.importer, "import_fused", lambda *_a, **_k: None)
-        monkeypatch.setattr(targets.build, "build", lambda *_a, **_k: None)
+        monkeypatch.setattr(bhvit_export.targets.importer, "import_fused", lambda *_a, **_k: None)
+        monkeypatch.setattr(bhvit_export.targets.build, "build", lambda *_a, **_k: None)
         monkeypatch.setattr(compile_mod, "_export", lambda _ex, _spec, path: path.write_bytes(b"\x7fELF stand-in"))
     res = CliRunner().invoke(cli, list(args))
     assert res.exit_code == 0, res.stderr

@@ -191,7 +191,7 @@ def _set_input_dims(proto: onnx.ModelProto, dims: list[Any]) -> onnx.ModelProto:
 
 def test_absurd_image_size_is_refused_before_tvm(micro_proto: onnx.ModelProto, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import targets.importer as importer
+    import bhvit_export.targets.importer as importer
 
     def no_import(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("TVM import reached")

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from bhvit_export.errors import TargetError  # noqa: E402
-from targets.target_spec import resolve  # noqa: E402
+from bhvit_export.targets.target_spec import resolve  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ def run(*args: str) -> Any:
 )
 def test_tvm_target_strings_resolve(text: str, arch: str, device: str, attr: str, value: str) -> None:
     pytest.importorskip("tvm")
-    from targets.target_spec import resolve
+    from bhvit_export.targets.target_spec import resolve
 
     spec = resolve(text)
     assert (spec.arch, spec.device) == (arch, device)
@@ -49,7 +49,7 @@ def test_tvm_target_strings_resolve(text: str, arch: str, device: str, attr: str
                        st.from_regex(r"[a-z0-9_+.]{1,12}", fullmatch=True), max_size=4))
 @settings(max_examples=50, deadline=None)
 def test_target_string_parser_round_trips(opts: dict[str, str]) -> None:
-    from targets.target_string import parse_target_string
+    from bhvit_export.targets.target_string import parse_target_string
 
     text = "llvm " + " ".join(f"-{k}={v}" for k, v in opts.items())
     got = parse_target_string(text)
@@ -79,7 +79,7 @@ def test_targets_lists_names_tags_and_cpus() -> None:
     res = run("targets", "--json")
     assert res.exit_code == 0, res.stderr
     c = json.loads(res.stdout)
-    from targets.target_spec import SHORT_NAMES
+    from bhvit_export.targets.target_spec import SHORT_NAMES
 
     assert set(c["names"]) == set(SHORT_NAMES)  # one list: what resolve() accepts is what is listed
     assert c["tags"]["raspberry-pi/4b-aarch64"] == {"arch": "aarch64", "device": "cpu"}

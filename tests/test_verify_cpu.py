@@ -21,9 +21,9 @@ pytest.importorskip("tvm")
 
 from bhvit_export.bundle import manifest as mf  # noqa: E402
 from bhvit_export.cli import cli  # noqa: E402
-from targets import cpu_features as cf  # noqa: E402
-from targets.kernels.target_info import X86_SAPPHIRERAPIDS  # noqa: E402
-from targets.toolchain import host_arch  # noqa: E402
+from bhvit_export.targets import cpu_features as cf  # noqa: E402
+from bhvit_export.targets.kernels.target_info import X86_SAPPHIRERAPIDS  # noqa: E402
+from bhvit_export.targets.toolchain import host_arch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64", reason="x86-64 bundles")
 
@@ -65,13 +65,13 @@ def test_manifest_records_the_build_cpu_features(micro_bundle: Path) -> None:
 def test_sapphirerapids_bundle_is_refused_on_a_zen4_before_loading(spr_bundle: Path, how: str, monkeypatch) -> None:
     import tvm
 
-    import targets.native_run
+    import bhvit_export.targets.native_run
 
     def boom(*_a, **_k):
         raise AssertionError("the library was loaded")
 
     monkeypatch.setattr(tvm.runtime, "load_module", boom)
-    monkeypatch.setattr(targets.native_run, "run_native", boom)
+    monkeypatch.setattr(bhvit_export.targets.native_run, "run_native", boom)
     monkeypatch.setenv(cf.PRETEND_ENV, "znver4")
     code, _, err = _verify(str(spr_bundle), *(["--native"] if how == "native" else []))
     assert code == 2, err
@@ -93,7 +93,7 @@ def test_bundle_without_cpu_features_verifies_with_a_note(micro_bundle: Path, tm
 def test_rpc_device_lacking_features_is_refused_before_upload(micro_bundle: Path, tmp_path: Path, monkeypatch) -> None:
     """The emulated device (this CPU, behind ``bhvit-rpc-server``) is asked for its features."""
     from bhvit_export.verify import runners
-    from targets.emulate import emulator
+    from bhvit_export.targets.emulate import emulator
 
     lacking = sorted(set(cf.X86_FEATURES) - cf.host_features())[:2]
     if not lacking:

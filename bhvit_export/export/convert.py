@@ -89,20 +89,20 @@ def _human(n: int) -> str:
 
 
 def _fuser() -> tuple[Callable[["onnx.ModelProto"], "onnx.ModelProto"], int | None]:
-    """Import ``passes.pipeline.fuse_model`` (and the opset it requires) only for a fused export.
+    """Import ``bhvit_export.passes.pipeline.fuse_model`` (and the opset it requires) only for a fused export.
 
     Looked up before the (slow) checkpoint load so that a build without the passes fails at once.
     """
     import importlib
 
     try:
-        pipeline = importlib.import_module("passes.pipeline")
+        pipeline = importlib.import_module("bhvit_export.passes.pipeline")
         fuse_model = pipeline.fuse_model
     except (ImportError, AttributeError) as e:
         name = getattr(e, "name", None)
-        if isinstance(e, AttributeError) or name in (None, "passes", "passes.pipeline"):
+        if isinstance(e, AttributeError) or name in (None, "passes", "bhvit_export.passes.pipeline"):
             raise ExportError(
-                "the fused export is unavailable in this build (passes.pipeline.fuse_model not found); "
+                "the fused export is unavailable in this build (bhvit_export.passes.pipeline.fuse_model not found); "
                 "use --reference for the float reference graph"
             ) from None
         raise ExportError(

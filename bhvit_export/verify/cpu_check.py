@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-from targets import cpu_features as cf
-from targets.toolchain import host_arch
+from bhvit_export.targets import cpu_features as cf
+from bhvit_export.targets.toolchain import host_arch
 
 from ..bundle import manifest as mf
 from ..errors import BundleError
@@ -73,7 +73,7 @@ def runner_cpu(root: Path, manifest: mf.Manifest) -> CpuInfo:
     """The CPU the bundle's native runner runs on: this one, or qemu's for a foreign arch."""
     if manifest.arch == host_arch():
         return this_cpu()
-    from targets.native_run import native_command
+    from bhvit_export.targets.native_run import native_command
 
     if manifest.native is None:
         return "qemu's CPU", None

@@ -145,9 +145,9 @@ def _ort_runner(sub: Any) -> Callable[[np.ndarray], np.ndarray]:
 def _tvm_runner(sub: Any) -> Callable[[np.ndarray], np.ndarray]:
     import tvm
 
-    from targets.build import build
-    from targets.importer import import_fused
-    from targets.kernels.target_info import host_target
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.importer import import_fused
+    from bhvit_export.targets.kernels.target_info import host_target
 
     target = host_target()
     vm = tvm.runtime.vm.VirtualMachine(build(import_fused(sub, batch=1, target=target), target), tvm.cpu())

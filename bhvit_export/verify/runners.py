@@ -14,8 +14,8 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from targets.threads import set_threads
-from targets.toolchain import host_arch
+from bhvit_export.targets.threads import set_threads
+from bhvit_export.targets.toolchain import host_arch
 
 from ..bundle import manifest as mf
 from ..errors import BundleError, TargetError
@@ -203,7 +203,7 @@ class NativeRunner:
         self._tmp = tempfile.TemporaryDirectory(prefix="bhvit-verify-")
 
     def _call(self, inputs: np.ndarray, runs: int, warmup: int) -> tuple[np.ndarray, list[float]]:
-        from targets.native_run import run_native
+        from bhvit_export.targets.native_run import run_native
 
         x = Path(self._tmp.name) / "inputs.npy"
         y = Path(self._tmp.name) / "outputs.npy"

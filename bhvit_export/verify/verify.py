@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from targets.toolchain import host_arch
+from bhvit_export.targets.toolchain import host_arch
 
 from ..bundle import manifest as mf
 from ..errors import BundleError
@@ -337,7 +337,7 @@ def _profile(root: Path, manifest: mf.Manifest) -> tuple[Optional[list[dict[str,
     try:
         import tvm
 
-        from targets.profile import profile_calls
+        from bhvit_export.targets.profile import profile_calls
     except ImportError:
         return None, None, ["--profile is unavailable in this build"]
     from ..layer_map import LAYERS_FILE, profile_rows, read_layers

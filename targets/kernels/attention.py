@@ -25,7 +25,7 @@ d=64, each op imported alone and run in the Relax VM, min of 7 repeats, noisy sh
 * scores: packed 0.36-1.1 ms vs float Relax lowering 6.5-12.9 ms (11-18x): the packed kernel is
   the llvm lowering;
 * QD context: packed 0.45-0.68 ms vs float 0.26-0.38 ms: the float lowering (levels + a
-  dlight-scheduled matmul) is *faster*, so :mod:`targets.converters` keeps it by default
+  dlight-scheduled matmul) is *faster*, so :mod:`bhvit_export.targets.converters` keeps it by default
   (``PACKED_QD_CONTEXT``). The cost here is packing the levels: 3 compares per probability and a
   scalar 64-term OR per word; the AND/popcount GEMM itself is small.
 """
@@ -231,7 +231,7 @@ def scores_module(
 ) -> tvm.IRModule:
     """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel` (CUDA targets:
     :func:`gpu_attention.scores_module_gpu`; ``tiles`` are the CPU's ``mr``/``nr``)."""
-    from targets.schedules.gpu.packed import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import scores_module_gpu
@@ -245,7 +245,7 @@ def qd_context_module(
 ) -> tvm.IRModule:
     """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel` (CUDA targets:
     :func:`gpu_attention.qd_context_module_gpu`)."""
-    from targets.schedules.gpu.packed import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import qd_context_module_gpu

@@ -2,7 +2,7 @@
 
 One binary MAC is one +-1 product-and-add, i.e. one bit of one ``(i, j)`` dot product, so a GEMM
 does ``M * N * K`` of them; this makes numbers comparable with float GEMM MAC/s (and with LCE's
-published figures). Run ``python -m targets.kernels.bench_gemm`` for the BHViT-Tiny stage-1 MLP shape.
+published figures). Run ``python -m bhvit_export.targets.kernels.bench_gemm`` for the BHViT-Tiny stage-1 MLP shape.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import tvm
 
-from targets.threads import set_threads
+from bhvit_export.targets.threads import set_threads
 
 from . import bgemm
 from .build import build_kernel

@@ -13,7 +13,7 @@ from typing import Literal
 import tvm
 from tvm import te, tirx
 
-from targets.arch import NEON_POPCOUNT_GEMM, cpu_variant
+from bhvit_export.targets.arch import NEON_POPCOUNT_GEMM, cpu_variant
 
 from . import neon_gemm
 from .popcount_gemm import OUT_BLOCK, acc_dtype_for, popcount_gemm_stages, schedule_popcount_gemm

@@ -31,7 +31,7 @@ from __future__ import annotations
 import tvm
 
 from . import attention
-from targets.schedules.gpu.packed import (
+from bhvit_export.targets.schedules.gpu.packed import (
     GemmTiles,
     schedule_batched_popcount_gpu,
     schedule_bitpack_stage_gpu,

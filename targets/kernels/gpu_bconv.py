@@ -20,7 +20,7 @@ from __future__ import annotations
 import tvm
 
 from . import bconv
-from targets.schedules.gpu.packed import GemmTiles, schedule_batched_popcount_gpu, schedule_columns_gpu, schedule_elementwise_gpu
+from bhvit_export.targets.schedules.gpu.packed import GemmTiles, schedule_batched_popcount_gpu, schedule_columns_gpu, schedule_elementwise_gpu
 from .target_info import TargetLike
 
 #: The popcount accumulator type on CUDA (``__popcll`` returns an int).

@@ -1,6 +1,6 @@
 """numpy emulation of the GPU kernels' tiling: blocks, threads, shared-memory tiles, int32 registers.
 
-Written from the decomposition the GPU schedules describe (:mod:`targets.schedules.gpu.packed`), not from their
+Written from the decomposition the GPU schedules describe (:mod:`bhvit_export.targets.schedules.gpu.packed`), not from their
 TIR: each block stages exactly the region its schedule stages into a shared tile (laid out with
 the schedule's padded row stride), every thread then reads *only that tile* (a read outside the
 staged region raises), accumulates popcounts in int32 (an overflow raises), and its output lands
@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from targets.schedules.gpu.packed import PACK_THREADS, BlockPlan, GemmTiles, gemm_plan, pack_tile
+from bhvit_export.targets.schedules.gpu.packed import PACK_THREADS, BlockPlan, GemmTiles, gemm_plan, pack_tile
 from .reference import WORD_BITS, num_words, popcount
 
 WARP = 32

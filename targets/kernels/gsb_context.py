@@ -99,7 +99,7 @@ def schedule_gsb_context(
 ) -> tvm.IRModule:
     """Row max, planes and v packs row-parallel; the GEMM tiled within one head; epilogue parallel
     (``mr``: the architecture record's ``popcount_rows`` unless given)."""
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     mr = mr if mr is not None else arch_of(target).popcount_rows
     lanes = u64_lanes(target)

@@ -54,7 +54,7 @@ PARALLEL_TASKS = 48
 def has_dotprod(target: TargetLike) -> bool:
     """True when the (aarch64) target has the ``udot`` instruction (``+dotprod`` in mattr or mcpu;
     the architecture record's dot instruction, ``targets/arch.py``)."""
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     tgt = as_target(target)
     return tgt.kind.name == "llvm" and arch_of(tgt).dotprod
@@ -75,7 +75,7 @@ class NeonTile:
 
 def arch_tile(target: TargetLike) -> dict[str, int]:
     """``{"mr", "nr"}`` of the target's CPU, from the architecture record (``targets/arch.py``)."""
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     mr, nr = arch_of(target).popcount_tile
     return {"mr": mr, "nr": nr}

@@ -104,7 +104,7 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
     The target only matters to LLVM here; the loop structure is the same on x86 and aarch64.
     CUDA targets get :func:`packed.schedule_pack_gpu` instead.
     """
-    from targets.schedules.gpu.packed import is_cuda, schedule_pack_gpu
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda, schedule_pack_gpu
 
     if is_cuda(target):
         return schedule_pack_gpu(func, target)
@@ -118,7 +118,7 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
 
 def pack_module(m: int, k: int, target: TargetLike, *, shift: bool = False) -> tvm.IRModule:
     """Scheduled module, ready for :func:`build.build_kernel` (mask form on CPUs, TE form on CUDA)."""
-    from targets.schedules.gpu.packed import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         return schedule_pack(make_pack(m, k, shift=shift), target)

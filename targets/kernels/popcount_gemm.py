@@ -61,7 +61,7 @@ def popcount_as(word: tirx.Expr, acc_dtype: str) -> tirx.Expr:
 
 def acc_dtype_for(target: TargetLike) -> str:
     """The popcount accumulator type for ``target``: 32-bit on CUDA, 64-bit lanes on CPUs."""
-    from targets.schedules.gpu.packed import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     return "int32" if is_cuda(target) else "uint64"
 
@@ -87,11 +87,11 @@ def schedule_popcount_gemm(
     Rows use ``mr`` with a predicate on the last tile: that keeps the vector body intact.
     CUDA targets get :func:`packed.schedule_popcount_gemm_gpu` (``mr``/``nr`` are CPU tiles).
     """
-    from targets.schedules.gpu.packed import is_cuda, schedule_popcount_gemm_gpu
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda, schedule_popcount_gemm_gpu
 
     if is_cuda(target):
         return schedule_popcount_gemm_gpu(func, target)
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     mr = mr if mr is not None else arch_of(target).popcount_rows
     lanes = u64_lanes(target)

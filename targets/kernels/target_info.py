@@ -12,7 +12,7 @@ from typing import Any, Union
 import tvm
 from tvm.target import codegen
 
-from targets.arch import AARCH64
+from bhvit_export.targets.arch import AARCH64
 
 TargetLike = Union[str, dict[str, Any], tvm.target.Target]
 
@@ -40,7 +40,7 @@ def as_target(target: TargetLike) -> tvm.target.Target:
 def is_aarch64(target: TargetLike) -> bool:
     """True for 64-bit Arm llvm targets (the architecture record of the target's triple, see
     ``targets/arch.py``); False for a CUDA target, whatever its host."""
-    from targets.arch import target_record
+    from bhvit_export.targets.arch import target_record
 
     tgt = as_target(target)
     return tgt.kind.name == "llvm" and target_record(tgt) is AARCH64
@@ -53,12 +53,12 @@ def has_features(target: tvm.target.Target, *features: str) -> bool:
 
 def u64_lanes(target: TargetLike) -> int:
     """uint64 lanes per SIMD register the schedules should vectorise to (the architecture record's
-    SIMD level the target's features enable, :func:`targets.arch.arch_of`).
+    SIMD level the target's features enable, :func:`bhvit_export.targets.arch.arch_of`).
 
     The level is chosen by asking LLVM for features instead of trusting ``llvm_get_vector_width``,
     which reports the host width (512) even for ``mcpu=haswell`` in TVM 0.27.
     """
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     tgt = as_target(target)
     if tgt.kind.name != "llvm":
@@ -68,7 +68,7 @@ def u64_lanes(target: TargetLike) -> int:
 
 def has_vector_popcount(target: TargetLike) -> bool:
     """True where a vector popcount instruction exists (x86 VPOPCNTDQ, NEON ``cnt``; llvm targets)."""
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     tgt = as_target(target)
     return tgt.kind.name == "llvm" and arch_of(tgt).vector_popcount
@@ -81,9 +81,9 @@ def host_target() -> tvm.target.Target:
     --target x86_64``) uses this. A bare ``{"kind": "llvm"}`` means generic x86-64 (no AVX, no
     ``vpopcntq``); a fixed CPU such as ``sapphirerapids`` may use extensions this CPU lacks
     (SIGILL on a Zen 4); and the CPU name alone is a model, not this machine (see
-    :func:`targets.cpu_features.host_mattr`).
+    :func:`bhvit_export.targets.cpu_features.host_mattr`).
     """
-    from targets.cpu_features import host_cpu, host_mattr
+    from bhvit_export.targets.cpu_features import host_cpu, host_mattr
 
     spec: dict[str, Any] = {"kind": "llvm", "mcpu": host_cpu()}
     mattr = host_mattr()
@@ -97,6 +97,6 @@ def runs_on_host(target: TargetLike) -> list[str]:
 
     The one gate for running built code: every feature the build enabled, not one flag.
     """
-    from targets.cpu_features import missing_on_host
+    from bhvit_export.targets.cpu_features import missing_on_host
 
     return missing_on_host(as_target(target))

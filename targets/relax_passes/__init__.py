@@ -1,4 +1,4 @@
-"""Relax-level rewrites run on the imported model before legalisation (see ``targets.build._pipeline``).
+"""Relax-level rewrites run on the imported model before legalisation (see ``bhvit_export.targets.build._pipeline``).
 
 They change the *graph* so that the float remainder legalises to contiguous, vectorisable loops
 instead of gathers and scalar calls. All but ``fast_erf`` and ``fast_softmax`` keep the numbers (exact,

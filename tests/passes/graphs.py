@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.ops import ONNX_OPSET
+from bhvit_export.passes.ops import ONNX_OPSET
 
 F = TensorProto.FLOAT
 

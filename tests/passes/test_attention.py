@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bhvit_export.errors import PassError
-from passes.ops import qd_thresholds
+from bhvit_export.passes.ops import qd_thresholds
 from tests.passes.graphs import attention_graph
 from tests.passes.util import assert_close, fuse, run
 

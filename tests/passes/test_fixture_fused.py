@@ -14,7 +14,7 @@ from bhvit_export.census import census
 from bhvit_export.config import BHViTConfig
 from bhvit_export.export.reference import export_reference
 from bhvit_export.model import BHViT
-from passes.pipeline import FuseReport, fuse_model
+from bhvit_export.passes.pipeline import FuseReport, fuse_model
 from tests.helpers import assert_end_to_end
 from tests.passes.util import run
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from bhvit_export.errors import ExportError, PassError
-from passes import pipeline
+from bhvit_export.passes import pipeline
 
 
 def _relu_model() -> onnx.ModelProto:

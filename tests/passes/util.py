@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from passes.pipeline import FuseReport, fuse_model
+from bhvit_export.passes.pipeline import FuseReport, fuse_model
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

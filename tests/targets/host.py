@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from targets.cpu_features import host_cpu
-from targets.kernels.target_info import TargetLike, as_target, host_target, runs_on_host
+from bhvit_export.targets.cpu_features import host_cpu
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target, host_target, runs_on_host
 
 #: What the kernel tests build for and run.
 HOST = host_target()

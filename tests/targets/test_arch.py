@@ -1,6 +1,6 @@
 """The architecture records (``targets/arch.py``): complete, and the only place architecture facts live.
 
-Adding an architecture must be data entry: one more :class:`~targets.arch.ArchRecord` in
+Adding an architecture must be data entry: one more :class:`~bhvit_export.targets.arch.ArchRecord` in
 ``ARCHES``. These tests check that every record fills every field, that the lookups find a new
 record without any other change (a made-up riscv64 entry), and that the modules which used to
 compare architecture strings no longer hold any of the records' facts as literals.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bhvit_export.errors import TargetError
-from targets import arch
-from targets.arch import AARCH64, ARCHES, X86_64, ArchRecord, Tool, VectorUnit
+from bhvit_export.targets import arch
+from bhvit_export.targets.arch import AARCH64, ARCHES, X86_64, ArchRecord, Tool, VectorUnit
 
 REPO = Path(__file__).resolve().parents[2]
 #: The modules that used to decide architecture questions with string comparisons.
@@ -62,16 +62,16 @@ def test_records_do_not_share_identities() -> None:
 
 
 def test_every_record_has_a_cpu_feature_table_and_a_short_name() -> None:
-    from targets.catalog import SHORT_NAMES as LISTED
-    from targets.cpu_features import TABLES
-    from targets.target_spec import SHORT_NAMES
+    from bhvit_export.targets.catalog import SHORT_NAMES as LISTED
+    from bhvit_export.targets.cpu_features import TABLES
+    from bhvit_export.targets.target_spec import SHORT_NAMES
 
     assert set(TABLES) == set(ARCHES)
     assert set(ARCHES) <= set(SHORT_NAMES) and set(ARCHES) <= set(LISTED)
 
 
 def test_lookups_find_a_new_record_without_other_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from targets import toolchain
+    from bhvit_export.targets import toolchain
 
     monkeypatch.setattr(arch, "ARCHES", {**ARCHES, RISCV.name: RISCV})
     assert arch.arch_record("RISCV") is RISCV and toolchain.normalize_arch("riscv64") == "riscv64"
@@ -82,7 +82,7 @@ def test_lookups_find_a_new_record_without_other_changes(monkeypatch: pytest.Mon
 
 
 def test_elf_and_tool_lookups_read_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from targets import toolchain
+    from bhvit_export.targets import toolchain
 
     monkeypatch.setattr(arch, "ARCHES", {**ARCHES, RISCV.name: RISCV})
     elf = tmp_path / "lib.so"
@@ -156,8 +156,8 @@ def test_readers_hold_no_architecture_facts(path: str) -> None:
 def test_a_cuda_target_gets_the_gpu_kernels_whatever_its_host() -> None:
     """The Jetson's host is aarch64, but its kernels are CUDA's: no NEON variant, not "aarch64"."""
     pytest.importorskip("tvm")
-    from targets.build_cuda import JETSON_ORIN
-    from targets.kernels.target_info import has_vector_popcount, is_aarch64
+    from bhvit_export.targets.build_cuda import JETSON_ORIN
+    from bhvit_export.targets.kernels.target_info import has_vector_popcount, is_aarch64
 
     assert arch.target_record(JETSON_ORIN) is AARCH64  # what links and runs its host code
     assert not arch.cpu_variant(JETSON_ORIN, arch.NEON_POPCOUNT_GEMM) and not is_aarch64(JETSON_ORIN)

@@ -23,12 +23,12 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from passes.ops import DOMAIN, ONNX_OPSET, function_protos, qd_thresholds  # noqa: E402
-from targets.kernels import attention  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.cpu_features import target_features  # noqa: E402
-from targets.kernels.build import assembly, build_kernel  # noqa: E402
-from targets.kernels.target_info import X86_SAPPHIRERAPIDS  # noqa: E402
+from bhvit_export.passes.ops import DOMAIN, ONNX_OPSET, function_protos, qd_thresholds  # noqa: E402
+from bhvit_export.targets.kernels import attention  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.cpu_features import target_features  # noqa: E402
+from bhvit_export.targets.kernels.build import assembly, build_kernel  # noqa: E402
+from bhvit_export.targets.kernels.target_info import X86_SAPPHIRERAPIDS  # noqa: E402
 from tests.targets.host import HOST, runs_here  # noqa: E402
 
 PROPS = settings(max_examples=15, deadline=None)

@@ -21,10 +21,10 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from passes.ops import DOMAIN, ONNX_OPSET, function_protos  # noqa: E402
-from targets.kernels import bconv  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.build import build_kernel  # noqa: E402
+from bhvit_export.passes.ops import DOMAIN, ONNX_OPSET, function_protos  # noqa: E402
+from bhvit_export.targets.kernels import bconv  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.kernels.build import build_kernel  # noqa: E402
 from tests.targets.host import HOST, runs_here  # noqa: E402
 
 PROPS = settings(max_examples=15, deadline=None)

@@ -19,8 +19,8 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from targets.kernels import bconv, bconv_nhwc  # noqa: E402
-from targets.kernels.build import build_kernel  # noqa: E402
+from bhvit_export.targets.kernels import bconv, bconv_nhwc  # noqa: E402
+from bhvit_export.targets.kernels.build import build_kernel  # noqa: E402
 from tests.targets.host import HOST, runs_here  # noqa: E402
 from tests.targets.test_bconv import TINY_D5, _data, _ref, assert_scaled_conv  # noqa: E402
 

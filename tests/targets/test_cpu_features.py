@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("tvm")
 
-from targets import cpu_features as cf  # noqa: E402
-from targets.kernels.target_info import AARCH64_CORTEX_A72, X86_SAPPHIRERAPIDS, host_target, runs_on_host  # noqa: E402
+from bhvit_export.targets import cpu_features as cf  # noqa: E402
+from bhvit_export.targets.kernels.target_info import AARCH64_CORTEX_A72, X86_SAPPHIRERAPIDS, host_target, runs_on_host  # noqa: E402
 
 X86_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse sse2 pni ssse3 sse4_1 sse4_2 avx avx2 avx512f avx512_vpopcntdq amx_tile\n"
 ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 asimddp cpuid\nCPU part\t: 0xd0b\n"

@@ -33,7 +33,7 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from bhvit_export.errors import TargetError  # noqa: E402
-from targets.build_cuda import (  # noqa: E402
+from bhvit_export.targets.build_cuda import (  # noqa: E402
     JETSON_ORIN,
     X86_SM90,
     build_cuda,
@@ -43,10 +43,10 @@ from targets.build_cuda import (  # noqa: E402
     require_gpu_schedules,
     unscheduled_functions,
 )
-from targets.arch import AARCH64  # noqa: E402
-from targets.kernels import and_popcount, bgemm, pack  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.schedules.gpu.packed import (  # noqa: E402
+from bhvit_export.targets.arch import AARCH64  # noqa: E402
+from bhvit_export.targets.kernels import and_popcount, bgemm, pack  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.schedules.gpu.packed import (  # noqa: E402
     GemmTiles,
     is_cuda,
     schedule_popcount_gemm_gpu,
@@ -225,7 +225,7 @@ def _elf_machine(path: Path) -> int:
 def micro_fused():
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
     from tests.conftest import official_path
 
     path = official_path("micro")
@@ -234,7 +234,7 @@ def micro_fused():
 
 def _check_model_build(fused, target, host_cc, machine: int, tmp_path: Path,
                        kinds: tuple[str, ...] = ("bconv", "scores", "qd_context")) -> None:
-    from targets.importer import import_fused
+    from bhvit_export.targets.importer import import_fused
 
     mod = import_fused(fused, batch=1, target=target)
     ex = build_cuda(mod, target)
@@ -298,8 +298,8 @@ def test_micro_compiles_for_sm90_x86_host(micro_fused, tmp_path: Path) -> None:
 
 @needs_nvcc
 def test_build_dispatches_cuda_targets() -> None:
-    from targets.build import build
-    from targets.importer import import_fused
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.importer import import_fused
     from tests.targets.test_import import _single_op_model
 
     model, _ = _single_op_model("BinaryLinear", np.random.default_rng(zlib.crc32(b"BinaryLinear")))
@@ -359,9 +359,9 @@ def cpu_payload(tmp_path_factory):
     ``ops/``, and its ONNX as ``reference.onnx`` (no checkpoint: the PyTorch step is skipped)."""
     import shutil as sh
 
-    from targets.build import build, export_library
-    from targets.importer import import_fused
-    from targets.native_build import build_runner
+    from bhvit_export.targets.build import build, export_library
+    from bhvit_export.targets.importer import import_fused
+    from bhvit_export.targets.native_build import build_runner
     from tests.targets.test_import import _ort, _single_op_model
 
     root = tmp_path_factory.mktemp("payload")

@@ -23,8 +23,8 @@ import pytest
 pytest.importorskip("tvm")
 
 from bhvit_export.errors import TargetError  # noqa: E402
-from targets.emulate import emulator  # noqa: E402
-from targets.toolchain import host_arch  # noqa: E402
+from bhvit_export.targets.emulate import emulator  # noqa: E402
+from bhvit_export.targets.toolchain import host_arch  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 from tests.targets.test_native import K, ROWS, W, aarch64_libs, matmul_lib, need  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_serve_stops_cleanly_on_sigterm() -> None:
     need("aarch64-g++", "qemu-aarch64")
     aarch64_libs()
     code = (
-        "from targets.emulate import serve\n"
+        "from bhvit_export.targets.emulate import serve\n"
         "import sys\n"
         "sys.exit(serve('aarch64', port=0, on_ready=lambda h, p: print(h, p, flush=True)))\n"
     )

@@ -31,12 +31,12 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from targets.build_cuda import JETSON_ORIN, X86_SM90, cuda_compile_scope  # noqa: E402
-from targets.kernels import and_popcount, bgemm, gpu_attention, gpu_bconv, pack  # noqa: E402
-from targets.kernels import gpu_emulation as emu  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.bconv import ConvGeometry, border_correction  # noqa: E402
-from targets.schedules.gpu.packed import pack_tile, serialize_threads  # noqa: E402
+from bhvit_export.targets.build_cuda import JETSON_ORIN, X86_SM90, cuda_compile_scope  # noqa: E402
+from bhvit_export.targets.kernels import and_popcount, bgemm, gpu_attention, gpu_bconv, pack  # noqa: E402
+from bhvit_export.targets.kernels import gpu_emulation as emu  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.kernels.bconv import ConvGeometry, border_correction  # noqa: E402
+from bhvit_export.targets.schedules.gpu.packed import pack_tile, serialize_threads  # noqa: E402
 
 SEED = st.integers(0, 2**32 - 1)
 FAST = settings(max_examples=40, deadline=None)  # numpy only
@@ -232,7 +232,7 @@ def test_gpu_float_epilogues() -> None:
 def test_cuda_targets_dispatch_to_the_gpu_kernels() -> None:
     """``attention.*_module``/``bconv.bconv_module`` (what the converters call) pick the GPU
     schedules on cuda targets, with int32 accumulators; llvm keeps the CPU ones."""
-    from targets.kernels import attention, bconv
+    from bhvit_export.targets.kernels import attention, bconv
 
     geom = ConvGeometry(1, 8, 5, 5, 8, pads=(1, 1, 1, 1), group=2)
     for mod in (attention.scores_module(1, 5, 64, 2, 8.0, JETSON_ORIN), attention.qd_context_module(1, 5, 64, 2, X86_SM90),
@@ -250,9 +250,9 @@ def test_micro_with_serialised_gpu_kernels_matches_official_logits() -> None:
     CPU; the logits of two official inputs agree with the official ones as the spec says."""
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
-    from targets.build import build, run
-    from targets.importer import import_fused
+    from bhvit_export.passes.pipeline import fuse_model
+    from bhvit_export.targets.build import build, run
+    from bhvit_export.targets.importer import import_fused
     from tests.conftest import official_path
     from tests.helpers import assert_end_to_end
 

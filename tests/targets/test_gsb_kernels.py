@@ -21,11 +21,11 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from passes.ops import DOMAIN, ONNX_OPSET, function_protos  # noqa: E402
-from targets.kernels import gsb_context  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.build import build_kernel  # noqa: E402
-from targets.kernels.target_info import AARCH64_CORTEX_A72, X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
+from bhvit_export.passes.ops import DOMAIN, ONNX_OPSET, function_protos  # noqa: E402
+from bhvit_export.targets.kernels import gsb_context  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.kernels.build import build_kernel  # noqa: E402
+from bhvit_export.targets.kernels.target_info import AARCH64_CORTEX_A72, X86_SAPPHIRERAPIDS, has_vector_popcount, host_target  # noqa: E402
 
 HOST = X86_SAPPHIRERAPIDS
 SEED = st.integers(0, 2**32 - 1)

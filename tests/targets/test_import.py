@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 pytest.importorskip("tvm")
 
 from bhvit_export.errors import TargetError  # noqa: E402
-from passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits, qd_thresholds  # noqa: E402
-from targets.build import build, run, vm  # noqa: E402
-from targets.importer import bhvit_converters, import_fused, unsupported_ops  # noqa: E402
+from bhvit_export.passes.ops import DOMAIN, ONNX_OPSET, function_protos, pack_bits, qd_thresholds  # noqa: E402
+from bhvit_export.targets.build import build, run, vm  # noqa: E402
+from bhvit_export.targets.importer import bhvit_converters, import_fused, unsupported_ops  # noqa: E402
 from tests.targets.host import runs_here  # noqa: E402
 from tests.helpers import assert_end_to_end  # noqa: E402
 
@@ -147,7 +147,7 @@ def _single_op_model(op: str, rng: np.random.Generator):
     ],
 )
 def test_single_op_matches_function_body(op: str, packed: bool, monkeypatch) -> None:
-    from targets import converters
+    from bhvit_export.targets import converters
 
     monkeypatch.setattr(converters, "PACKED_QD_CONTEXT", True)  # test the (opt-in) packed kernel too
     model, x = _single_op_model(op, np.random.default_rng(zlib.crc32(op.encode())))
@@ -172,7 +172,7 @@ _PACKED_BY_DEFAULT = ("BinaryConv2d", "BinaryAttentionScores")
 def test_packed_kernels_for_llvm_and_cuda_targets(op: str, how: str, monkeypatch) -> None:
     """conv/attention use the packed kernels on llvm and cuda (GPU schedules); packed=False keeps Relax ops.
     GSB's context has no GPU kernel yet: on cuda it takes the float Relax lowering."""
-    from targets import converters
+    from bhvit_export.targets import converters
 
     monkeypatch.setattr(converters, "PACKED_QD_CONTEXT", True)
     model, _ = _single_op_model(op, np.random.default_rng(0))
@@ -186,7 +186,7 @@ def test_packed_kernels_for_llvm_and_cuda_targets(op: str, how: str, monkeypatch
 def _fused_fixture(name: str):
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
     from tests.conftest import official_path
 
     path = official_path(name)
@@ -275,7 +275,7 @@ def test_convert_map_restored_after_import() -> None:
 @pytest.mark.parametrize("packed", [True, False])
 def test_mlp_expand_pair_matches_function_bodies(packed: bool) -> None:
     """BinaryExpandPack -> PackedBinaryLinear (``passes/mlp_expand.py``) against onnxruntime."""
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
     from tests.passes.graphs import mlp_graph
 
     rng = np.random.default_rng(7)
@@ -292,7 +292,7 @@ def test_mlp_expand_pair_matches_function_bodies(packed: bool) -> None:
 
 def test_mlp_expand_pair_imports_for_cuda() -> None:
     """On CUDA the expansion is the GPU bgemm + Relax epilogue + the GPU sign-pack (no CPU kernel)."""
-    from passes.pipeline import fuse_model
+    from bhvit_export.passes.pipeline import fuse_model
     from tests.passes.graphs import mlp_graph
 
     fused = fuse_model(mlp_graph(np.random.default_rng(8), 64, 2))

@@ -19,11 +19,11 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from targets.kernels import and_popcount, bgemm, expand_pack, pack  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.cpu_features import PRETEND_ENV  # noqa: E402
-from targets.kernels.build import assembly, build_kernel  # noqa: E402
-from targets.kernels.target_info import (  # noqa: E402
+from bhvit_export.targets.kernels import and_popcount, bgemm, expand_pack, pack  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.cpu_features import PRETEND_ENV  # noqa: E402
+from bhvit_export.targets.kernels.build import assembly, build_kernel  # noqa: E402
+from bhvit_export.targets.kernels.target_info import (  # noqa: E402
     AARCH64_CORTEX_A72,
     X86_AVX2,
     X86_SAPPHIRERAPIDS,

@@ -28,12 +28,12 @@ from hypothesis import strategies as st
 pytest.importorskip("tvm")
 
 from bhvit_export.errors import TargetError  # noqa: E402
-from targets.arch import AARCH64  # noqa: E402
-from targets import toolchain  # noqa: E402
-from targets.native_build import build_rpc_server, build_runner, export_library  # noqa: E402
-from targets.native_run import run_native  # noqa: E402
-from targets.runtime_libs import include_dirs, runtime_libs  # noqa: E402
-from targets.toolchain import elf_arch, host_arch, qemu_command, require  # noqa: E402
+from bhvit_export.targets.arch import AARCH64  # noqa: E402
+from bhvit_export.targets import toolchain  # noqa: E402
+from bhvit_export.targets.native_build import build_rpc_server, build_runner, export_library  # noqa: E402
+from bhvit_export.targets.native_run import run_native  # noqa: E402
+from bhvit_export.targets.runtime_libs import include_dirs, runtime_libs  # noqa: E402
+from bhvit_export.targets.toolchain import elf_arch, host_arch, qemu_command, require  # noqa: E402
 
 K, N, ROWS = 16, 8, 2  # matmul: input [B, ROWS, K] @ [K, N] -> relu -> [B, ROWS, N]
 W = np.random.default_rng(7).standard_normal((K, N)).astype(np.float32)
@@ -82,8 +82,8 @@ def build_dir() -> Path:
 @functools.lru_cache(maxsize=None)
 def matmul_lib(batch: int, arch: str) -> Path:
     """``matmul_relu(batch)`` built and exported for ``arch`` (cached per test session)."""
-    from targets.build import build
-    from targets.kernels.target_info import AARCH64_CORTEX_A72
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.kernels.target_info import AARCH64_CORTEX_A72
 
     target = AARCH64_CORTEX_A72 if arch == "aarch64" else None
     return export_library(build(matmul_relu(batch), target), build_dir() / f"mm_b{batch}_{arch}.so", arch)
@@ -160,7 +160,7 @@ def test_aarch64_runtime_libs_are_aarch64_and_cached() -> None:
 
 
 def test_download_failure_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
-    import targets.runtime_libs as rl
+    import bhvit_export.targets.runtime_libs as rl
 
     monkeypatch.setenv("BHVIT_CACHE", str(tmp_path))
     calls = []

@@ -22,11 +22,11 @@ pytest.importorskip("tvm")
 
 import tvm  # noqa: E402
 
-from benchmarks.mca import inner_loop  # noqa: E402
-from targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
-from targets.kernels import reference as ref  # noqa: E402
-from targets.kernels.build import assembly  # noqa: E402
-from targets.kernels.target_info import as_target  # noqa: E402
+from bhvit_export.benchmarks.mca import inner_loop  # noqa: E402
+from bhvit_export.targets.kernels import and_popcount, bgemm, neon_gemm  # noqa: E402
+from bhvit_export.targets.kernels import reference as ref  # noqa: E402
+from bhvit_export.targets.kernels.build import assembly  # noqa: E402
+from bhvit_export.targets.kernels.target_info import as_target  # noqa: E402
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
 A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
@@ -63,7 +63,7 @@ def test_k_loop_accumulates_narrow(variant: str, kernel: str) -> None:
 
 @pytest.mark.parametrize("cpu, rows", [("cortex-a72", 2), ("cortex-a76", 2), ("cortex-a55", 8)])
 def test_register_tile_comes_from_the_architecture_record(cpu: str, rows: int) -> None:
-    from targets.arch import arch_of
+    from bhvit_export.targets.arch import arch_of
 
     target = {**A72, "mcpu": cpu}
     assert arch_of(target).popcount_tile[0] == rows and arch_of(target).name == "neon"
@@ -102,7 +102,7 @@ class _Device:
         self.tmp = tmp
 
     def load(self, funcs: dict[str, tvm.tirx.PrimFunc], target: dict) -> tvm.runtime.Module:
-        from targets.native_build import export_library
+        from bhvit_export.targets.native_build import export_library
 
         mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
         path = self.tmp / f"neon_{next(_names)}.so"
@@ -122,7 +122,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Device]:
 
     need("aarch64-g++", "qemu-aarch64")
     aarch64_libs()
-    from targets.emulate import emulator
+    from bhvit_export.targets.emulate import emulator
 
     with emulator("aarch64") as (host, port):
         yield _Device(host, port, tmp_path_factory.mktemp("neon"))
@@ -182,7 +182,7 @@ def test_uadalp_chunks_do_not_overflow_under_qemu(device: _Device) -> None:
 @pytest.mark.parametrize("m, c, ratio", [(5, 64, 8), (3, 128, 4), (2, 64 * 33, 1)])  # 33 words: two uint8 chunks
 def test_expand_pack_neon_popcount_under_qemu(device: _Device, variant: str, m: int, c: int, ratio: int) -> None:
     """The NEON popcount of ``BinaryExpandPack`` (uint8 ``cnt`` sums / ``udot``) against numpy."""
-    from targets.kernels import expand_pack
+    from bhvit_export.targets.kernels import expand_pack
 
     target = TARGETS[variant]
     n = c * ratio

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from targets.kernels.target_info import host_target  # noqa: E402
-from targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout  # noqa: E402
+from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
+from bhvit_export.targets.relax_passes import fast_erf, fast_softmax, reciprocal_divide, repeat_concat, roll_concat, token_layout  # noqa: E402
 
 TARGET = host_target()
 SETTINGS = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,8 +22,8 @@ from hypothesis import strategies as st  # noqa: E402
 from tvm import relax, s_tir, tirx  # noqa: E402
 from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: E402
 
-from targets.kernels.target_info import host_target  # noqa: E402
-from targets.schedules.cpu import (  # noqa: E402
+from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
+from bhvit_export.targets.schedules.cpu import (  # noqa: E402
     PARALLEL_MIN_WORK,
     Contraction,
     Fallback,
@@ -223,8 +223,8 @@ def test_unparallel_nests_sees_a_serial_loop() -> None:
 def micro_legalized() -> tvm.IRModule:
     from bhvit_export.checkpoint import load_checkpoint
     from bhvit_export.export.reference import export_reference
-    from passes.pipeline import fuse_model
-    from targets.importer import import_fused
+    from bhvit_export.passes.pipeline import fuse_model
+    from bhvit_export.targets.importer import import_fused
     from tests.conftest import official_path
 
     fused = fuse_model(export_reference(load_checkpoint(official_path("micro") / "checkpoint.pth").model))
@@ -269,8 +269,8 @@ def test_injective_inlines_prelu_select(n: int, c: int) -> None:
 def test_a_failing_rule_is_logged_and_raised_in_strict_mode(monkeypatch, caplog) -> None:
     """A rule that raises is never silently "not applicable": a warning naming the rule and the
     function, and in strict mode (the tests) a ScheduleRuleError."""
-    from targets.schedules.cpu.common import SafeRule
-    from targets.schedules.rule_failure import STRICT_ENV, ScheduleRuleError
+    from bhvit_export.targets.schedules.cpu.common import SafeRule
+    from bhvit_export.targets.schedules.rule_failure import STRICT_ENV, ScheduleRuleError
 
     class Broken(SafeRule):
         name = "broken"

@@ -25,7 +25,7 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from targets.schedules.rule_failure import ScheduleRuleError, rule_failed
+from bhvit_export.targets.schedules.rule_failure import ScheduleRuleError, rule_failed
 
 from .common import PARALLEL_MIN_WORK, f32_lanes
 from .contraction import Contraction

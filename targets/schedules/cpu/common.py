@@ -1,9 +1,9 @@
-"""Facts and loop transformations every CPU rule of :mod:`targets.schedules.cpu` shares.
+"""Facts and loop transformations every CPU rule of :mod:`bhvit_export.targets.schedules.cpu` shares.
 
 The rules follow dlight's shape (a :class:`ScheduleRule` returns a ``Schedule`` or ``None``), but a
 rule that raises while scheduling must not break a user's build: :class:`SafeRule` logs the error
 with the rule and function names and lets the next rule (at worst the fallback) take the function;
-in strict mode (the tests) it raises instead (:mod:`targets.schedules.rule_failure`).
+in strict mode (the tests) it raises instead (:mod:`bhvit_export.targets.schedules.rule_failure`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from targets.kernels.target_info import u64_lanes
-from targets.schedules.rule_failure import rule_failed
+from bhvit_export.targets.kernels.target_info import u64_lanes
+from bhvit_export.targets.schedules.rule_failure import rule_failed
 
 LoopRV = s_tir.schedule.LoopRV
 SBlockRV = s_tir.schedule.SBlockRV

@@ -21,7 +21,7 @@ from typing import Optional
 from tvm import s_tir
 from tvm.target import Target
 
-from targets.arch import arch_of
+from bhvit_export.targets.arch import arch_of
 
 from .common import (
     PARALLEL_MIN_WORK,
