@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 from onnx import shape_inference
@@ -128,20 +128,13 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
-    """Count ops, BOPs, FLOPs and parameters of ``model`` at batch 1."""
-    m = _static_batch(model)
-    shapes = _shapes(m)
-    inits = {i.name: i for i in m.graph.initializer}
-    # ops of a foreign domain are named with it, so that e.g. ``evil.Exec`` does not pass for a standard op
-    ops = Counter(n.op_type if n.domain in ("", "ai.onnx", BINARY_DOMAIN) else f"{n.domain}.{n.op_type}" for n in m.graph.node)
-    binary_ops = Counter(n.op_type for n in m.graph.node if n.domain == BINARY_DOMAIN)
-    bops = flops = other = 0
-    binary_params = 0
-    binary_inputs: set[str] = set()
-    per_op: list[dict[str, Any]] = []
+Shape = Callable[[str], tuple[int, ...]]
+#: Float ops that only move or reshape data: not counted among the other float ops.
+_DATA_MOVEMENT = ("Constant", "Reshape", "Transpose", "Slice", "Concat", "Unsqueeze", "Shape")
 
-    foreign = sorted(k for k in ops if "." in k)
+
+def _shape_of(shapes: dict[str, tuple[int, ...]], foreign: list[str]) -> Shape:
+    """``name -> static shape``, a ModelFileError naming the likely cause where inference gave none."""
 
     def shape(name: str) -> tuple[int, ...]:
         if name not in shapes:
@@ -149,44 +142,75 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
             raise ModelFileError(f"cannot infer the shape of '{name}': {why}")
         return shapes[name]
 
-    for n in m.graph.node:
-        cost_b = cost_f = 0
-        if n.domain == BINARY_DOMAIN:
-            schema = schema_of(n.op_type, n.domain)
-            if schema is not None:  # (an unknown bhvit op costs nothing here; compile refuses it)
-                cost = schema.cost(n, shape)
-                cost_b = cost.bops
-                binary_params += cost.binary_params
-                if cost.weights is not None:
-                    binary_inputs.add(cost.weights)
-        elif n.op_type in FLOAT_MAC_OPS:
-            out = shape(n.output[0])
-            w = shape(n.input[1])
-            if n.op_type == "Conv":
-                k = math.prod(w[1:])
-            elif n.op_type == "Gemm":
-                trans_b = any(a.name == "transB" and a.i for a in n.attribute)
-                k = w[1] if trans_b else w[0]
-            else:
-                k = shape(n.input[0])[-1]
-            cost_f = math.prod(out) * k
-        elif n.op_type not in ("Constant", "Reshape", "Transpose", "Slice", "Concat", "Unsqueeze", "Shape"):
-            if n.output and n.output[0] in shapes:
-                other += math.prod(shapes[n.output[0]])
-        if cost_b or cost_f:
-            per_op.append({"node": n.name, "op": n.op_type, "bops": cost_b, "flops": cost_f})
-        bops += cost_b
-        flops += cost_f
-    float_params = sum(
-        math.prod(i.dims) for name, i in inits.items()
-        if name not in binary_inputs and i.data_type == onnx.TensorProto.FLOAT
+    return shape
+
+
+def _binary_cost(n: onnx.NodeProto, shape: Shape) -> tuple[int, str | None, int]:
+    """(BOPs, the packed weight input or None, binary weights) of one ``bhvit`` node, from its op
+    schema entry (:mod:`bhvit_export.passes.op_schema`); an unknown bhvit op costs nothing here
+    (compile refuses it, inspect names it)."""
+    schema = schema_of(n.op_type, n.domain)
+    if schema is None:
+        return 0, None, 0
+    cost = schema.cost(n, shape)
+    return cost.bops, cost.weights, cost.binary_params
+
+
+def _float_macs(n: onnx.NodeProto, shape: Shape) -> int:
+    """Multiply-accumulates of a float Conv/MatMul/Gemm node."""
+    out = shape(n.output[0])
+    w = shape(n.input[1])
+    if n.op_type == "Conv":
+        k = math.prod(w[1:])
+    elif n.op_type == "Gemm":
+        trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+        k = w[1] if trans_b else w[0]
+    else:
+        k = shape(n.input[0])[-1]
+    return math.prod(out) * k
+
+
+def _float_params(m: onnx.ModelProto, binary_inputs: set[str]) -> int:
+    """Float weights: the float initializers that are not packed binary weights, and Constant nodes."""
+    count = sum(
+        math.prod(i.dims) for i in m.graph.initializer
+        if i.name not in binary_inputs and i.data_type == onnx.TensorProto.FLOAT
     )
     # The torch exporter writes folded weights as Constant nodes rather than initializers.
     for n in m.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
-                    float_params += math.prod(a.t.dims)
+                    count += math.prod(a.t.dims)
+    return count
+
+
+def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
+    """Count ops, BOPs, FLOPs and parameters of ``model`` at batch 1."""
+    m = _static_batch(model)
+    shapes = _shapes(m)
+    # ops of a foreign domain are named with it, so that e.g. ``evil.Exec`` does not pass for a standard op
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx", BINARY_DOMAIN) else f"{n.domain}.{n.op_type}" for n in m.graph.node)
+    binary_ops = Counter(n.op_type for n in m.graph.node if n.domain == BINARY_DOMAIN)
+    shape = _shape_of(shapes, sorted(k for k in ops if "." in k))
+    bops = flops = other = binary_params = 0
+    binary_inputs: set[str] = set()
+    per_op: list[dict[str, Any]] = []
+    for n in m.graph.node:
+        cost_b = cost_f = 0
+        if n.domain == BINARY_DOMAIN:
+            cost_b, weights, params = _binary_cost(n, shape)
+            binary_params += params
+            if weights is not None:
+                binary_inputs.add(weights)
+        elif n.op_type in FLOAT_MAC_OPS:
+            cost_f = _float_macs(n, shape)
+        elif n.op_type not in _DATA_MOVEMENT and n.output and n.output[0] in shapes:
+            other += math.prod(shapes[n.output[0]])
+        if cost_b or cost_f:
+            per_op.append({"node": n.name, "op": n.op_type, "bops": cost_b, "flops": cost_f})
+        bops += cost_b
+        flops += cost_f
     return Census(
         file_bytes=file_bytes,
         ops=dict(sorted(ops.items(), key=lambda kv: -kv[1])),
@@ -195,7 +219,7 @@ def census(model: onnx.ModelProto, file_bytes: int = 0) -> Census:
         flops=flops,
         other_float_elementwise=other,
         binary_params=binary_params,
-        float_params=float_params,
+        float_params=_float_params(m, binary_inputs),
         per_op_cost=per_op,
     )
 

@@ -4,7 +4,8 @@ Kept thin on purpose: every behaviour worth testing lives in the library (``chec
 ``export.convert``, ...), which never imports click. Heavy modules (torch, onnx, tvm) are imported
 inside the commands, so ``--help`` and ``--version`` answer at once.
 
-Errors: a :class:`~bhvit_export.errors.BhvitError` becomes one line ``error: <message>`` on stderr
+Errors: a :class:`~bhvit_export.errors.BhvitError` becomes one line ``error[<stage>]: <message>`` on
+stderr (the stage of its class: ``checkpoint``, ``export``, ``passes``, ``target``, ``compile``, ...)
 and its exit code (2 for bad input, 1 for a failed verification); click usage errors exit 2;
 Ctrl-C exits 130 and SIGTERM 143 (both unwind through ``atomic_path``, so nothing partial is left);
 a missing optional package (tvm, onnxruntime, ...) is an environment error, exit 2, naming what to
@@ -28,6 +29,7 @@ from . import cli_examples as ex
 from .checkpoint import ENTRIES  # light: torch is imported inside load_checkpoint
 from .errors import BhvitError
 from .limits import DEFAULT_TIMEOUT_S, MAX_RUNS, MAX_THREADS
+from bhvit_export.targets.toolchain import emulated_arches  # light: the architecture records, no TVM
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
@@ -73,15 +75,16 @@ def _json_dump(command: str, body: dict[str, Any], outputs: tuple[Path, ...] = (
     return json.dumps(envelope(command, body, outputs), indent=2, sort_keys=True)
 
 
-def _fail(ctx: click.Context, line: str, code: int, stage: str = "bhvit-export") -> NoReturn:
+def _fail(ctx: click.Context, message: str, code: int, stage: str) -> NoReturn:
+    """``error[STAGE]: MESSAGE`` on stderr (and with --json the error object on stdout), then exit."""
     if ctx.find_root().meta.get("bhvit.debug"):
         traceback.print_exc(file=sys.stderr)
-    click.echo(line, err=True)
+    click.echo(f"error[{stage}]: {message}", err=True)
     command = ctx.find_root().meta.get("bhvit.json")
     if command and code != 1:  # exit 1 (a failed check) has already printed its report
         from .report import error_object
 
-        click.echo(json.dumps(error_object(line.removeprefix("error: "), stage, code, command), sort_keys=True))
+        click.echo(json.dumps(error_object(message, stage, code, command), sort_keys=True))
     ctx.exit(code)
 
 
@@ -94,17 +97,17 @@ class _Cli(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BhvitError as e:
-            _fail(ctx, f"error: {e}", e.exit_code, e.stage)
+            _fail(ctx, str(e), e.exit_code, e.stage)
         except Terminated:
-            _fail(ctx, "error: terminated (SIGTERM); nothing was written", EXIT_TERMINATED, "terminated")
+            _fail(ctx, "terminated (SIGTERM); nothing was written", EXIT_TERMINATED, "terminated")
         except KeyboardInterrupt:
-            _fail(ctx, "error: interrupted; nothing was written", EXIT_INTERRUPTED, "interrupted")
+            _fail(ctx, "interrupted; nothing was written", EXIT_INTERRUPTED, "interrupted")
         except Exception as e:  # a missing optional package, else a bug in this tool
             top = (e.name or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
             if top in OPTIONAL_PACKAGES:
                 _fail(
                     ctx,
-                    f"error: this command needs the Python package '{top}', which is not installed "
+                    f"this command needs the Python package '{top}', which is not installed "
                     f"(pip install {OPTIONAL_PACKAGES[top]})",
                     2,
                     "environment",
@@ -112,7 +115,7 @@ class _Cli(click.Group):
             first = str(e).splitlines()[0] if str(e) else ""
             _fail(
                 ctx,
-                f"error: unexpected {type(e).__name__}: {first} "
+                f"unexpected {type(e).__name__}: {first} "
                 "(a bug in bhvit-export; rerun with --debug for the traceback and report it)",
                 EXIT_BUG,
                 "internal",
@@ -332,7 +335,7 @@ def verify_layers_cmd(model: Path, intermediates: Path | None, checkpoint: Path 
 
 
 @cli.command("emulate", epilog=ex.EMULATE)
-@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True, help="The device's architecture (qemu-user emulates it).")
+@click.option("--arch", type=click.Choice(emulated_arches()), default=emulated_arches()[0], show_default=True, help="The device's architecture (qemu-user emulates it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True, help="TCP port of the RPC server (verify --rpc HOST:PORT).")
 def emulate_cmd(arch: str, host: str, port: int) -> None:

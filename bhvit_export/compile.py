@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .bundle import manifest as mf
-from .errors import BundleError, ModelFileError, TargetError
+from .errors import BundleError, CompileError, ModelFileError, TargetError
 from .golden import MAX_GOLDEN_COUNT, MAX_IMAGE_SIZE, Golden, golden_of_model
 from .sensitivity import sensitivity_of_model
 
@@ -212,7 +212,19 @@ def _export(ex: Any, spec: Any, path: Path) -> None:
         if "No space left on device" in str(e):
             raise OSError(28, "No space left on device") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TargetError(f"linking the library for {spec.name} failed: {first}") from None
+        raise CompileError(f"linking the library for {spec.name} failed: {first}") from None
+
+
+def _require_linker(arch: str) -> None:
+    """The compiler that links the library for ``arch`` is there: the cross g++ of its architecture
+    record on another host, TVM's default C++ compiler on a host of that architecture."""
+    from bhvit_export.targets.toolchain import cross_compiler
+
+    if cross_compiler(arch) is None:
+        from tvm.support import cc
+
+        if cc.get_cc() is None:  # what export_library links the host library with
+            raise TargetError("no C++ compiler to link the library (g++, clang++ or $CXX): install it with `apt-get install g++`")
 
 
 def check_compile_output(src: Path, out: Path, as_tar: bool, golden: list[Path], native: bool) -> None:
@@ -290,6 +302,111 @@ def _add_native(spec: Any, root: Path, say: Progress) -> tuple[Optional[dict[str
     }, []
 
 
+@dataclass
+class _Loaded:
+    """The checked model and what the bundle takes from it (golden pairs fitted to the batch)."""
+
+    model: Any
+    config: Optional[dict[str, Any]]
+    golden: Golden
+    notes: list[str]
+
+
+def _check_tools(spec: Any) -> None:
+    """The linker (and nvcc for CUDA) are there: fail before the long build, with what to install."""
+    _require_linker(spec.arch)
+    if spec.device == "cuda":
+        from bhvit_export.targets.build_cuda import require_nvcc
+
+        require_nvcc()  # likewise: before the load, not deep in the build
+
+
+def _load_checked(
+    src: Path, batch: int, allow_float: bool, golden_inputs: Optional[Path], golden_outputs: Optional[Path], say: Progress
+) -> _Loaded:
+    """Load the ONNX and check everything a build needs from it before TVM sees it: an image model of
+    ours, undamaged metadata, ops we can lower, and golden pairs that fit (repeated to whole batches)."""
+    from bhvit_export.targets.importer import require_lowerable
+
+    from .census import load_onnx
+    from .file_kinds import expect_onnx
+    from .graph_kind import require_binary_ops
+
+    expect_onnx(src)  # a checkpoint or a bundle given by mistake: say which command takes it
+    say(f"loading {src}")
+    model = load_onnx(src)
+    size = check_image_model(model, batch)
+    cfg = config_of_model(model)  # damaged metadata fails here, not after the build
+    require_lowerable(model)  # before onnxruntime runs the model for a golden reference
+    float_notes = require_binary_ops(model, src, allow_float)
+    golden, notes = _load_golden(model, golden_inputs, golden_outputs)
+    _check_golden(golden, model, size)
+    return _Loaded(model, cfg, _fit_batch(golden, batch), float_notes + notes)
+
+
+def _build(loaded: _Loaded, src: Path, spec: Any, batch: int, say: Progress, times: dict[str, float]) -> Any:
+    """Import into Relax with our converters and build for the target (each a logged TVM step)."""
+    from bhvit_export.targets.build import build
+    from bhvit_export.targets.importer import import_fused
+
+    from .progress import long_step
+    from .tvm_failure import tvm_step
+
+    t = time.perf_counter()
+    say(f"importing into TVM Relax (batch {batch})")
+    mod = tvm_step(f"importing {src.name}", lambda: import_fused(loaded.model, batch=batch, target=spec.target), loaded.notes)
+    times["import"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with long_step(say, f"building for {spec.target.kind.name} {spec.name} (this takes a while)"):
+        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target), loaded.notes)
+    times["build"] = time.perf_counter() - t
+    return ex
+
+
+def _target_info(spec: Any, ex: Any) -> dict[str, Any]:
+    """The manifest's ``target``: the resolved target, and for CUDA how its device code is shipped."""
+    info = spec.to_json()
+    if spec.device == "cuda":
+        from bhvit_export.targets.build_cuda import device_code_format
+
+        # "binary": compiled sm_XX code; "source": CUDA C the device must JIT (needs NVRTC there)
+        info["device_code"] = device_code_format(ex)
+    return info
+
+
+def _manifest(src: Path, loaded: _Loaded, batch: int, target_info: dict[str, Any], native_info: Optional[dict[str, Any]]) -> mf.Manifest:
+    """The manifest of a compiled bundle (without ``files``: the writer hashes what is there)."""
+    import tvm
+    import tvm_ffi
+
+    from . import __version__
+
+    model, golden = loaded.model, loaded.golden
+    meta = {p.key: p.value for p in model.metadata_props}
+    return mf.Manifest(
+        tool_version=__version__,
+        tvm_version=tvm.__version__,
+        tvm_ffi_version=tvm_ffi.__version__,
+        target=target_info,
+        model={
+            "source": src.name,
+            "source_sha256": mf.sha256_file(src),
+            "config": loaded.config,
+            "paper_config": meta.get("bhvit.paper_config"),
+            "sensitivity": sensitivity_of_model(model),  # read by verify (reference_checks)
+        },
+        input={"name": model.graph.input[0].name, "shape": [batch] + list(golden.inputs.shape[1:]), "dtype": "float32"},
+        output={"name": model.graph.output[0].name, "shape": [batch] + list(golden.outputs.shape[1:]), "dtype": "float32"},
+        golden={
+            "inputs": mf.GOLDEN_INPUTS,
+            "reference": mf.GOLDEN_REFERENCE,
+            "source": golden.source,
+            "count": int(len(golden.inputs)),
+        },
+        native=native_info,
+    )
+
+
 def compile_model(
     model_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -309,173 +426,63 @@ def compile_model(
     for bad models, targets and missing toolchains; nothing is written unless all steps succeed.
     A graph without bhvit ops (the float reference) is refused unless ``allow_float``.
     """
-    from . import __version__
-    from .atomic import atomic_path
-    from .bundle import archive
-    from .census import load_onnx
+    from bhvit_export.targets.importer import check_batch
+    from bhvit_export.targets.target_spec import resolve
+
+    from .bundle.writer import write_bundle, write_golden
+    from .layer_map import LAYERS_FILE, write_layers
 
     say = progress or (lambda _msg: None)
     src, out = Path(model_path), Path(out_path)
-    if batch < 1:
-        raise TargetError(f"--batch must be >= 1, got {batch}")
+    check_batch(batch, "--batch")
     as_tar = out.suffix == ".tar"
     check_compile_output(src, out, as_tar, [p for p in (golden_inputs, golden_outputs) if p is not None], native)
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
-
-    from bhvit_export.targets.target_spec import resolve
-
     spec = resolve(target, mcpu=mcpu)
-    if spec.arch == "aarch64":
-        from bhvit_export.targets.toolchain import require
-
-        require("aarch64-g++")  # fail before the long build, with what to install
-    else:
-        from tvm.support import cc
-
-        if cc.get_cc() is None:  # what export_library links the host library with
-            raise TargetError("no C++ compiler to link the library (g++, clang++ or $CXX): install it with `apt-get install g++`")
-    if spec.device == "cuda":
-        from bhvit_export.targets.build_cuda import require_nvcc
-
-        require_nvcc()  # likewise: before the load, not deep in the build
+    _check_tools(spec)
     times["target"] = time.perf_counter() - t
     t = time.perf_counter()
-    from .file_kinds import expect_onnx
-
-    expect_onnx(src)  # a checkpoint or a bundle given by mistake: say which command takes it
-    say(f"loading {src}")
-    model = load_onnx(src)
-    size = check_image_model(model, batch)
-    cfg = config_of_model(model)  # damaged metadata fails here, not after the build
-    from bhvit_export.targets.importer import unsupported_ops
-
-    bad = unsupported_ops(model)  # before onnxruntime runs the model for a golden reference
-    if bad:
-        raise TargetError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
-    from .graph_kind import require_binary_ops
-
-    float_notes = require_binary_ops(model, src, allow_float)
-    golden, notes = _load_golden(model, golden_inputs, golden_outputs)
-    notes = float_notes + notes
-    _check_golden(golden, model, size)
-    golden = _fit_batch(golden, batch)
+    loaded = _load_checked(src, batch, allow_float, golden_inputs, golden_outputs, say)
     times["load"] = time.perf_counter() - t
-
-    import tvm
-    import tvm_ffi
-
-    from bhvit_export.targets.build import build
-    from bhvit_export.targets.importer import import_fused
-
-    from .tvm_failure import tvm_step
-
+    ex = _build(loaded, src, spec, batch, say, times)
     t = time.perf_counter()
-    say(f"importing into TVM Relax (batch {batch})")
-    mod = tvm_step(f"importing {src.name}", lambda: import_fused(model, batch=batch, target=spec.target), notes)
-    in_shape = [batch] + list(golden.inputs.shape[1:])
-    times["import"] = time.perf_counter() - t
+    target_info = _target_info(spec, ex)
+    times["build"] += time.perf_counter() - t  # the device-code query is part of the build
+    native_info: Optional[dict[str, Any]] = None
+    started: dict[str, float] = {}
 
-    t = time.perf_counter()
-    from .progress import long_step
+    def fill(root: Path) -> mf.Manifest:
+        nonlocal native_info
+        t = time.perf_counter()
+        say(f"linking {mf.LIBRARY}")
+        _export(ex, spec, root / mf.LIBRARY)
+        times["link"] = time.perf_counter() - t
+        t = time.perf_counter()
+        write_golden(root, loaded.golden.inputs, loaded.golden.outputs)
+        write_layers(loaded.model, root / LAYERS_FILE)  # verify --profile names model layers with it
+        times["golden"] = time.perf_counter() - t
+        t = time.perf_counter()
+        native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
+        loaded.notes.extend(native_notes)
+        times["native"] = time.perf_counter() - t
+        started["write"] = time.perf_counter()
+        return _manifest(src, loaded, batch, target_info, native_info)
 
-    with long_step(say, f"building for {spec.target.kind.name} {spec.name} (this takes a while)"):
-        ex = tvm_step(f"building {src.name} for {spec.name}", lambda: build(mod, spec.target), notes)
-    times["build"] = time.perf_counter() - t
-    t = time.perf_counter()
-    target_info = spec.to_json()
-    if spec.device == "cuda":
-        from bhvit_export.targets.build_cuda import device_code_format
-
-        # "binary": compiled sm_XX code; "source": CUDA C the device must JIT (needs NVRTC there)
-        target_info["device_code"] = device_code_format(ex)
-
-    meta = {p.key: p.value for p in model.metadata_props}
-    try:
-        with atomic_path(out, directory=not as_tar, may_replace=_may_replace(as_tar)) as tmp_out:
-            root = tmp_out if not as_tar else Path(tempfile.mkdtemp(prefix=".bundle.", dir=out.parent))
-            try:
-                times["build"] += time.perf_counter() - t  # the device-code query above is part of the build
-                t = time.perf_counter()
-                say(f"linking {mf.LIBRARY}")
-                _export(ex, spec, root / mf.LIBRARY)
-                times["link"] = time.perf_counter() - t
-                t = time.perf_counter()
-                (root / "golden").mkdir()
-                np.save(root / mf.GOLDEN_INPUTS, golden.inputs, allow_pickle=False)
-                np.save(root / mf.GOLDEN_REFERENCE, golden.outputs, allow_pickle=False)
-                from .layer_map import LAYERS_FILE, write_layers
-
-                write_layers(model, root / LAYERS_FILE)  # verify --profile names model layers with it
-                times["golden"] = time.perf_counter() - t
-                t = time.perf_counter()
-                native_info, native_notes = _add_native(spec, root, say) if native else (None, [])
-                notes += native_notes
-                times["native"] = time.perf_counter() - t
-                t = time.perf_counter()
-                manifest = mf.Manifest(
-                    tool_version=__version__,
-                    tvm_version=tvm.__version__,
-                    tvm_ffi_version=tvm_ffi.__version__,
-                    target=target_info,
-                    model={
-                        "source": src.name,
-                        "source_sha256": mf.sha256_file(src),
-                        "config": cfg,
-                        "paper_config": meta.get("bhvit.paper_config"),
-                        "sensitivity": sensitivity_of_model(model),  # read by verify (reference_checks)
-                    },
-                    input={"name": model.graph.input[0].name, "shape": in_shape, "dtype": "float32"},
-                    output={
-                        "name": model.graph.output[0].name,
-                        "shape": [batch] + list(golden.outputs.shape[1:]),
-                        "dtype": "float32",
-                    },
-                    golden={
-                        "inputs": mf.GOLDEN_INPUTS,
-                        "reference": mf.GOLDEN_REFERENCE,
-                        "source": golden.source,
-                        "count": int(len(golden.inputs)),
-                    },
-                    native=native_info,
-                )
-                manifest.files = mf.file_entries(root)
-                (root / mf.MANIFEST).write_text(manifest.dumps(), encoding="utf-8")
-                _open_modes(root)
-                if as_tar:
-                    archive.pack(root, tmp_out)
-                    os.chmod(tmp_out, 0o644)
-            finally:
-                if as_tar:
-                    shutil.rmtree(root, ignore_errors=True)
-    except OSError as e:  # ENOSPC, EACCES, EROFS while writing: the OS's reason; nothing is left behind
-        from .output_target import os_reason
-
-        raise BundleError(f"cannot write {out}: {os_reason(e)}") from None
-    times["write"] = time.perf_counter() - t  # manifest, hashes, modes, (tar), the rename into place
+    manifest = write_bundle(out, fill, may_replace=_may_replace(as_tar))
+    times["write"] = time.perf_counter() - started["write"]  # manifest, hashes, modes, (tar), the rename into place
     times["total"] = time.perf_counter() - t_all
     return CompileReport(
         model=str(src),
         output=str(out),
         target=spec.to_json(),
         batch=batch,
-        golden_source=golden.source,
+        golden_source=loaded.golden.source,
         native=native_info is not None,
         bytes={k: v["bytes"] for k, v in manifest.files.items()},
         seconds=times,
-        notes=notes,
+        notes=loaded.notes,
     )
-
-
-def _open_modes(root: Path) -> None:
-    """mkdtemp makes 0700 folders; a bundle is meant to be copied and read by others."""
-    os.chmod(root, 0o755)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(Path(dirpath) / d, 0o755)
-        for f in filenames:
-            p = Path(dirpath) / f
-            os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
 
 
 # ``from bhvit_export import compile``: this module is also the public function (see api.py).

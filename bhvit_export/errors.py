@@ -1,6 +1,6 @@
 """One exception class per stage of the pipeline.
 
-The CLI maps every :class:`BhvitError` to one line on stderr and an exit code (2 for bad input or
+The CLI maps every :class:`BhvitError` to one line ``error[<stage>]: ...`` on stderr and an exit code (2 for bad input or
 environment, 1 for a failed verification), so users never see a traceback for their own mistakes.
 Messages say what was expected, what was found, and which option or package fixes it.
 """
@@ -58,6 +58,16 @@ class TargetError(BhvitError):
     """Unknown target, or a missing toolchain (cross compiler, qemu, nvcc)."""
 
     stage = "target"
+
+
+class CompileError(TargetError):
+    """Lowering the model to TVM, building or linking it failed (or it has ops we cannot lower).
+
+    A TargetError, so code that catches target problems around ``compile`` still catches it; its
+    stage says which step failed.
+    """
+
+    stage = "compile"
 
 
 class BundleError(BhvitError):

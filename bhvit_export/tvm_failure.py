@@ -5,7 +5,7 @@ that bury the one line a user needs; its ONNX importer also prints to stdout (wh
 for ``--json``) and its C++ side to file descriptor 2, some of it only when its objects are freed.
 So while a step runs (through :mod:`bhvit_export.background`, so Ctrl-C and SIGTERM stop it at once)
 both streams go to a log file in the system's temp folder (never beside ``-o``: nothing is written
-there on failure). A failure becomes a TargetError naming that file; a success deletes an empty log
+there on failure). A failure becomes a CompileError naming that file; a success deletes an empty log
 and keeps one TVM wrote to, with a note saying where.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
 from . import background
-from .errors import BhvitError, TargetError
+from .errors import BhvitError, CompileError, TargetError
 
 T = TypeVar("T")
 #: The longest TVM message line quoted in the error (the log has all of it).
@@ -59,10 +59,10 @@ def _output_to(fd: int) -> Iterator[None]:
 
 
 def tvm_step(step: str, fn: Callable[[], T], notes: Optional[list[str]] = None) -> T:
-    """``fn()`` (interruptible, its output logged); any non-bhvit exception becomes a TargetError."""
+    """``fn()`` (interruptible, its output logged); any non-bhvit exception becomes a CompileError."""
     fd, path = tempfile.mkstemp(prefix="bhvit-export-tvm-", suffix=".log")
     log = Path(path)
-    ours: Optional[BhvitError] = None  # a converter's own one-line error: re-raised as it is
+    ours: Optional[BhvitError] = None  # a converter's own one-line error: re-raised with its message
     failure: Optional[str] = None
     try:
         with _output_to(fd):
@@ -85,6 +85,8 @@ def tvm_step(step: str, fn: Callable[[], T], notes: Optional[list[str]] = None) 
             log.unlink(missing_ok=True)
         elif failure is None and log.exists() and notes is not None:
             notes.append(f"TVM printed messages while {step}: see {log}")
+    if type(ours) is TargetError:  # a converter refusing the model: this step (compile) failed, not the target
+        raise CompileError(str(ours)) from None
     if ours is not None:
         raise ours
-    raise TargetError(f"TVM failed while {step}: {failure} (full TVM output in {log})")
+    raise CompileError(f"TVM failed while {step}: {failure} (full TVM output in {log})")

@@ -3,7 +3,7 @@
 The pipeline is TVM 0.27's default CPU Relax pipeline (what ``tvm.compile`` runs for ``llvm``:
 library dispatch, ``LegalizeOps``, op-pattern annotation, constant folding, ``FuseOps``/``FuseTIR``,
 dataflow lowering, memory planning, VM lowering), with the CPU schedule rules of
-:mod:`bhvit_export.targets.schedules` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
+:mod:`bhvit_export.targets.schedules.cpu` (ours plus dlight's GEMV and Reduction) applied to the legalized, fused
 PrimFuncs before the VM lowering. Our pre-scheduled packed kernels carry ``tirx.is_scheduled`` and
 ``op_pattern = opaque``, so neither fusion nor the rules touch them.
 """
@@ -27,7 +27,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     as matmuls, rolls as takes, repeated concats as broadcasts, a vectorisable erf, softmax and
     layer norm as pre-scheduled row kernels, divides by constants as multiplies) make the float remainder
     legalise to contiguous loops; then every legalised PrimFunc that is not one of our
-    pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`bhvit_export.targets.schedules`); without
+    pre-scheduled kernels gets a parallel, vectorised schedule (:mod:`bhvit_export.targets.schedules.cpu`); without
     it most of them compile to serial scalar loops.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -41,7 +41,7 @@ def _pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         row_layer_norm,
         token_layout,
     )
-    from bhvit_export.targets.schedules import apply_schedules
+    from bhvit_export.targets.schedules.cpu import apply_schedules
 
     @tvm.transform.module_pass(opt_level=0)
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

@@ -41,15 +41,13 @@ import tvm
 from tvm import relax
 
 from bhvit_export.errors import TargetError
-from bhvit_export.targets.kernels.target_info import TargetLike, as_target, is_aarch64
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target
 
 #: The Jetson Orin Nano tag: CUDA sm_87 device, aarch64 (``mtriple=aarch64-linux-gnu``) host.
 JETSON_ORIN: str = "nvidia/jetson-orin-nano"
 #: An H100/H200 device on an x86-64 host: what a bundle for a datacenter GPU run is built for.
 X86_SM90: dict = {"kind": "cuda", "arch": "sm_90", "host": {"kind": "llvm"}}
 
-#: Cross compiler (C++ driver, so TVM's C++ runtime pieces link) for aarch64 hosts.
-AARCH64_CXX = "aarch64-linux-gnu-g++"
 
 
 def cuda_target(target: TargetLike) -> tvm.target.Target:
@@ -74,15 +72,12 @@ def require_nvcc() -> str:
 
 
 def require_cross_compiler(host: tvm.target.Target) -> Optional[str]:
-    """The C++ compiler that links a library for ``host``: the aarch64 cross g++ for an aarch64
-    host, ``None`` (TVM's default, the native compiler) otherwise."""
-    if not is_aarch64(host):
-        return None
-    if shutil.which(AARCH64_CXX) is None:
-        raise TargetError(
-            f"{AARCH64_CXX} not found: apt-get install g++-aarch64-linux-gnu to link for an aarch64 host"
-        )
-    return AARCH64_CXX
+    """The C++ compiler that links a library for ``host``: the cross g++ of its architecture record
+    on a host of another architecture, ``None`` (TVM's default, the native compiler) otherwise."""
+    from bhvit_export.targets.arch import target_record
+    from bhvit_export.targets.toolchain import cross_compiler
+
+    return cross_compiler(target_record(host).name)
 
 
 def unscheduled_functions(mod: tvm.IRModule) -> list[str]:
@@ -262,13 +257,18 @@ def export_cuda_library(
 ) -> Path:
     """Write ``ex`` as one shared library (host code + embedded device code) for its host.
 
-    ``host_cc`` is the C++ compiler that links it: for an aarch64 host (the Jetson tag) pass
-    :data:`AARCH64_CXX` (``aarch64-linux-gnu-g++``); ``None`` uses TVM's default (native) compiler,
-    right for an x86 host. The library loads with ``tvm.runtime.load_module`` on the device.
+    ``host_cc`` is the C++ compiler that links it: for a host of another architecture (the Jetson
+    tag's aarch64) the cross g++ of its record (:func:`require_cross_compiler`, a C++ driver so TVM's
+    C++ runtime pieces link); ``None`` uses TVM's default (native) compiler, right for a host of this
+    machine's architecture. The library loads with ``tvm.runtime.load_module`` on the device.
     """
+    from bhvit_export.targets.arch import ARCHES
+
     out = Path(path)
     if host_cc is not None and shutil.which(host_cc) is None:
-        raise TargetError(f"{host_cc} not found: apt-get install g++-aarch64-linux-gnu")
+        install = next((r.cross_compiler.install for r in ARCHES.values() if r.cross_compiler.executable == host_cc),
+                       "install it or put it on PATH")
+        raise TargetError(f"{host_cc} not found: {install}")
     if host_cc is None:
         ex.export_library(str(out))
     else:

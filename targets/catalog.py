@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
-#: Our names, what each means.
+from bhvit_export.targets.arch import ARCHES
+
+#: Our names, what each means: one per architecture record, then the GPU devices.
 SHORT_NAMES = {
-    "x86_64": "this machine's x86-64 CPU (LLVM's name for it and its exact features), or --mcpu",
-    "aarch64": "64-bit Arm Linux, Cortex-A72 unless --mcpu",
+    **{rec.name: rec.description for rec in ARCHES.values()},
     "jetson-orin": "Jetson Orin: CUDA sm_87, Cortex-A78 host",
     "cuda-sm90": "an NVIDIA GPU of compute capability 9.0 (H100/H200) on an x86-64 host; cuda-smNN for others",
 }
@@ -59,7 +60,9 @@ def cpus(arch: str) -> list[str]:
     """CPUs LLVM (inside TVM) knows for ``arch`` (:func:`bhvit_export.targets.mcpu.known_cpus`, sorted)."""
     from bhvit_export.targets.mcpu import known_cpus
 
-    return sorted(known_cpus("aarch64-linux-gnu" if arch == "aarch64" else "x86_64-linux-gnu"))
+    from bhvit_export.targets.arch import arch_record
+
+    return sorted(known_cpus(arch_record(arch).triple))
 
 
 def working_tags() -> dict[str, dict[str, str]]:
@@ -80,15 +83,13 @@ def working_tags() -> dict[str, dict[str, str]]:
 
 
 def catalog() -> Catalog:
-    from bhvit_export.targets.target_spec import ARM_CPUS
-
     import tvm  # noqa: F401  (LLVM's CPU lists come from TVM's LLVM)
 
     return Catalog(
         names=dict(SHORT_NAMES),
         tags=working_tags(),
-        cpus={"x86_64": cpus("x86_64"), "aarch64": cpus("aarch64")},
-        checked_cpus={"x86_64": ["haswell", "sapphirerapids"], "aarch64": list(ARM_CPUS)},
+        cpus={name: cpus(name) for name in ARCHES},
+        checked_cpus={name: list(rec.checked_cpus) for name, rec in ARCHES.items()},
     )
 
 
@@ -103,15 +104,3 @@ def target_suggestion(name: str) -> str:
     from tvm.target import tag
 
     return did_you_mean(name, list(SHORT_NAMES) + [str(t) for t in tag.list_tags()])
-
-
-def check_cpu(arch: str, cpu: str) -> Optional[str]:
-    """None if LLVM knows ``cpu`` for ``arch``, else the message (with suggestions)."""
-    known = cpus(arch)
-    if cpu in known or cpu in ("native", "generic"):
-        return None
-    from bhvit_export.targets.mcpu import close_names  # difflib's ratio, with a transposition (a27/a72) ranked first
-
-    close = close_names(cpu, list(known), n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"--mcpu {cpu}: not a CPU LLVM knows for {arch}{hint} (`bhvit-export targets` lists them)"

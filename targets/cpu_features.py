@@ -28,6 +28,8 @@ import platform
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from bhvit_export.targets.arch import ARCHES, X86_64, arch_for_triple
+
 #: Test hook: an LLVM CPU name this machine pretends to be (name and features).
 PRETEND_ENV = "BHVIT_PRETEND_CPU"
 
@@ -106,8 +108,8 @@ AARCH64_FEATURES: dict[str, str] = {
     "sve2": "sve2",
 }
 
+#: The feature table of each architecture record (``targets/arch.py``), by its name.
 TABLES = {"x86_64": X86_FEATURES, "aarch64": AARCH64_FEATURES}
-_CPUINFO_KEYS = {"x86_64": "flags", "aarch64": "Features"}
 
 
 def _table(arch: str) -> dict[str, str]:
@@ -132,9 +134,9 @@ def parse_cpuinfo(text: str) -> Optional[tuple[str, frozenset[str]]]:
         key, sep, value = line.partition(":")
         if not sep:
             continue
-        for arch, name in _CPUINFO_KEYS.items():
-            if key.strip() == name:
-                return arch, from_linux_flags(arch, value.split())
+        for rec in ARCHES.values():
+            if key.strip() == rec.cpuinfo_key:
+                return rec.name, from_linux_flags(rec.name, value.split())
     return None
 
 
@@ -153,8 +155,7 @@ def _pretend() -> Optional[str]:
 def _arch_target(arch: str, cpu: str, mattr: Optional[list[str]] = None) -> Any:
     import tvm
 
-    triple = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}[arch]
-    spec: dict[str, Any] = {"kind": "llvm", "mtriple": triple, "mcpu": cpu}
+    spec: dict[str, Any] = {"kind": "llvm", "mtriple": ARCHES[arch].triple, "mcpu": cpu}
     if mattr:
         spec["mattr"] = mattr
     return tvm.target.Target(spec)
@@ -174,7 +175,8 @@ def target_features(target: Any) -> list[str]:
     triple = str(tgt.attrs.get("mtriple", "") or "")
     from bhvit_export.targets.toolchain import host_arch
 
-    arch = "aarch64" if triple.startswith(("aarch64", "arm64")) else ("x86_64" if triple else host_arch())
+    rec = arch_for_triple(triple)
+    arch = rec.name if rec is not None else (X86_64.name if triple else host_arch())
     if not triple:  # LLVM answers for the triple it is given: name the arch explicitly
         mattr = [str(a) for a in (tgt.attrs.get("mattr") or [])]
         tgt = _arch_target(arch, str(tgt.attrs.get("mcpu", "") or "generic"), mattr)

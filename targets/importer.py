@@ -25,7 +25,7 @@ from typing import Iterator, Mapping, Optional
 
 import onnx
 
-from bhvit_export.errors import TargetError
+from bhvit_export.errors import CompileError, TargetError
 from bhvit_export.passes.op_schema import DOMAIN
 
 from . import converters as conv
@@ -99,6 +99,20 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     return sorted(bad)
 
 
+def require_lowerable(model: onnx.ModelProto) -> None:
+    """CompileError naming every op type :func:`unsupported_ops` finds (the one check: ``compile``
+    runs it before its golden reference, :func:`import_fused` before importing)."""
+    bad = unsupported_ops(model)
+    if bad:
+        raise CompileError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
+
+
+def check_batch(batch: int, name: str = "batch") -> None:
+    """TargetError for a batch below 1 (``name``: how the caller's user spells it, e.g. ``--batch``)."""
+    if batch < 1:
+        raise TargetError(f"{name} must be >= 1, got {batch}")
+
+
 def _fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     """Copy of ``model`` with every symbolic leading dim of the graph inputs/outputs set to ``batch``
     and stale intermediate shapes dropped (re-inferred afterwards)."""
@@ -138,8 +152,7 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepare(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
     """The static-shape, folded copy of ``model`` that :func:`import_fused` hands to TVM."""
-    if batch < 1:
-        raise TargetError(f"batch must be >= 1, got {batch}")
+    check_batch(batch)
     if len(model.graph.input) != 1:
         names = [i.name for i in model.graph.input]
         raise TargetError(f"expected one graph input (pixel_values), got {names}")
@@ -159,11 +172,9 @@ def import_fused(
 
     ``batch`` fixes the symbolic batch; weights become constants (``keep_params_in_input=False``).
     ``target``/``packed``/``overrides``/``context``: see :func:`bhvit_converters`. Raises
-    :class:`TargetError` naming every op that cannot be lowered.
+    :class:`CompileError` naming every op that cannot be lowered.
     """
-    bad = unsupported_ops(model)
-    if bad:
-        raise TargetError(f"cannot lower to TVM: unsupported op types {', '.join(bad)}")
+    require_lowerable(model)
     static = prepare(model, batch)
     from tvm.relax.frontend.onnx import from_onnx
 

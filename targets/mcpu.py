@@ -39,13 +39,23 @@ def close_names(name: str, names: list[str], n: int = 5) -> list[str]:
 
 def check_mcpu_name(mcpu: str, triple: str, what: str) -> None:
     """TargetError when LLVM does not know ``mcpu`` for ``triple`` (call before creating the target:
-    TVM prints its own complaint about an unknown CPU when the target is created)."""
+    TVM prints its own complaint about an unknown CPU when the target is created).
+
+    The one unknown-CPU check: ``--mcpu`` of our short names, JSON targets, tags and a CUDA target's
+    host all come here, so the message and its suggestions are the same everywhere.
+    """
     cpus = known_cpus(triple)
     if not mcpu or not cpus or mcpu in cpus:
         return
-    close = close_names(mcpu, cpus)
-    hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(cpus[:5])}"
-    raise TargetError(f"{what}: LLVM does not know the CPU '{mcpu}' for {triple or 'this host'} ({hint})")
+    from bhvit_export.targets.arch import arch_for_triple
+
+    rec = arch_for_triple(triple)
+    close = close_names(mcpu, cpus, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(cpus[:5])}"
+    raise TargetError(
+        f"{what}: LLVM does not know the CPU '{mcpu}' for {rec.name if rec else triple or 'this host'} ({hint}) "
+        "(`bhvit-export targets` lists them)"
+    )
 
 
 def check_mcpu(tgt: tvm.target.Target, what: str) -> None:

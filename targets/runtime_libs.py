@@ -3,7 +3,8 @@
 A compiled Relax VM library needs ``libtvm_runtime.so`` and ``libtvm_ffi.so`` of *exactly* the
 TVM/tvm-ffi versions that compiled it (the VM executable format and the FFI ABI are not stable
 across versions). For the host they come from the installed ``tvm``/``tvm_ffi`` packages; for
-aarch64 from the official manylinux aarch64 wheels of the same versions, downloaded once with
+another architecture from the official manylinux wheels of the same versions (the platform
+tag is in its record, ``targets/arch.py``), downloaded once with
 ``pip download`` and cached (only those two files are kept; the tvm wheel is ~95 MB).
 """
 
@@ -19,14 +20,13 @@ import zipfile
 from pathlib import Path
 
 from bhvit_export.errors import TargetError
+from bhvit_export.targets.arch import arch_record
 from bhvit_export.targets.toolchain import host_arch, normalize_arch
 
 RUNTIME = "libtvm_runtime.so"
 FFI = "libtvm_ffi.so"
 #: Where each library sits inside its wheel (and inside the installed package).
 _IN_WHEEL = {RUNTIME: ("apache-tvm", "tvm/lib/" + RUNTIME), FFI: ("apache-tvm-ffi", "tvm_ffi/lib/" + FFI)}
-#: Wheel platform tag per cross architecture (tvm's aarch64 wheels are manylinux_2_28).
-_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64"}
 #: ~100 MB in all; generous for slow CI links, but never hang forever.
 _DOWNLOAD_TIMEOUT_S = 900
 
@@ -75,6 +75,7 @@ def _host_libs() -> list[Path]:
 def _download(arch: str, dest: Path) -> None:
     """Fetch the two wheels for ``arch`` and extract the libraries into ``dest`` (must not exist)."""
     tvm_ver, ffi_ver = versions()
+    platform_tag = arch_record(arch).wheel_platform
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".dl-") as tmp:
@@ -82,7 +83,7 @@ def _download(arch: str, dest: Path) -> None:
         staged.mkdir()
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--platform", _PLATFORMS[arch], "--python-version", py, "--disable-pip-version-check",
+            "--platform", platform_tag, "--python-version", py, "--disable-pip-version-check",
             "-d", str(wheels), f"apache-tvm=={tvm_ver}", f"apache-tvm-ffi=={ffi_ver}",
         ]
         try:
@@ -93,7 +94,7 @@ def _download(arch: str, dest: Path) -> None:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise TargetError(
                 f"could not download the {arch} TVM runtime (apache-tvm=={tvm_ver}, apache-tvm-ffi=={ffi_ver}"
-                f" for {_PLATFORMS[arch]}): {last}; check network access to PyPI, or put the two wheels'"
+                f" for {platform_tag}): {last}; check network access to PyPI, or put the two wheels'"
                 f" {RUNTIME} and {FFI} into {dest} yourself"
             )
         for name, (dist, member) in _IN_WHEEL.items():
@@ -113,9 +114,7 @@ def _download(arch: str, dest: Path) -> None:
 
 def runtime_dir(arch: str) -> Path:
     """Cache folder holding the ``arch`` runtime libraries (downloaded on first use)."""
-    arch = normalize_arch(arch)
-    if arch not in _PLATFORMS:
-        raise TargetError(f"no prebuilt TVM runtime wheels known for {arch}")
+    arch = normalize_arch(arch)  # every architecture record names its wheels' platform tag
     tvm_ver, ffi_ver = versions()
     dest = cache_root() / "runtime" / f"{arch}-tvm{tvm_ver}-ffi{ffi_ver}"
     if not all((dest / n).is_file() for n in _IN_WHEEL):

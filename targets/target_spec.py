@@ -17,14 +17,16 @@ from typing import Any, Optional
 import tvm
 
 from bhvit_export.errors import TargetError
+from bhvit_export.targets.arch import AARCH64, ARCHES, X86_64, ArchRecord, arch_for_triple
 from bhvit_export.targets.mcpu import check_mcpu, check_mcpu_name
 from bhvit_export.targets.toolchain import host_arch
 
 #: Orin's CPU cores; TVM's ``nvidia/jetson-orin-nano`` tag says ``carmel`` (Xavier's), which is wrong.
-ORIN_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78", "mattr": ["+neon"]}
+ORIN_HOST = {"kind": "llvm", "mtriple": AARCH64.triple, "mcpu": "cortex-a78", "mattr": list(AARCH64.base_mattr)}
 #: CPUs ``--mcpu`` accepts for ``aarch64`` without a warning (what our NEON schedules were checked on).
-ARM_CPUS = ("cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "cortex-a78")
-SHORT_NAMES = ("x86_64", "aarch64", "jetson-orin", "cuda-sm90")
+ARM_CPUS = AARCH64.checked_cpus
+#: Our names: one per architecture record, and the GPU devices.
+SHORT_NAMES = (*ARCHES, "jetson-orin", "cuda-sm90")
 #: ``cuda-smNN``: an NVIDIA GPU of compute capability N.N on an x86-64 host (``cuda-sm90``: H100/H200),
 #: the same kernels as ``jetson-orin`` (sm_87) built for another arch, so a data-centre GPU can stand in.
 _CUDA_SM = re.compile(r"cuda-sm(\d{2,3})")
@@ -36,7 +38,7 @@ class TargetSpec:
 
     name: str  # what the user asked for
     target: tvm.target.Target
-    arch: str  # of the CPU that runs the library: "x86_64" or "aarch64"
+    arch: str  # of the CPU that runs the library: a name of ``bhvit_export.targets.arch.ARCHES``
     device: str  # "cpu" or "cuda"
 
     @property
@@ -77,14 +79,19 @@ def _plain(obj: Any) -> Any:
 
 
 def _arch_of(cpu: tvm.target.Target) -> str:
+    """The architecture record's name for an llvm target (by its triple; this host's without one)."""
     triple = str(cpu.attrs.get("mtriple", "")) if cpu.attrs is not None else ""
-    if triple.startswith(("aarch64", "arm64")) or bool(cpu.attrs.get("feature.is_aarch64", False)):
-        return "aarch64"
+    rec = arch_for_triple(triple)
+    if rec is not None:
+        return rec.name
+    feature = next((r.name for r in ARCHES.values() if bool(cpu.attrs.get(f"feature.is_{r.name}", False))), None)
+    if feature is not None:
+        return feature
     if triple.startswith(("arm", "thumb")):
         raise TargetError(f"32-bit Arm ({triple}) is not supported: use an aarch64 target")
-    if triple and not triple.startswith("x86_64"):
-        raise TargetError(f"unsupported CPU triple {triple!r}: x86_64 and aarch64 are supported")
-    return host_arch() if not triple else "x86_64"
+    if triple:
+        raise TargetError(f"unsupported CPU triple {triple!r}: {' and '.join(ARCHES)} are supported")
+    return host_arch()
 
 
 def _make(obj: Any, what: str) -> tvm.target.Target:
@@ -120,34 +127,38 @@ def _check_supported(tgt: tvm.target.Target, name: str) -> tuple[str, str]:
     raise TargetError(f"--target {name}: TVM target kind {kind!r} is not supported (llvm CPUs and cuda are)")
 
 
+def _arch_target(rec: ArchRecord, mcpu: Optional[str]) -> tvm.target.Target:
+    """The llvm target of our short name for ``rec``: its triple, the CPU (``--mcpu``, the record's
+    default, or this machine's CPU with its exact features) and the record's mattr for that CPU."""
+    from bhvit_export.targets.kernels.target_info import host_target
+
+    if not rec.default_cpu and mcpu in (None, "native"):  # this CPU: its LLVM name and its exact features
+        if host_arch() != rec.name:
+            raise TargetError(f"--target {rec.name} on a non-{rec.name} host needs --mcpu (e.g. --mcpu {rec.checked_cpus[0]})")
+        here = host_target()
+        attrs: dict[str, Any] = {"mcpu": str(here.attrs["mcpu"])}
+        if "mattr" in here.attrs:
+            attrs["mattr"] = list(here.attrs["mattr"])
+    else:
+        cpu = mcpu or rec.default_cpu
+        check_mcpu_name(cpu, rec.triple, f"--mcpu {cpu}")
+        dot = [f"+{f}" for unit in rec.vector_units for f in unit.dot_requires] if cpu in rec.dotprod_cpus else []
+        mattr = list(rec.base_mattr) + dot
+        attrs = {"mcpu": cpu, **({"mattr": mattr} if mattr else {})}
+    return _make({"kind": "llvm", "mtriple": rec.triple, **attrs}, f"--mcpu {attrs['mcpu']}")
+
+
 def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
     """Resolve a ``--target`` value (and ``--mcpu``) into a :class:`TargetSpec`.
 
     Raises :class:`TargetError` (exit 2) for unknown names, bad JSON or unsupported kinds.
     """
-    from bhvit_export.targets.kernels.target_info import host_target
-
-    from bhvit_export.targets.catalog import check_cpu, target_suggestion
+    from bhvit_export.targets.catalog import target_suggestion
     from bhvit_export.targets.target_string import looks_like_target_string, parse_target_string
 
     what = f"--target {name}"
-    if mcpu is not None and name in ("x86_64", "aarch64") and (bad_cpu := check_cpu(name, mcpu)):
-        raise TargetError(bad_cpu)
-    if name == "x86_64":
-        if host_arch() != "x86_64" and mcpu in (None, "native"):
-            raise TargetError("--target x86_64 on a non-x86 host needs --mcpu (e.g. --mcpu haswell)")
-        if mcpu in (None, "native"):  # this CPU: its LLVM name and its exact features
-            here = host_target()
-            attrs = {"mcpu": str(here.attrs["mcpu"]), **({"mattr": list(here.attrs["mattr"])} if "mattr" in here.attrs else {})}
-        else:
-            check_mcpu_name(mcpu, "x86_64-linux-gnu", f"--mcpu {mcpu}")
-            attrs = {"mcpu": mcpu}
-        tgt = _make({"kind": "llvm", "mtriple": "x86_64-linux-gnu", **attrs}, f"--mcpu {attrs['mcpu']}")
-    elif name == "aarch64":
-        cpu = mcpu or "cortex-a72"
-        check_mcpu_name(cpu, "aarch64-linux-gnu", f"--mcpu {cpu}")
-        attrs = ["+neon"] + (["+dotprod"] if cpu in ("cortex-a55", "cortex-a76", "cortex-a78") else [])
-        tgt = _make({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": cpu, "mattr": attrs}, f"--mcpu {cpu}")
+    if name in ARCHES:
+        tgt = _arch_target(ARCHES[name], mcpu)
     elif name == "jetson-orin":
         if mcpu is not None:
             raise TargetError("--mcpu does not apply to jetson-orin (its CPU is cortex-a78)")
@@ -157,7 +168,7 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
         if mcpu is not None:
             raise TargetError(f"--mcpu does not apply to {name} (its host is generic x86-64)")
         sm = _CUDA_SM.fullmatch(name).group(1)  # type: ignore[union-attr]
-        tgt = _make({"kind": "cuda", "arch": f"sm_{sm}", "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}, what)
+        tgt = _make({"kind": "cuda", "arch": f"sm_{sm}", "host": {"kind": "llvm", "mtriple": X86_64.triple}}, what)
     elif name.lstrip().startswith("{"):
         tgt = _json_target(name, what)
     elif name.endswith(".json"):
@@ -183,8 +194,8 @@ def resolve(name: str, *, mcpu: Optional[str] = None) -> TargetSpec:
             "raspberry-pi/4b-aarch64, a TVM target string like \"llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a53\", "
             "or a JSON target like '{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}' (`bhvit-export targets` lists them)"
         )
-    if mcpu is not None and name not in ("x86_64", "aarch64"):
-        raise TargetError(f"--mcpu applies to the x86_64 and aarch64 targets only, not {name}")
+    if mcpu is not None and name not in ARCHES:
+        raise TargetError(f"--mcpu applies to the {' and '.join(ARCHES)} targets only, not {name}")
     arch, device = _check_supported(tgt, name)
     check_mcpu(tgt, f"--mcpu {mcpu}" if mcpu is not None else what)
     return TargetSpec(name=name, target=tgt, arch=arch, device=device)

@@ -10,46 +10,40 @@ from __future__ import annotations
 
 import platform
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from bhvit_export.errors import TargetError
+from bhvit_export.targets.arch import ARCHES, Tool, arch_for_elf_machine, arch_record
 
-#: Where Debian/Ubuntu's ``libc6-dev-arm64-cross`` (pulled in by ``g++-aarch64-linux-gnu``) puts
-#: the aarch64 glibc and loader; qemu-user needs it as ``-L`` since binfmt_misc is not relied on.
-AARCH64_SYSROOT = Path("/usr/aarch64-linux-gnu")
+__all__ = ["TOOLS", "Tool", "compiler", "cross_compiler", "elf_arch", "emulated_arches", "host_arch", "normalize_arch",
+           "qemu_command", "require", "require_tool"]
 
-
-@dataclass(frozen=True)
-class Tool:
-    """An external program: the executable to look for and how a user gets it."""
-
-    executable: str
-    install: str
-
-
+#: Programs that are not per architecture; the cross compilers and qemu-user of each architecture
+#: come from its record (``targets/arch.py``) as ``<arch>-g++`` and ``qemu-<arch>``.
 TOOLS: dict[str, Tool] = {
-    "aarch64-g++": Tool("aarch64-linux-gnu-g++", "install it with `apt-get install g++-aarch64-linux-gnu`"),
-    "qemu-aarch64": Tool("qemu-aarch64", "install it with `apt-get install qemu-user`"),
     "nvcc": Tool("nvcc", "install the CUDA toolkit (https://developer.nvidia.com/cuda-downloads) and put its bin/ on PATH"),
     "g++": Tool("g++", "install it with `apt-get install g++`"),
+    **{f"{rec.name}-g++": rec.cross_compiler for rec in ARCHES.values()},
+    **{rec.qemu.executable: rec.qemu for rec in ARCHES.values()},
 }
-
-#: Architectures we build native binaries for, normalised from ``platform.machine()`` spellings.
-_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
 def normalize_arch(arch: str) -> str:
-    """``"x86_64"`` or ``"aarch64"`` (accepts ``amd64``/``arm64``); anything else is a TargetError."""
-    try:
-        return _ARCH_ALIASES[arch.lower()]
-    except KeyError:
-        raise TargetError(f"unsupported architecture '{arch}': expected one of x86_64, aarch64") from None
+    """The record name of ``arch`` (``x86_64``, ``aarch64``; aliases such as ``amd64``/``arm64`` too);
+    anything else is a TargetError."""
+    return arch_record(arch).name
 
 
 def host_arch() -> str:
     """The architecture of this machine, normalised."""
     return normalize_arch(platform.machine())
+
+
+def emulated_arches() -> list[str]:
+    """The architectures qemu-user runs here: every record but this machine's."""
+    here = host_arch()
+    return [name for name in ARCHES if name != here]
 
 
 def require(tool: str) -> str:
@@ -58,6 +52,11 @@ def require(tool: str) -> str:
         spec = TOOLS[tool]
     except KeyError:
         raise TargetError(f"unknown tool '{tool}': expected one of {', '.join(sorted(TOOLS))}") from None
+    return require_tool(spec)
+
+
+def require_tool(spec: Tool) -> str:
+    """Absolute path of the program ``spec``, or a TargetError saying how to install it."""
     found = shutil.which(spec.executable)
     if found is None:
         raise TargetError(f"{spec.executable} not found: {spec.install}")
@@ -65,13 +64,18 @@ def require(tool: str) -> str:
 
 
 def compiler(arch: str) -> str:
-    """The C++ compiler producing binaries for ``arch`` on this host (host g++ or the cross g++)."""
+    """The C++ compiler producing binaries for ``arch`` on this host (host g++ or the record's cross g++)."""
     arch = normalize_arch(arch)
     if arch == host_arch():
         return require("g++")
-    if arch == "aarch64":
-        return require("aarch64-g++")
-    raise TargetError(f"no cross compiler for {arch} on a {host_arch()} host")
+    return require_tool(arch_record(arch).cross_compiler)
+
+
+def cross_compiler(arch: str) -> Optional[str]:
+    """The compiler that links a library for ``arch``: None (TVM's default, the native compiler) on a
+    host of that architecture, else the record's cross g++ (a TargetError naming its package if missing)."""
+    arch = normalize_arch(arch)
+    return None if arch == host_arch() else require_tool(arch_record(arch).cross_compiler)
 
 
 def qemu_command(arch: str) -> list[str]:
@@ -83,18 +87,11 @@ def qemu_command(arch: str) -> list[str]:
     arch = normalize_arch(arch)
     if arch == host_arch():
         return []
-    if arch == "aarch64":
-        qemu = require("qemu-aarch64")
-        if not (AARCH64_SYSROOT / "lib").is_dir():
-            raise TargetError(
-                f"aarch64 sysroot {AARCH64_SYSROOT} not found: install it with `apt-get install g++-aarch64-linux-gnu`"
-            )
-        return [qemu, "-L", str(AARCH64_SYSROOT)]
-    raise TargetError(f"cannot emulate {arch} on a {host_arch()} host")
-
-
-#: ELF ``e_machine`` values of the architectures above.
-_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
+    rec = arch_record(arch)
+    qemu = require_tool(rec.qemu)
+    if not (rec.sysroot / "lib").is_dir():
+        raise TargetError(f"{arch} sysroot {rec.sysroot} not found: {rec.cross_compiler.install}")
+    return [qemu, "-L", str(rec.sysroot)]
 
 
 def elf_arch(path: Path | str) -> str | None:
@@ -109,4 +106,5 @@ def elf_arch(path: Path | str) -> str | None:
         return None
     if len(head) < 20 or head[:4] != b"\x7fELF" or head[5] != 1:  # little-endian only
         return None
-    return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little"))
+    rec = arch_for_elf_machine(int.from_bytes(head[18:20], "little"))
+    return rec.name if rec is not None else None

@@ -11,6 +11,23 @@ import pytest
 from tests.helpers import OFFICIAL_NAMES, official_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def strict_schedules() -> Any:
+    """Schedule rules raise instead of logging (``targets/schedules/rule_failure.py``), here and in
+    the CLI subprocesses the tests start."""
+    import os
+
+    from bhvit_export.targets.schedules.rule_failure import STRICT_ENV
+
+    old = os.environ.get(STRICT_ENV)
+    os.environ[STRICT_ENV] = "1"
+    yield
+    if old is None:
+        os.environ.pop(STRICT_ENV, None)
+    else:
+        os.environ[STRICT_ENV] = old
+
+
 @pytest.fixture(params=OFFICIAL_NAMES)
 def official(request: pytest.FixtureRequest) -> Path:
     """Each official fixture folder in turn (checkpoint.pth, inputs.npy, logits.npy, ...)."""

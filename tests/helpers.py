@@ -114,3 +114,13 @@ def assert_module_close(got: Any, ref: Any, tol: float = 1e-5, *, what: str = "o
             f"(got {g[idx]:.6g}, ref {r[idx]:.6g}); {n_bad} of {diff.size} elements off"
         )
     return worst
+
+
+#: The CLI's one-line error: ``error[<stage>]: <message>`` (bhvit_export/cli.py, docs/errors.md).
+ERROR_LINE = __import__("re").compile(r"error\[(?P<stage>[a-z-]+)\]: (?P<message>.*)")
+
+
+def is_error_line(line: str, stage: str | None = None) -> bool:
+    """True for ``error[<stage>]: ...`` (of ``stage``, when given)."""
+    m = ERROR_LINE.fullmatch(line)
+    return m is not None and (stage is None or m["stage"] == stage)

@@ -133,7 +133,7 @@ def test_bench_arm_user_errors_are_one_line() -> None:
     for args, msg in ((["--model", "tiny", "--model", "small"], "takes one --model"),
                       (["--system", "pytorch"], "chose none of them")):
         res = CliRunner().invoke(cli, ["bench", "--arm", *args])
-        assert res.exit_code == 2 and res.stderr.count("error:") == 1 and msg in res.stderr
+        assert res.exit_code == 2 and res.stderr.count("error[") == 1 and msg in res.stderr
 
 
 def test_bench_arm_cpu_choice() -> None:

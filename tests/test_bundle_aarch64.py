@@ -70,4 +70,4 @@ def test_local_load_of_foreign_bundle_is_refused(micro_bundle_aarch64: Path) -> 
 
 def test_rpc_nobody_listening_is_one_line() -> None:
     res = CliRunner().invoke(cli, ["verify", "/nonexistent", "--rpc", "127.0.0.1:1"])
-    assert res.exit_code == 2 and res.stderr.count("error:") == 1
+    assert res.exit_code == 2 and res.stderr.count("error[") == 1

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from bhvit_export.checkpoint import load_checkpoint
 from bhvit_export.cli import cli
 from bhvit_export.errors import BhvitError
-from tests.helpers import official_path
+from tests.helpers import is_error_line, official_path
 
 CONV_BIAS = "vit.encoder.layerA.0.GC.cov2.bias"
 
@@ -39,7 +39,7 @@ def export_fails(tmp_path: Path, ckpt: Path | str, *extra: str, expect: str) -> 
     lines = result.stderr.splitlines()
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert is_error_line(lines[0])
     assert "Traceback" not in result.output
     assert expect in lines[0], lines[0]
     assert not out_dir.exists() or not any(out_dir.iterdir()), list(out_dir.iterdir())
@@ -281,7 +281,7 @@ def test_output_not_writable(tmp_path: Path, micro: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
     result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(blocker / "sub" / "m.onnx"), "--reference")
-    assert result.exit_code == 2 and result.stderr.count("error:") == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and result.stderr.count("error[") == 1 and "Traceback" not in result.output
 
 
 def test_fused_opset_mismatch(tmp_path: Path, micro: Path) -> None:

@@ -53,7 +53,7 @@ def test_python_m_version() -> None:
 def test_python_m_error_is_one_line(tmp_path: Path) -> None:
     proc = run_module("to-onnx", str(tmp_path / "nope.pth"), "-o", str(tmp_path / "x.onnx"), "--reference")
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [f"error: no such file: {tmp_path / 'nope.pth'}"]
+    assert proc.stderr.splitlines() == [f"error[checkpoint]: no such file: {tmp_path / 'nope.pth'}"]
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_json_report(tmp_path: Path, micro: Path) -> None:
 def test_output_is_a_directory(tmp_path: Path, micro: Path) -> None:
     result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(tmp_path), "--reference")
     assert result.exit_code == 2 and result.stderr.splitlines() == [
-        f"error: -o {tmp_path} is a directory; give the path of the .onnx file to write"
+        f"error[export]: -o {tmp_path} is a directory; give the path of the .onnx file to write"
     ]
 
 
@@ -104,7 +104,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, micro: Path, monkey
     out_dir = tmp_path / "out"
     result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(out_dir / "m.onnx"), "--reference")
     assert result.exit_code == 130
-    assert result.stderr.splitlines() == ["error: interrupted; nothing was written"]
+    assert result.stderr.splitlines() == ["error[interrupted]: interrupted; nothing was written"]
     assert not out_dir.exists(), "the folder made for the output was left"
 
 
@@ -119,7 +119,7 @@ def test_unexpected_error_exits_3_with_hint(tmp_path: Path, micro: Path, monkeyp
     result = run_cli(*args)
     assert result.exit_code == 3
     (line,) = result.stderr.splitlines()
-    assert line.startswith("error: unexpected ZeroDivisionError: simulated bug") and "--debug" in line
+    assert line.startswith("error[internal]: unexpected ZeroDivisionError: simulated bug") and "--debug" in line
     debug = run_cli("--debug", *args)
     assert debug.exit_code == 3 and "Traceback" in debug.stderr and "boom" in debug.stderr
 
@@ -127,7 +127,7 @@ def test_unexpected_error_exits_3_with_hint(tmp_path: Path, micro: Path, monkeyp
 def test_debug_shows_traceback_of_user_errors(tmp_path: Path) -> None:
     result = run_cli("--debug", "to-onnx", str(tmp_path / "nope.pth"), "-o", str(tmp_path / "m.onnx"), "--reference")
     assert result.exit_code == 2 and "Traceback" in result.stderr
-    assert result.stderr.splitlines()[-1].startswith("error: no such file")
+    assert result.stderr.splitlines()[-1].startswith("error[checkpoint]: no such file")
 
 
 def test_fused_export_unavailable_without_passes(tmp_path: Path, micro: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +135,7 @@ def test_fused_export_unavailable_without_passes(tmp_path: Path, micro: Path, mo
     result = run_cli("to-onnx", str(micro / "checkpoint.pth"), "-o", str(tmp_path / "m.onnx"))
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: the fused export is unavailable in this build (bhvit_export.passes.pipeline.fuse_model not found); "
+        "error[export]: the fused export is unavailable in this build (bhvit_export.passes.pipeline.fuse_model not found); "
         "use --reference for the float reference graph"
     ]
 

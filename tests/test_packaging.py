@@ -121,8 +121,12 @@ def _venv_with_wheel(tmp_path: Path) -> Path:
     does not run that folder's own ``.pth`` files, so this environment's editable finder stays off.
     """
     dist = tmp_path / "dist"
+    # Built from a copy: setuptools' build/ folder in the checkout would keep modules since deleted.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "out", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
         check=True, capture_output=True, timeout=600,
     )
     (wheel,) = dist.glob("bhvit_export-*.whl")

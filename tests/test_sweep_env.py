@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from bhvit_export.cli import cli
-from tests.helpers import REPO
+from tests.helpers import REPO, is_error_line
 
 pytest.importorskip("tvm")
 
@@ -28,7 +28,7 @@ def run(*args: str) -> tuple[int, list[str]]:
 
 def one_error(code: int, err: list[str], *needles: str) -> None:
     assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert len(err) == 1 and is_error_line(err[0]), err
     for n in needles:
         assert n in err[0], (n, err[0])
 
@@ -88,26 +88,26 @@ def test_missing_tvm_compile(tmp_path: Path) -> None:
     proc = _without_tvm("compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "b"))
     err = [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")]
     assert proc.returncode == 2, proc.stderr
-    assert err == ["error: this command needs the Python package 'tvm', which is not installed (pip install apache-tvm)"]
+    assert err == ["error[environment]: this command needs the Python package 'tvm', which is not installed (pip install apache-tvm)"]
 
 
 def test_missing_tvm_verify(micro_bundle: Path) -> None:
     proc = _without_tvm("verify", str(micro_bundle), "--runs", "0", "--no-torch")
     err = [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")]
     assert proc.returncode == 2, proc.stderr
-    assert err == ["error: this command needs the Python package 'tvm', which is not installed (pip install apache-tvm)"]
+    assert err == ["error[environment]: this command needs the Python package 'tvm', which is not installed (pip install apache-tvm)"]
 
 
 # --------------------------------------------------------------------------------------------------
 # exit codes everywhere: a user error is one line and exit 2 in every command; --debug adds the traceback
 
 USER_ERRORS = {
-    "to-onnx": (["to-onnx", "{tmp}/nope.pth", "-o", "{tmp}/m.onnx"], "error: no such file"),
-    "inspect": (["inspect", "{tmp}/nope.onnx"], "error: no such file"),
-    "compile": (["compile", "{tmp}/nope.onnx", "-o", "{tmp}/b"], "error: no such file"),
-    "compile-target": (["compile", "{tmp}/nope.onnx", "-o", "{tmp}/b", "--target", "no-such-target"], "error: --target no-such-target"),
-    "verify": (["verify", "{tmp}/nope"], "error: {tmp}/nope: no such bundle"),
-    "verify-rpc": (["verify", "{tmp}", "--rpc", "x", "--native"], "error: choose one of --rpc, --tracker and --native"),
+    "to-onnx": (["to-onnx", "{tmp}/nope.pth", "-o", "{tmp}/m.onnx"], "error[checkpoint]: no such file"),
+    "inspect": (["inspect", "{tmp}/nope.onnx"], "error[onnx]: no such file"),
+    "compile": (["compile", "{tmp}/nope.onnx", "-o", "{tmp}/b"], "error[onnx]: no such file"),
+    "compile-target": (["compile", "{tmp}/nope.onnx", "-o", "{tmp}/b", "--target", "no-such-target"], "error[target]: --target no-such-target"),
+    "verify": (["verify", "{tmp}/nope"], "error[bundle]: {tmp}/nope: no such bundle"),
+    "verify-rpc": (["verify", "{tmp}", "--rpc", "x", "--native"], "error[bundle]: choose one of --rpc, --tracker and --native"),
 }
 
 

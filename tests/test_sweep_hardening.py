@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from bhvit_export.cli import cli
-from tests.helpers import REPO, official_path
+from tests.helpers import REPO, is_error_line, official_path
 
 pytest.importorskip("tvm")
 
@@ -49,7 +49,7 @@ def run(*args: str) -> tuple[int, str, list[str]]:
 def one_error(code: int, err: list[str], *needles: str, exit_code: int = 2) -> str:
     """Exactly one ``error:`` line (no traceback) holding every needle; returns it."""
     assert code == exit_code, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert len(err) == 1 and is_error_line(err[0]), err
     for n in needles:
         assert n in err[0], (n, err[0])
     return err[0]
@@ -676,7 +676,7 @@ def test_silent_rpc_peer_times_out(how: str, micro_bundle: Path, silent_peer: st
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     err = [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")]
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
-    assert f"error: {how} {silent_peer}: no answer within 2 s" in err[0], err
+    assert f"error[target]: {how} {silent_peer}: no answer within 2 s" in err[0], err
     assert time.monotonic() - t0 < 60
 
 
@@ -717,7 +717,7 @@ def test_sigterm_during_the_tvm_build(fused_onnx: Callable[[str], Path], tmp_pat
     out = tmp_path / "out" / "b"
     code, err, took = _signal_when(["compile", str(fused_onnx("micro")), "-o", str(out), "--no-native"],
                                    "building for", signal.SIGTERM)
-    assert (code, err) == (143, ["error: terminated (SIGTERM); nothing was written"])
+    assert (code, err) == (143, ["error[terminated]: terminated (SIGTERM); nothing was written"])
     assert took < 5, f"took {took:.1f} s to stop"
     assert list(tmp_path.iterdir()) == []
 
@@ -725,7 +725,7 @@ def test_sigterm_during_the_tvm_build(fused_onnx: Callable[[str], Path], tmp_pat
 def test_sigint_during_the_timing_loop(micro_bundle: Path) -> None:
     code, err, took = _signal_when(["verify", str(micro_bundle), "--no-torch", "--runs", "10000"], "timing 10000 runs",
                                    signal.SIGINT)
-    assert (code, err) == (130, ["error: interrupted; nothing was written"])
+    assert (code, err) == (130, ["error[interrupted]: interrupted; nothing was written"])
     assert took < 5, f"took {took:.1f} s to stop"
 
 
@@ -828,9 +828,10 @@ def test_links_and_special_files_in_a_bundle_are_refused(case: str, bundle: Path
 
 
 @pytest.mark.parametrize("target, mcpu, says", [
-    ("x86_64", "haswel", "--mcpu haswel: not a CPU LLVM knows for x86_64 (did you mean haswell"),
-    ("aarch64", "cortex-a27", "--mcpu cortex-a27: not a CPU LLVM knows for aarch64 (did you mean cortex-a72,"),
-    ('{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx"}', None, "LLVM does not know the CPU 'skylake-avx'"),
+    ("x86_64", "haswel", "--mcpu haswel: LLVM does not know the CPU 'haswel' for x86_64 (did you mean haswell?)"),
+    ("aarch64", "cortex-a27", "--mcpu cortex-a27: LLVM does not know the CPU 'cortex-a27' for aarch64 (did you mean cortex-a72,"),
+    ('{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx"}', None,
+     "LLVM does not know the CPU 'skylake-avx' for x86_64 (did you mean skylake-avx512"),
 ])
 def test_unknown_mcpu_names_the_close_ones(target: str, mcpu: str | None, says: str, tmp_path: Path, no_load: None) -> None:
     args = ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "b"), "--target", target] + (["--mcpu", mcpu] if mcpu else [])
@@ -929,8 +930,8 @@ def test_converter_error_is_the_last_line_and_stdout_stays_clean(micro_proto: An
     proc = subprocess.run([sys.executable, "-m", "bhvit_export", "compile", str(model), "-o", str(tmp_path / "b"), "--no-native",
                            "--json"], cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     says = f"BinaryLinear {node.name}: x has 256 features, in_features is 100"
-    assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == says, proc.stdout[-500:]  # --json's error envelope only
-    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")] == [f"error: {says}"], proc.stderr[-2000:]
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == says and json.loads(proc.stdout)["stage"] == "compile", proc.stdout[-500:]  # --json's error envelope only
+    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith("... ")] == [f"error[compile]: {says}"], proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 

@@ -25,8 +25,8 @@ from bhvit_export.cli import cli
 from tests.helpers import REPO, official_path
 
 EXPECTED = {
-    signal.SIGINT: (130, "error: interrupted; nothing was written"),
-    signal.SIGTERM: (143, "error: terminated (SIGTERM); nothing was written"),
+    signal.SIGINT: (130, "error[interrupted]: interrupted; nothing was written"),
+    signal.SIGTERM: (143, "error[terminated]: terminated (SIGTERM); nothing was written"),
 }
 
 #: ``python -c`` body: argv = [marker, pause(0/1), bhvit-export args...]. Stand-ins replace the slow

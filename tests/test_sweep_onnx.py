@@ -1,6 +1,6 @@
 """Reliability sweep (issue #7): ONNX files of unknown origin given to ``inspect`` and ``compile``.
 
-Every case is one line ``error: ...`` and exit 2 (never a traceback, never exit 3), decided before
+Every case is one line ``error[<stage>]: ...`` and exit 2 (never a traceback, never exit 3), decided before
 TVM builds or onnxruntime runs anything, and nothing is left at ``-o``. The table of these cases is
 in ``docs/errors.md``; keep the two in step.
 """
@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from bhvit_export.cli import cli
-from tests.helpers import official_path
+from tests.helpers import is_error_line, official_path
 
 COMMANDS = ("inspect", "compile")
 
@@ -33,7 +33,7 @@ def run(*args: str) -> tuple[int, str, list[str]]:
 def one_error(code: int, err: list[str], *needles: str, exit_code: int = 2) -> None:
     """Exactly one ``error:`` line holding every needle, with the expected exit code."""
     assert code == exit_code, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert len(err) == 1 and is_error_line(err[0]), err
     for n in needles:
         assert n in err[0], (n, err[0])
 
@@ -168,7 +168,7 @@ def test_ops_outside_our_set(domain: str, op_type: str, micro_proto: onnx.ModelP
     monkeypatch.setattr(compile_mod, "_ort_golden", no_ort)
     path = _save(_with_foreign_op(micro_proto, domain, op_type), tmp_path / "foreign-op.onnx")
     code, _, err = check("compile", path, tmp_path)
-    one_error(code, err, "cannot lower to TVM: unsupported op types", f"{domain}.{op_type}")
+    one_error(code, err, "error[compile]: cannot lower to TVM: unsupported op types", f"{domain}.{op_type}")
     code, out, err = run("inspect", str(path))
     if domain != "bhvit":  # shape inference stops at the foreign op: the census says which op hides it
         one_error(code, err, "cannot infer the shape", f"ops outside ONNX and bhvit ({domain}.{op_type})")

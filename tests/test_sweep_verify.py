@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.helpers import is_error_line
 from click.testing import CliRunner
 
 pytest.importorskip("tvm")
@@ -33,7 +35,7 @@ def verify(*args: str) -> tuple[int, str, list[str]]:
 
 def one_error(code: int, err: list[str], needle: str, exit_code: int = 2) -> None:
     assert code == exit_code, err
-    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert len(err) == 1 and is_error_line(err[0]) and needle in err[0], err
 
 
 def rehash(root: Path) -> None:

@@ -115,7 +115,7 @@ def test_validation_failure_exits_1_and_keeps_the_file(tmp_path: Path, monkeypat
     out = tmp_path / "m.onnx"
     res = run("to-onnx", str(official_path("micro") / "checkpoint.pth"), "-o", str(out), "--reference")
     assert res.exit_code == 1 and out.is_file()
-    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error[")]
     assert "disagrees with PyTorch beyond the tolerance" in line and str(out) in line and "cosine" in line
     assert "FAIL (cosine" in res.stdout
 
@@ -162,7 +162,7 @@ def test_json_error_object_on_stdout(tmp_path: Path) -> None:
     assert res.exit_code == 2
     obj = json.loads(res.stdout)
     assert obj["stage"] == "target" and obj["error"].startswith("--target nope") and obj["exit_code"] == 2
-    assert res.stderr.splitlines()[-1] == "error: " + obj["error"]
+    assert res.stderr.splitlines()[-1] == f"error[{obj['stage']}]: " + obj["error"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from click.testing import CliRunner
 
 from bhvit_export.cli import cli
 from bhvit_export.file_kinds import identify
-from tests.helpers import official_path
+from tests.helpers import is_error_line, official_path
 
 
 def _error(*args: str) -> tuple[int, str]:
     res = CliRunner().invoke(cli, list(args))
     lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("... ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert len(lines) == 1 and is_error_line(lines[0]), res.stderr
     return res.exit_code, lines[0]
 
 

@@ -76,7 +76,7 @@ def test_sapphirerapids_bundle_is_refused_on_a_zen4_before_loading(spr_bundle: P
     code, _, err = _verify(str(spr_bundle), *(["--native"] if how == "native" else []))
     assert code == 2, err
     assert err == (
-        "error: this bundle was built for sapphirerapids and needs amx-bf16, amx-int8, amx-tile, avx512fp16, "
+        "error[bundle]: this bundle was built for sapphirerapids and needs amx-bf16, amx-int8, amx-tile, avx512fp16, "
         "avxvnni; this CPU (znver4) lacks them; recompile with --mcpu native/--target x86_64 on this machine\n"
     )
 

@@ -81,7 +81,7 @@ def test_unreadable_image_is_one_line_exit_2(micro_bundle: Path, tmp_path: Path)
     (root / "class00" / "broken.jpg").write_bytes(b"this is not a jpeg")
     res = CliRunner().invoke(cli, ["verify", str(micro_bundle), "--runs", "0", "--no-torch", "--images", str(root)])
     assert res.exit_code == 2
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error[")]
     assert len(errors) == 1 and "broken.jpg" in errors[0]
 
 
@@ -145,4 +145,4 @@ def test_class_count_mismatch_is_refused(tmp_path: Path) -> None:
 def test_image_options_without_images_are_an_error(flag: list[str], tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["verify", str(tmp_path), *flag])
     assert res.exit_code == 2
-    assert res.stderr.splitlines()[-1].startswith(f"error: {flag[0]} applies to --images DIR")
+    assert res.stderr.splitlines()[-1].startswith(f"error[bundle]: {flag[0]} applies to --images DIR")

@@ -51,4 +51,4 @@ def test_a_broken_block_is_named(fused_onnx: Callable[[str], Path], tmp_path: Pa
 
 def test_needs_exactly_one_reference(fused_onnx: Callable[[str], Path]) -> None:
     res = CliRunner().invoke(cli, ["verify-layers", str(fused_onnx("micro-gsb"))])
-    assert res.exit_code == 2 and res.stderr.strip() == "error: give exactly one of --intermediates DIR and --checkpoint CKPT"
+    assert res.exit_code == 2 and res.stderr.strip() == "error[onnx]: give exactly one of --intermediates DIR and --checkpoint CKPT"

@@ -129,6 +129,91 @@ def _pin_metadata(proto: "onnx.ModelProto") -> "onnx.ModelProto":
     return proto
 
 
+def _check_paths(ckpt: Path, out: Path, config_json: str | os.PathLike[str] | None) -> None:
+    """``-o`` and the inputs, before anything slow: not a folder, not the checkpoint itself, a
+    checkpoint (not an .onnx or a bundle), and a writable place that is not an input."""
+    if out.is_dir():
+        raise ExportError(f"-o {out} is a directory; give the path of the .onnx file to write")
+    if ckpt.exists() and out.exists() and os.path.samefile(ckpt, out):
+        raise ExportError(f"-o {out} is the checkpoint itself; refusing to overwrite the input")
+    from ..file_kinds import expect_checkpoint
+    from ..output_target import check_output
+
+    expect_checkpoint(ckpt)  # an .onnx or a bundle given by mistake: say which command takes it
+    # before loading: a device file, a FIFO, a path under a file, a read-only folder, the --config file
+    check_output(out, folder=False, error=ExportError, inputs=[ckpt] + ([Path(config_json)] if config_json else []))
+
+
+def _pick_opset(opset: int | None, required: int | None) -> int:
+    """``--opset``, or the passes' (fused) or the reference exporter's; an ExportError if it cannot work."""
+    from .reference import OPSET
+
+    if opset is None:  # the fused graph's passes pin the opset they were written for
+        opset = required or OPSET
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is too old: the graph needs opset {MIN_OPSET} or newer (LayerNormalization)")
+    if required is not None and opset != required:
+        raise ExportError(f"--opset {opset}: the fused graph is built for opset {required}; omit --opset or use {required}")
+    return opset
+
+
+def _add_reference(proto: "onnx.ModelProto", model: Any, say: Progress, times: dict[str, float]) -> tuple[Any, dict[str, Any]]:
+    """Run the PyTorch model on the golden inputs and measure its sensitivity; both go into the
+    metadata (``compile`` and ``verify`` read them). Returns (golden, sensitivity)."""
+    from ..golden import DEFAULT_COUNT, DEFAULT_SEED, METADATA_KEY, pytorch_golden
+    from ..sensitivity import METADATA_KEY as SENSITIVITY_KEY
+    from ..sensitivity import measure_sensitivity
+    from ..sensitivity import to_metadata as sensitivity_metadata
+
+    t = time.perf_counter()
+    say(f"running the PyTorch model on {DEFAULT_COUNT} golden inputs (kept as the reference for verify)")
+    golden = pytorch_golden(model)
+    proto.metadata_props.add(key=METADATA_KEY, value=golden.to_metadata(DEFAULT_SEED))
+    times["golden"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("measuring the reference's sensitivity to a 1e-6 input perturbation")
+    sensitivity = measure_sensitivity(model, golden.inputs)
+    proto.metadata_props.add(key=SENSITIVITY_KEY, value=sensitivity_metadata(sensitivity))
+    times["sensitivity"] = time.perf_counter() - t
+    return golden, sensitivity
+
+
+def _write(proto: "onnx.ModelProto", out: Path) -> int:
+    """Write the file atomically with pinned metadata and the mode ``open()`` gives; its size."""
+    from .reference import save_model
+
+    proto = _pin_metadata(proto)
+    try:
+        size = save_model(proto, out)
+        _chmod_like_open(out)
+    except OSError as e:  # e.g. the disk filled up during the export: the OS's reason, nothing left
+        from ..output_target import os_reason
+
+        raise ExportError(f"cannot write {out}: {os_reason(e)}") from None
+    return size
+
+
+def _validate(out: Path, golden: Any, say: Progress) -> "Validation":
+    """onnxruntime on the written file vs the PyTorch logits; a graph it cannot run is a failed validation."""
+    from ..golden import DEFAULT_COUNT
+    from ..progress import long_step
+    from ..validate import validate_export
+
+    with long_step(say, f"validating {out.name} in onnxruntime against PyTorch on the {DEFAULT_COUNT} golden inputs"):
+        try:
+            return validate_export(out, golden)
+        except ImportError:
+            raise
+        except Exception as e:  # onnxruntime refused or failed to run the graph: that is the finding
+            from ..errors import ExportValidationFailed
+
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise ExportValidationFailed(
+                f"onnxruntime cannot run the exported graph ({type(e).__name__}: {first}); the file stays for inspection: {out}"
+            ) from None
+
+
 def convert_checkpoint(
     ckpt_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -154,34 +239,15 @@ def convert_checkpoint(
     """
     say = progress or (lambda _msg: None)
     ckpt, out = Path(ckpt_path), Path(out_path)
-    if out.is_dir():
-        raise ExportError(f"-o {out} is a directory; give the path of the .onnx file to write")
-    if ckpt.exists() and out.exists() and os.path.samefile(ckpt, out):
-        raise ExportError(f"-o {out} is the checkpoint itself; refusing to overwrite the input")
-    from ..file_kinds import expect_checkpoint
-    from ..output_target import check_output
-
-    expect_checkpoint(ckpt)  # an .onnx or a bundle given by mistake: say which command takes it
-    # before loading: a device file, a FIFO, a path under a file, a read-only folder, the --config file
-    check_output(out, folder=False, error=ExportError, inputs=[ckpt] + ([Path(config_json)] if config_json else []))
+    _check_paths(ckpt, out, config_json)
     fuse, required = (None, None) if reference else _fuser()
 
     from ..checkpoint import load_checkpoint
     from ..config import check_config_json
-    from ..golden import DEFAULT_COUNT, DEFAULT_SEED, METADATA_KEY, pytorch_golden
     from ..progress import long_step
-    from ..sensitivity import METADATA_KEY as SENSITIVITY_KEY
-    from ..sensitivity import measure_sensitivity
-    from ..sensitivity import to_metadata as sensitivity_metadata
-    from .reference import OPSET, export_reference, save_model
+    from .reference import export_reference
 
-    if opset is None:  # the fused graph's passes pin the opset they were written for
-        opset = required or OPSET
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset} is too old: the graph needs opset {MIN_OPSET} or newer (LayerNormalization)")
-    if required is not None and opset != required:
-        raise ExportError(f"--opset {opset}: the fused graph is built for opset {required}; omit --opset or use {required}")
-
+    opset = _pick_opset(opset, required)
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
     say(f"loading {ckpt}")
@@ -194,19 +260,7 @@ def convert_checkpoint(
     with long_step(say, "exporting the float reference graph"):
         proto = export_reference(loaded.model, opset=opset)
     times["export"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    say(f"running the PyTorch model on {DEFAULT_COUNT} golden inputs (kept as the reference for verify)")
-    golden = pytorch_golden(loaded.model)
-    proto.metadata_props.add(key=METADATA_KEY, value=golden.to_metadata(DEFAULT_SEED))
-    times["golden"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    say("measuring the reference's sensitivity to a 1e-6 input perturbation")
-    sensitivity = measure_sensitivity(loaded.model, golden.inputs)
-    proto.metadata_props.add(key=SENSITIVITY_KEY, value=sensitivity_metadata(sensitivity))
-    times["sensitivity"] = time.perf_counter() - t
-
+    golden, sensitivity = _add_reference(proto, loaded.model, say, times)
     if fuse is not None:
         t = time.perf_counter()
         with long_step(say, "fusing binary ops"):
@@ -215,32 +269,12 @@ def convert_checkpoint(
 
     t = time.perf_counter()
     say(f"writing {out}")
-    proto = _pin_metadata(proto)
-    try:
-        size = save_model(proto, out)
-        _chmod_like_open(out)
-    except OSError as e:  # e.g. the disk filled up during the export: the OS's reason, nothing left
-        from ..output_target import os_reason
-
-        raise ExportError(f"cannot write {out}: {os_reason(e)}") from None
+    size = _write(proto, out)
     times["write"] = time.perf_counter() - t
     validation = None
     if validate:
-        from ..validate import validate_export
-
         t = time.perf_counter()
-        with long_step(say, f"validating {out.name} in onnxruntime against PyTorch on the {DEFAULT_COUNT} golden inputs"):
-            try:
-                validation = validate_export(out, golden)
-            except ImportError:
-                raise
-            except Exception as e:  # onnxruntime refused or failed to run the graph: that is the finding
-                from ..errors import ExportValidationFailed
-
-                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                raise ExportValidationFailed(
-                    f"onnxruntime cannot run the exported graph ({type(e).__name__}: {first}); the file stays for inspection: {out}"
-                ) from None
+        validation = _validate(out, golden, say)
         times["validate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
     return ConvertReport(

@@ -15,7 +15,6 @@ import onnx
 import torch
 
 from ..errors import ExportError
-from ..onnx_check import check_model
 from ..model import BHViT
 
 OPSET = 18
@@ -65,8 +64,10 @@ def model_metadata(model: BHViT) -> dict[str, str]:
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Infer shapes and run the checker on the exported reference graph (an ExportError if invalid)."""
-    return check_model(proto, ExportError, "the exported graph")
+    """Infer shapes and run the checker on the torch export (an ExportError if it is not valid)."""
+    from ..onnx_check import check_onnx
+
+    return check_onnx(proto, ExportError, "the exported graph")
 
 
 def save_model(proto: onnx.ModelProto, path: str | Path) -> int:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
+from bhvit_export.targets.arch import NEON_POPCOUNT_GEMM, cpu_variant
+
 from . import neon_gemm
 from .popcount_gemm import OUT_BLOCK, acc_dtype_for, popcount_gemm_stages, schedule_popcount_gemm
-from .target_info import TargetLike, is_aarch64
+from .target_info import TargetLike
 
 
 def make_and_popcount(m: int, n: int, k: int, *, acc_dtype: str = "uint64") -> tirx.PrimFunc:
@@ -38,7 +40,7 @@ def make_and_popcount_neon(m: int, n: int, k: int, *, dotprod: bool = False, **t
 
 def and_popcount_module(m: int, n: int, k: int, target: TargetLike, **tiles: int) -> tvm.IRModule:
     """Scheduled module, ready for :func:`build.build_kernel` (aarch64, N >= 4: the NEON kernel)."""
-    if is_aarch64(target) and neon_gemm.supports(n):
+    if cpu_variant(target, NEON_POPCOUNT_GEMM) and neon_gemm.supports(n):
         tiles = tiles or neon_gemm.arch_tile(target)
         func = make_and_popcount_neon(m, n, k, dotprod=neon_gemm.has_dotprod(target), **tiles)
         return tvm.IRModule({"main": func})

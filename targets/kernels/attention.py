@@ -232,7 +232,7 @@ def scores_module(
     """Scheduled ``BinaryAttentionScores`` module, ready for :func:`build.build_kernel` (CUDA targets:
     :func:`gpu_attention.scores_module_gpu`; aarch64: :mod:`attention_neon` unless ``tiles``, the
     generic schedule's ``mr``/``nr``, are given)."""
-    from .gpu_schedule import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import scores_module_gpu
@@ -254,7 +254,7 @@ def qd_context_module(
 ) -> tvm.IRModule:
     """Scheduled ``QDAttentionContext`` module, ready for :func:`build.build_kernel` (CUDA targets:
     :func:`gpu_attention.qd_context_module_gpu`)."""
-    from .gpu_schedule import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_attention import qd_context_module_gpu

@@ -297,8 +297,12 @@ def schedule_tiled_popcount(
         sch.unroll(lp)
 
 
-def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, *, mr: int = 4, nr: Optional[int] = None) -> tvm.IRModule:
-    """CPU schedule: row-parallel sign stage, im2col vectorised along output columns, tiled GEMM."""
+def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, *, mr: Optional[int] = None, nr: Optional[int] = None) -> tvm.IRModule:
+    """CPU schedule: row-parallel sign stage, im2col vectorised along output columns, tiled GEMM
+    (``mr``: the architecture record's ``popcount_rows`` unless given)."""
+    from bhvit_export.targets.arch import arch_of
+
+    mr = mr if mr is not None else arch_of(target).popcount_rows
     sch = tvm.s_tir.Schedule(func)
     lanes = u64_lanes(target)
     sign = sch.get_sblock(SIGN_BLOCK)
@@ -325,7 +329,7 @@ def bconv_module(
     geom: ConvGeometry, target: TargetLike, *, out_dtype: OutDType = "float32", **tiles: int
 ) -> tvm.IRModule:
     """Scheduled module, ready for :func:`build.build_kernel` (CUDA targets: :func:`gpu_bconv.bconv_module_gpu`)."""
-    from .gpu_schedule import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         from .gpu_bconv import bconv_module_gpu

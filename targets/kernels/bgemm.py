@@ -13,9 +13,11 @@ from typing import Literal
 import tvm
 from tvm import te, tirx
 
+from bhvit_export.targets.arch import NEON_POPCOUNT_GEMM, cpu_variant
+
 from . import neon_gemm
 from .popcount_gemm import OUT_BLOCK, acc_dtype_for, popcount_gemm_stages, schedule_popcount_gemm
-from .target_info import TargetLike, is_aarch64
+from .target_info import TargetLike
 
 OutDType = Literal["float32", "int32"]
 
@@ -88,7 +90,7 @@ def bgemm_module(
     target has ``dotprod``) whenever N >= 4, its register tile from the architecture record
     (``targets/arch.py``) unless ``tiles`` says otherwise; everything else the TE compute + shared schedule.
     """
-    if is_aarch64(target) and neon_gemm.supports(n):
+    if cpu_variant(target, NEON_POPCOUNT_GEMM) and neon_gemm.supports(n):
         tiles = tiles or neon_gemm.arch_tile(target)
         func = make_bgemm_neon(m, n, k, out_dtype=out_dtype, dotprod=neon_gemm.has_dotprod(target), **tiles)
         return tvm.IRModule({"main": func})

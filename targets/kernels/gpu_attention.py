@@ -8,9 +8,9 @@ Scores, per (batch, head):
 
 1. ``q_bits [B*h, N, dw]`` and ``k_bits [B*h, dw, N]``: the shifted signs of ``q``/``k`` packed
    along the head dim, read through a shared-memory tile so global reads coalesce
-   (:func:`gpu_schedule.schedule_bitpack_stage_gpu`);
+   (:func:`packed.schedule_bitpack_stage_gpu`);
 2. ``popc``/``out``: ``d - 2 popc(q ^ k)`` as the batched shared-memory GEMM
-   (:func:`gpu_schedule.schedule_batched_popcount_gpu`, ``__popcll`` into int32 registers),
+   (:func:`packed.schedule_batched_popcount_gpu`, ``__popcll`` into int32 registers),
    ``/ scale`` in the epilogue, keys along ``threadIdx.x`` so the ``[B*h, N, N]`` stores coalesce.
 
 QD context, per (batch, head):
@@ -31,7 +31,7 @@ from __future__ import annotations
 import tvm
 
 from . import attention
-from .gpu_schedule import (
+from bhvit_export.targets.schedules.gpu.packed import (
     GemmTiles,
     schedule_batched_popcount_gpu,
     schedule_bitpack_stage_gpu,

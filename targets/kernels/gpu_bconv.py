@@ -6,7 +6,7 @@ Three kernel launches, one per stage of :func:`bconv.make_bconv`:
 2. ``im2col [B, g, Kw, Ho*Wo]``: one thread per patch word, pixels along ``threadIdx.x``, so at
    each of the 64 unrolled bit steps a warp reads 32 neighbouring bytes of one ``sign_pad`` row;
 3. ``popc``/``out``: the batched shared-memory popcount GEMM
-   (:func:`gpu_schedule.schedule_batched_popcount_gpu`): rows are output pixels, columns output
+   (:func:`packed.schedule_batched_popcount_gpu`): rows are output pixels, columns output
    channels (``threadIdx.x``, so the NHWC stores coalesce), the patch words and the weight rows
    (the CPU's transposed copy ``w_t`` inlined) staged ``kc`` words at a time in shared memory;
    ``__popcll`` into int32 registers, then the exact border correction and ``* scale + bias``.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import tvm
 
 from . import bconv
-from .gpu_schedule import GemmTiles, schedule_batched_popcount_gpu, schedule_columns_gpu, schedule_elementwise_gpu
+from bhvit_export.targets.schedules.gpu.packed import GemmTiles, schedule_batched_popcount_gpu, schedule_columns_gpu, schedule_elementwise_gpu
 from .target_info import TargetLike
 
 #: The popcount accumulator type on CUDA (``__popcll`` returns an int).

@@ -1,12 +1,12 @@
 """numpy emulation of the GPU kernels' tiling: blocks, threads, shared-memory tiles, int32 registers.
 
-Written from the decomposition the GPU schedules describe (:mod:`gpu_schedule`), not from their
+Written from the decomposition the GPU schedules describe (:mod:`bhvit_export.targets.schedules.gpu.packed`), not from their
 TIR: each block stages exactly the region its schedule stages into a shared tile (laid out with
 the schedule's padded row stride), every thread then reads *only that tile* (a read outside the
 staged region raises), accumulates popcounts in int32 (an overflow raises), and its output lands
 where its thread indices say (an output written twice, or never, raises). The tile shapes come
-from the same planning functions the schedules call (:func:`gpu_schedule.pack_tile`,
-:func:`gpu_schedule.gemm_plan`), so a test of this module against :mod:`reference` checks that
+from the same planning functions the schedules call (:func:`packed.pack_tile`,
+:func:`packed.gemm_plan`), so a test of this module against :mod:`reference` checks that
 the decomposition covers every output once, that the staged regions hold every word a thread
 reads (ragged edges, partial words, K-chunk tails, groups and heads spanned by a column tile),
 and that 32-bit accumulation is exact.
@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .gpu_schedule import PACK_THREADS, BlockPlan, GemmTiles, gemm_plan, pack_tile
+from bhvit_export.targets.schedules.gpu.packed import PACK_THREADS, BlockPlan, GemmTiles, gemm_plan, pack_tile
 from .reference import WORD_BITS, num_words, popcount
 
 WARP = 32
@@ -53,7 +53,7 @@ class PackStats:
 
 def _row_stride(cols: int, elem_bytes: int) -> int:
     """The padded row stride (elements) of a staged tile: one bank past a multiple of 32 banks
-    (``gpu_schedule._align_rows``: ``storage_align(factor=128/e, offset=4/e)``)."""
+    (``packed._align_rows``: ``storage_align(factor=128/e, offset=4/e)``)."""
     factor, offset = 128 // elem_bytes, 4 // elem_bytes
     k = -(-(cols - offset) // factor) if cols > offset else 0
     return factor * k + offset

@@ -95,9 +95,13 @@ def make_gsb_context(b: int, n: int, c: int, h: int, *, out_dtype: OutDType = "f
 
 
 def schedule_gsb_context(
-    func: tirx.PrimFunc, target: TargetLike, *, mr: int = 4, nr: Optional[int] = None
+    func: tirx.PrimFunc, target: TargetLike, *, mr: Optional[int] = None, nr: Optional[int] = None
 ) -> tvm.IRModule:
-    """Row max, planes and v packs row-parallel; the GEMM tiled within one head; epilogue parallel."""
+    """Row max, planes and v packs row-parallel; the GEMM tiled within one head; epilogue parallel
+    (``mr``: the architecture record's ``popcount_rows`` unless given)."""
+    from bhvit_export.targets.arch import arch_of
+
+    mr = mr if mr is not None else arch_of(target).popcount_rows
     lanes = u64_lanes(target)
     sch = tvm.s_tir.Schedule(func)
     for name in (ROWMAX_BLOCK, PLANES_BLOCK, V_BLOCK):

@@ -13,7 +13,7 @@ Two forms of the same function:
   and a bit-weight reduction (NEON), instead of 64 scalar compare/shift/or steps per word: 3.5x
   faster at 3136x512 on one Sapphire Rapids thread (0.86 -> 0.25 ms, memory-bound now). A partial
   last word (K not a multiple of 64) keeps the scalar form.
-* CUDA (:func:`make_pack` + :func:`gpu_schedule.schedule_pack_gpu`): the TE compute, one thread a
+* CUDA (:func:`make_pack` + :func:`packed.schedule_pack_gpu`): the TE compute, one thread a
   word, the source rows staged in shared memory by coalesced reads first.
 """
 
@@ -102,9 +102,9 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
     """Parallel over rows, bit loop fully unrolled (LLVM turns it into compares + shifts/ors).
 
     The target only matters to LLVM here; the loop structure is the same on x86 and aarch64.
-    CUDA targets get :func:`gpu_schedule.schedule_pack_gpu` instead.
+    CUDA targets get :func:`packed.schedule_pack_gpu` instead.
     """
-    from .gpu_schedule import is_cuda, schedule_pack_gpu
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda, schedule_pack_gpu
 
     if is_cuda(target):
         return schedule_pack_gpu(func, target)
@@ -118,7 +118,7 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
 
 def pack_module(m: int, k: int, target: TargetLike, *, shift: bool = False) -> tvm.IRModule:
     """Scheduled module, ready for :func:`build.build_kernel` (mask form on CPUs, TE form on CUDA)."""
-    from .gpu_schedule import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     if is_cuda(target):
         return schedule_pack(make_pack(m, k, shift=shift), target)

@@ -61,7 +61,7 @@ def popcount_as(word: tirx.Expr, acc_dtype: str) -> tirx.Expr:
 
 def acc_dtype_for(target: TargetLike) -> str:
     """The popcount accumulator type for ``target``: 32-bit on CUDA, 64-bit lanes on CPUs."""
-    from .gpu_schedule import is_cuda
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda
 
     return "int32" if is_cuda(target) else "uint64"
 
@@ -75,21 +75,25 @@ def schedule_popcount_gemm(
     func: tirx.PrimFunc,
     target: TargetLike,
     *,
-    mr: int = 4,
+    mr: Optional[int] = None,
     nr: Optional[int] = None,
 ) -> tvm.IRModule:
     """Register-tiled, M-parallel schedule for the kernels built on :func:`popcount_gemm_stages`.
 
-    ``mr`` rows x ``nr`` columns of accumulators are kept in vector registers; ``nr`` defaults to
+    ``mr`` rows (default: the architecture record's ``popcount_rows``) x ``nr`` columns of
+    accumulators are kept in vector registers; ``nr`` defaults to
     two vectors of ``u64_lanes(target)`` (AVX-512: 16, AVX2: 8, NEON: 4), shrunk to a divisor of N
     so the vector loop never carries a per-lane tail predicate.
     Rows use ``mr`` with a predicate on the last tile: that keeps the vector body intact.
-    CUDA targets get :func:`gpu_schedule.schedule_popcount_gemm_gpu` (``mr``/``nr`` are CPU tiles).
+    CUDA targets get :func:`packed.schedule_popcount_gemm_gpu` (``mr``/``nr`` are CPU tiles).
     """
-    from .gpu_schedule import is_cuda, schedule_popcount_gemm_gpu
+    from bhvit_export.targets.schedules.gpu.packed import is_cuda, schedule_popcount_gemm_gpu
 
     if is_cuda(target):
         return schedule_popcount_gemm_gpu(func, target)
+    from bhvit_export.targets.arch import arch_of
+
+    mr = mr if mr is not None else arch_of(target).popcount_rows
     lanes = u64_lanes(target)
     sch = tvm.s_tir.Schedule(func)
     acc = sch.get_sblock(ACC_BLOCK)

@@ -1,7 +1,8 @@
 """Target descriptions and the few target facts the schedules depend on.
 
 Schedules only need to know the SIMD width in uint64 lanes and whether a fast vector popcount
-exists; keeping that here means the kernel modules never parse target strings themselves.
+exists; those answers come from the architecture record (``targets/arch.py``), so the kernel modules
+never parse target strings themselves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any, Union
 
 import tvm
 from tvm.target import codegen
+
+from bhvit_export.targets.arch import AARCH64
 
 TargetLike = Union[str, dict[str, Any], tvm.target.Target]
 
@@ -21,7 +24,7 @@ X86_AVX2: dict[str, Any] = {"kind": "llvm", "mcpu": "haswell"}
 #: Raspberry Pi 4 class aarch64 (NEON ``cnt``); cross-compile only on this x86 host.
 AARCH64_CORTEX_A72: dict[str, Any] = {
     "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
+    "mtriple": AARCH64.triple,
     "mcpu": "cortex-a72",
     "mattr": ["+neon"],
 }
@@ -35,41 +38,40 @@ def as_target(target: TargetLike) -> tvm.target.Target:
 
 
 def is_aarch64(target: TargetLike) -> bool:
-    """True for 64-bit Arm targets (decided by the triple, since ``feature.*`` is Arm-only)."""
+    """True for 64-bit Arm llvm targets (the architecture record of the target's triple, see
+    ``targets/arch.py``); False for a CUDA target, whatever its host."""
+    from bhvit_export.targets.arch import target_record
+
     tgt = as_target(target)
-    triple = str(tgt.attrs.get("mtriple", ""))
-    return triple.startswith(("aarch64", "arm64")) or bool(tgt.attrs.get("feature.is_aarch64", False))
+    return tgt.kind.name == "llvm" and target_record(tgt) is AARCH64
 
 
-def _has(target: tvm.target.Target, *features: str) -> bool:
+def has_features(target: tvm.target.Target, *features: str) -> bool:
     """Ask LLVM whether ``target`` (its mcpu/mattr) has all ``features``."""
     return bool(codegen.target_has_features(list(features), target))
 
 
 def u64_lanes(target: TargetLike) -> int:
-    """uint64 lanes per SIMD register the schedules should vectorise to.
+    """uint64 lanes per SIMD register the schedules should vectorise to (the architecture record's
+    SIMD level the target's features enable, :func:`bhvit_export.targets.arch.arch_of`).
 
-    We ask LLVM for features instead of trusting ``llvm_get_vector_width``, which reports the host
-    width (512) even for ``mcpu=haswell`` in TVM 0.27.
+    The level is chosen by asking LLVM for features instead of trusting ``llvm_get_vector_width``,
+    which reports the host width (512) even for ``mcpu=haswell`` in TVM 0.27.
     """
+    from bhvit_export.targets.arch import arch_of
+
     tgt = as_target(target)
     if tgt.kind.name != "llvm":
         raise ValueError(f"only llvm CPU targets are scheduled here, got {tgt.kind.name}")
-    if is_aarch64(tgt):
-        return 2  # 128-bit NEON; SVE is not used.
-    if _has(tgt, "avx512f"):
-        return 8
-    if _has(tgt, "avx2"):
-        return 4
-    return 2  # SSE2 baseline
+    return arch_of(tgt).u64_lanes
 
 
 def has_vector_popcount(target: TargetLike) -> bool:
-    """True where a vector popcount instruction exists (x86 VPOPCNTDQ, NEON ``cnt``)."""
+    """True where a vector popcount instruction exists (x86 VPOPCNTDQ, NEON ``cnt``; llvm targets)."""
+    from bhvit_export.targets.arch import arch_of
+
     tgt = as_target(target)
-    if is_aarch64(tgt):
-        return True
-    return _has(tgt, "avx512vpopcntdq")
+    return tgt.kind.name == "llvm" and arch_of(tgt).vector_popcount
 
 
 def host_target() -> tvm.target.Target:

@@ -2,7 +2,7 @@
 
 BHViT's token shifts (spec "Shift" and the channel mixes) roll the image by 1 or 2 rows or columns,
 which the exporter writes as two slices and a concat. Legalised, the concat is one ``if_then_else``
-per element, which :func:`bhvit_export.targets.schedules.common.inline_spatial` must keep as its own pass over
+per element, which :func:`bhvit_export.targets.schedules.cpu.common.inline_spatial` must keep as its own pass over
 memory (a lane-dependent condition scalarises the vector loop): Tiny's first stage materialised
 about twenty 56x56x64 rolled copies per block, each its own parallel loop. A read at
 ``(i + b) mod H`` gets the same elements with no condition: the index is per row or column, the

@@ -1,7 +1,7 @@
-"""CUDA build path (``targets/kernels/gpu_schedule.py``, ``targets/build_cuda.py``), run without a GPU.
+"""CUDA build path (``targets/schedules/gpu/packed.py``, ``targets/build_cuda.py``), run without a GPU.
 
 * GPU schedules' numerics, on the CPU: each GPU-scheduled kernel is serialised (thread loops made
-  serial, shared/local buffers global: ``gpu_schedule.serialize_threads``), built for LLVM and
+  serial, shared/local buffers global: ``packed.serialize_threads``), built for LLVM and
   compared bit-exactly with the numpy references on random small shapes, ragged tiles included;
 * the kernels compile for CUDA (nvcc) with ``__popcll`` and a register tile of the planned size;
 * the micro fixture, fused, compiles for the Jetson Orin tag into an aarch64 shared library and for
@@ -34,7 +34,6 @@ from tvm import relax  # noqa: E402
 
 from bhvit_export.errors import TargetError  # noqa: E402
 from bhvit_export.targets.build_cuda import (  # noqa: E402
-    AARCH64_CXX,
     JETSON_ORIN,
     X86_SM90,
     build_cuda,
@@ -44,9 +43,10 @@ from bhvit_export.targets.build_cuda import (  # noqa: E402
     require_gpu_schedules,
     unscheduled_functions,
 )
+from bhvit_export.targets.arch import AARCH64  # noqa: E402
 from bhvit_export.targets.kernels import and_popcount, bgemm, pack  # noqa: E402
 from bhvit_export.targets.kernels import reference as ref  # noqa: E402
-from bhvit_export.targets.kernels.gpu_schedule import (  # noqa: E402
+from bhvit_export.targets.schedules.gpu.packed import (  # noqa: E402
     GemmTiles,
     is_cuda,
     schedule_popcount_gemm_gpu,
@@ -61,6 +61,7 @@ SEED = st.integers(0, 2**32 - 1)
 PROPS = settings(max_examples=12, deadline=None)
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed (CUDA toolkit)")
+AARCH64_CXX = AARCH64.cross_compiler.executable
 needs_cross = pytest.mark.skipif(
     shutil.which(AARCH64_CXX) is None, reason=f"{AARCH64_CXX} not installed (g++-aarch64-linux-gnu)"
 )

@@ -5,7 +5,7 @@ Three independent checks, each against the numpy references (``targets/kernels/r
 * the **numpy emulation of the tiling** (``gpu_emulation``: blocks, threads, shared tiles, int32
   registers; written from the decomposition, not the TIR) is bit-exact on random small shapes, and
   its memory statistics show the sign-pack fetches coalesced and its shared reads conflict-free;
-* the **TIR** of each GPU schedule, serialised to CPU loops (``gpu_schedule.serialize_threads``), is
+* the **TIR** of each GPU schedule, serialised to CPU loops (``packed.serialize_threads``), is
   bit-exact, and the micro fixture lowered with every packed GPU kernel (serialised, the float
   remainder on the CPU) matches the official logits within the spec's end-to-end tolerance;
 * the kernels **compile** with nvcc for sm_87 (Jetson Orin) and sm_90 (H100/H200): micro-sized
@@ -36,7 +36,7 @@ from bhvit_export.targets.kernels import and_popcount, bgemm, gpu_attention, gpu
 from bhvit_export.targets.kernels import gpu_emulation as emu  # noqa: E402
 from bhvit_export.targets.kernels import reference as ref  # noqa: E402
 from bhvit_export.targets.kernels.bconv import ConvGeometry, border_correction  # noqa: E402
-from bhvit_export.targets.kernels.gpu_schedule import pack_tile, serialize_threads  # noqa: E402
+from bhvit_export.targets.schedules.gpu.packed import pack_tile, serialize_threads  # noqa: E402
 
 SEED = st.integers(0, 2**32 - 1)
 FAST = settings(max_examples=40, deadline=None)  # numpy only

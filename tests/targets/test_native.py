@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 pytest.importorskip("tvm")
 
 from bhvit_export.errors import TargetError  # noqa: E402
+from bhvit_export.targets.arch import AARCH64  # noqa: E402
 from bhvit_export.targets import toolchain  # noqa: E402
 from bhvit_export.targets.native_build import build_rpc_server, build_runner, export_library  # noqa: E402
 from bhvit_export.targets.native_run import run_native  # noqa: E402
@@ -114,7 +115,7 @@ def test_found_tool_is_an_absolute_path(tmp_path: Path, monkeypatch) -> None:
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert require("qemu-aarch64") == str(fake)
-    if not toolchain.AARCH64_SYSROOT.joinpath("lib").is_dir():
+    if not AARCH64.sysroot.joinpath("lib").is_dir():
         pytest.skip("no aarch64 sysroot: install it with `apt-get install g++-aarch64-linux-gnu`")
     assert qemu_command("aarch64") == [str(fake), "-L", "/usr/aarch64-linux-gnu"]
 

@@ -1,4 +1,4 @@
-"""CPU schedule rules (``targets/schedules``).
+"""CPU schedule rules (``targets/schedules/cpu``).
 
 * every PrimFunc of the legalised micro fixture gets a rule, and no loop nest of
   ``PARALLEL_MIN_WORK`` iterations or more is left without a parallel loop;
@@ -23,7 +23,7 @@ from tvm import relax, s_tir, tirx  # noqa: E402
 from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: E402
 
 from bhvit_export.targets.kernels.target_info import host_target  # noqa: E402
-from bhvit_export.targets.schedules import (  # noqa: E402
+from bhvit_export.targets.schedules.cpu import (  # noqa: E402
     PARALLEL_MIN_WORK,
     Contraction,
     Fallback,
@@ -197,7 +197,7 @@ def _loop_kinds(func: tirx.PrimFunc, block: str) -> list[tuple[int, str]]:
 def test_spatial_rows_keep_their_vectors_serial(rows: int, vectors: int, seed: int) -> None:
     """A row-wise elementwise chain (the token shifts' shape): rows parallel, each row's vectors a
     serial loop of their own (unrolled up to 16), never one flat loop recomputing coordinates."""
-    from bhvit_export.targets.schedules import f32_lanes
+    from bhvit_export.targets.schedules.cpu import f32_lanes
 
     c = f32_lanes(TARGET) * vectors
 
@@ -305,3 +305,25 @@ def test_injective_inlines_prelu_select(n: int, c: int) -> None:
     funcs = _legalized(lambda x, y: relax.op.nn.relu(relax.op.concat([x, y], axis=1)), (1, n, c), (1, n, c))
     (new, _), = [schedule_function(f, TARGET, [Injective()]) for f in funcs]
     assert len(_blocks(new)) == 2, _blocks(new)
+
+
+def test_a_failing_rule_is_logged_and_raised_in_strict_mode(monkeypatch, caplog) -> None:
+    """A rule that raises is never silently "not applicable": a warning naming the rule and the
+    function, and in strict mode (the tests) a ScheduleRuleError."""
+    from bhvit_export.targets.schedules.cpu.common import SafeRule
+    from bhvit_export.targets.schedules.rule_failure import STRICT_ENV, ScheduleRuleError
+
+    class Broken(SafeRule):
+        name = "broken"
+
+        def schedule(self, sch, target):
+            raise ValueError("tripped over a shape")
+
+    func = tvm.tirx.PrimFunc([], tvm.tirx.Evaluate(0)).with_attr("global_symbol", "fused_add")
+    target = host_target()
+    with pytest.raises(ScheduleRuleError, match=r"schedule rule broken failed on fused_add \(ValueError: tripped over a shape\)"):
+        schedule_function(func, target, [Broken()])
+    monkeypatch.setenv(STRICT_ENV, "0")
+    with caplog.at_level("WARNING", logger="bhvit.schedules"):
+        assert schedule_function(func, target, [Broken()]) == (None, None)
+    assert "schedule rule broken failed on fused_add (ValueError: tripped over a shape)" in caplog.text

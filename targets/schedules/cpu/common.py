@@ -1,8 +1,9 @@
-"""Facts and loop transformations every CPU rule of :mod:`bhvit_export.targets.schedules` shares.
+"""Facts and loop transformations every CPU rule of :mod:`bhvit_export.targets.schedules.cpu` shares.
 
 The rules follow dlight's shape (a :class:`ScheduleRule` returns a ``Schedule`` or ``None``), but a
-rule that raises while scheduling must not break the build: :class:`SafeRule` turns any schedule
-error into "not applicable", so the next rule (at worst the fallback) gets the function.
+rule that raises while scheduling must not break a user's build: :class:`SafeRule` logs the error
+with the rule and function names and lets the next rule (at worst the fallback) take the function;
+in strict mode (the tests) it raises instead (:mod:`bhvit_export.targets.schedules.rule_failure`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from bhvit_export.targets.kernels.target_info import u64_lanes
+from bhvit_export.targets.schedules.rule_failure import rule_failed
 
 LoopRV = s_tir.schedule.LoopRV
 SBlockRV = s_tir.schedule.SBlockRV
@@ -199,7 +201,8 @@ def schedule_spatial(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
 
 
 class SafeRule(ScheduleRule):
-    """A CPU rule whose schedule errors mean "not applicable" (see the module docstring)."""
+    """A CPU rule whose schedule errors are logged (raised in strict mode), then mean "not
+    applicable" (see the module docstring)."""
 
     name = "rule"
 
@@ -211,7 +214,8 @@ class SafeRule(ScheduleRule):
             return None
         try:
             return self.schedule(s_tir.Schedule(func), target)
-        except Exception:  # noqa: BLE001 - any primitive refusal: let the next rule try
+        except Exception as err:  # noqa: BLE001 - logged (raised in strict mode); the next rule tries
+            rule_failed(self.name, func, err)
             return None
 
     def schedule(self, sch: s_tir.Schedule, target: Target) -> Optional[s_tir.Schedule]:

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import tirx
 
-from .reference import WORD_BITS
-from .target_info import TargetLike, as_target
+from bhvit_export.targets.kernels.reference import WORD_BITS
+from bhvit_export.targets.kernels.target_info import TargetLike, as_target
 
 #: Block names of the computes (kept in sync with ``pack.PACK_BLOCK`` / ``popcount_gemm``; duplicated
 #: rather than imported because those modules import this one lazily).
