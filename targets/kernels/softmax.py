@@ -162,16 +162,16 @@ def _rows(x, y, acc, red, leads: list[list], n: int, nv: int, tail: int, lanes: 
             for i in rows:
                 T.buffer_store(y, fast_exp(ld(x, vec(i, j)) - mb[i], lanes), vec(i, j))
                 T.buffer_store(acc, ld(acc, a(i)) + ld(y, vec(i, j)), a(i))
-        keep = tirx.Ramp(0, 1, lanes) >= tirx.Broadcast(tirx.const(lanes - tail, "int32"), lanes)
         for i in rows:
             if tail:
-                # The tail as the row's last vector: its lanes below the tail recompute (bit for
-                # bit) what is stored already and are masked out of the sum.
+                # The tail's exp as the row's last vector: its lanes below the tail recompute (bit
+                # for bit) what is stored already; the tail is summed after the lanes, as before.
                 T.buffer_store(y, fast_exp(ld(x, last(i)) - mb[i], lanes), last(i))
-                T.buffer_store(acc, ld(acc, a(i)) + tirx.Select(keep, ld(y, last(i)), _const(0.0, lanes)), a(i))
             s = acc[i * lanes]
             for lane in range(1, lanes):
                 s = s + acc[i * lanes + lane]
+            for t in range(tail):
+                s = s + y[(*leads[i], nv * lanes + t)]
             sums.append(s)
     else:
         for i in rows:
