@@ -15,6 +15,14 @@ same expression as :func:`tvm.topi.fast_exp`, written over vectors here. Against
 ``fast_softmax`` the sum is taken in another order (lanes, then the tail) and ``e * (1/s)``
 rounds once more than ``e / s``: within 3e-7 relative of it. Rows run in parallel, a
 contiguous block of rows per task (:mod:`.rows`).
+
+Each row is one long dependency chain (max -> exp -> sum -> reciprocal -> scale), so a task
+takes its rows two at a time, each step emitted for both rows in the same loop bodies: the core
+overlaps the two chains. A row's tail (``n % lanes``) is not a scalar ``exp`` chain but the
+row's last full vector again (``n - lanes .. n``), its overlapping lanes recomputed bit for bit;
+the tail is still summed after the lanes, so the output is bit-identical to one row at a time
+with a scalar tail. Cortex-A72 estimate (``bench --arm``) of Tiny's ``softmax_rows_4x4x53x53``:
+4.76 ms before, 1.73 ms after.
 """
 
 from __future__ import annotations
