@@ -15,6 +15,14 @@ same expression as :func:`tvm.topi.fast_exp`, written over vectors here. Against
 ``fast_softmax`` the sum is taken in another order (lanes, then the tail) and ``e * (1/s)``
 rounds once more than ``e / s``: within 3e-7 relative of it. Rows run in parallel, a
 contiguous block of rows per task (:mod:`.rows`).
+
+Each row is one long dependency chain (max -> exp -> sum -> reciprocal -> scale), so a task
+takes its rows two at a time, each step emitted for both rows in the same loop bodies: the core
+overlaps the two chains. A row's tail (``n % lanes``) is not a scalar ``exp`` chain but the
+row's last full vector again (``n - lanes .. n``), its overlapping lanes recomputed bit for bit;
+the tail is still summed after the lanes, so the output is bit-identical to one row at a time
+with a scalar tail. Cortex-A72 estimate (``bench --arm``) of Tiny's ``softmax_rows_4x4x53x53``:
+4.76 ms before, 1.73 ms after.
 """
 
 from __future__ import annotations
@@ -106,60 +114,91 @@ def make_softmax(shape: tuple[int, ...], lanes: int) -> tirx.PrimFunc:
             with T.sblock("root"):
                 with T.parallel(0, tasks) as task:
                     # Once per task: a buffer allocated in the row loop is a workspace call per row.
-                    acc = T.alloc_buffer((lanes,), "float32", scope="global")
-                    red = T.alloc_buffer((2,), "float32", scope="global")  # the row's max, then 1/sum
-                    with T.serial(0, per_task) as step:
-                        row = task * per_task + step
-                        with T.If(row < rows):
+                    acc = T.alloc_buffer((2 * lanes,), "float32", scope="global")
+                    red = T.alloc_buffer((4,), "float32", scope="global")  # per row: its max, then 1/sum
+                    end = tirx.min((task + 1) * per_task, rows)
+                    with T.serial(0, (per_task + 1) // 2) as step:
+                        row = task * per_task + 2 * step
+                        with T.If(row + 1 < end):
                             with T.Then():
-                                _row(x, y, acc, red, unravel(row, lead), n, nv, tail, lanes)
+                                _rows(x, y, acc, red, [unravel(row, lead), unravel(row + 1, lead)], n, nv, tail, lanes)
+                            with T.Else():
+                                with T.If(row < end):
+                                    with T.Then():
+                                        _rows(x, y, acc, red, [unravel(row, lead)], n, nv, tail, lanes)
     return ib.get()
 
 
-def _row(x, y, acc, red, lead, n: int, nv: int, tail: int, lanes: int) -> None:  # noqa: ANN001
-    """One row: max, exp + sum, scale (the module docstring's three steps)."""
-    vec = lambda j: [*lead, tirx.Ramp(j * lanes, 1, lanes)]  # noqa: E731
-    lanes_all = tirx.Ramp(0, 1, lanes)
+def _rows(x, y, acc, red, leads: list[list], n: int, nv: int, tail: int, lanes: int) -> None:  # noqa: ANN001
+    """Rows side by side (the module docstring's three steps, each step for every row in turn).
+
+    Each row is one long dependency chain (max, then exp, then sum, reciprocal, scale); two rows
+    interleaved in the same loop bodies give the core two independent chains to overlap.
+    """
+    rows = range(len(leads))
+    vec = lambda i, j: [*leads[i], tirx.Ramp(j * lanes, 1, lanes)]  # noqa: E731
+    last = lambda i: [*leads[i], tirx.Ramp(n - lanes, 1, lanes)]  # noqa: E731  the row's last full vector
+    a = lambda i: [tirx.Ramp(i * lanes, 1, lanes)]  # noqa: E731  row i's vector accumulator
+    ld = tirx.BufferLoad
     # 1. max
     if nv:
-        T.buffer_store(acc, tirx.BufferLoad(x, vec(0)), [lanes_all])
+        for i in rows:
+            T.buffer_store(acc, ld(x, vec(i, 0)), a(i))
         with T.serial(1, nv) as j:
-            T.buffer_store(acc, tirx.max(tirx.BufferLoad(acc, [lanes_all]), tirx.BufferLoad(x, vec(j))), [lanes_all])
-        m = acc[0]
-        for lane in range(1, lanes):
-            m = tirx.max(m, acc[lane])
-        for t in range(tail):
-            m = tirx.max(m, x[(*lead, nv * lanes + t)])
+            for i in rows:
+                T.buffer_store(acc, tirx.max(ld(acc, a(i)), ld(x, vec(i, j))), a(i))
+        for i in rows:
+            if tail:  # the row's last vector, overlapping the full ones: max is idempotent
+                T.buffer_store(acc, tirx.max(ld(acc, a(i)), ld(x, last(i))), a(i))
+            m = acc[i * lanes]
+            for lane in range(1, lanes):
+                m = tirx.max(m, acc[i * lanes + lane])
+            T.buffer_store(red, m, [2 * i])
     else:
-        m = x[(*lead, 0)]
-        for t in range(1, tail):
-            m = tirx.max(m, x[(*lead, t)])
-    T.buffer_store(red, m, [0])
+        for i in rows:
+            m = x[(*leads[i], 0)]
+            for t in range(1, tail):
+                m = tirx.max(m, x[(*leads[i], t)])
+            T.buffer_store(red, m, [2 * i])
     # 2. e = fast_exp(x - max) into y, summed
-    s: tirx.PrimExpr = tirx.const(0.0, "float32")
+    sums: list[tirx.PrimExpr] = []
     if nv:
-        T.buffer_store(acc, _const(0.0, lanes), [lanes_all])
-        mb = tirx.Broadcast(red[0], lanes) if lanes > 1 else red[0]
+        mb = [tirx.Broadcast(red[2 * i], lanes) for i in rows]
+        for i in rows:
+            T.buffer_store(acc, _const(0.0, lanes), a(i))
         with T.serial(0, nv) as j:
-            e = fast_exp(tirx.BufferLoad(x, vec(j)) - mb, lanes)
-            T.buffer_store(y, e, vec(j))
-            T.buffer_store(acc, tirx.BufferLoad(acc, [lanes_all]) + tirx.BufferLoad(y, vec(j)), [lanes_all])
-        s = acc[0]
-        for lane in range(1, lanes):
-            s = s + acc[lane]
-    for t in range(tail):
-        k = nv * lanes + t
-        T.buffer_store(y, fast_exp(x[(*lead, k)] - red[0], 1), [*lead, k])
-        s = s + y[(*lead, k)]
+            for i in rows:
+                T.buffer_store(y, fast_exp(ld(x, vec(i, j)) - mb[i], lanes), vec(i, j))
+                T.buffer_store(acc, ld(acc, a(i)) + ld(y, vec(i, j)), a(i))
+        for i in rows:
+            if tail:
+                # The tail's exp as the row's last vector: its lanes below the tail recompute (bit
+                # for bit) what is stored already; the tail is summed after the lanes, as before.
+                T.buffer_store(y, fast_exp(ld(x, last(i)) - mb[i], lanes), last(i))
+            s = acc[i * lanes]
+            for lane in range(1, lanes):
+                s = s + acc[i * lanes + lane]
+            for t in range(tail):
+                s = s + y[(*leads[i], nv * lanes + t)]
+            sums.append(s)
+    else:
+        for i in rows:
+            s = tirx.const(0.0, "float32")
+            for t in range(tail):
+                T.buffer_store(y, fast_exp(x[(*leads[i], t)] - red[2 * i], 1), [*leads[i], t])
+                s = s + y[(*leads[i], t)]
+            sums.append(s)
     # 3. y *= 1 / sum
-    T.buffer_store(red, tirx.const(1.0, "float32") / s, [1])
+    for i in rows:
+        T.buffer_store(red, tirx.const(1.0, "float32") / sums[i], [2 * i + 1])
     if nv:
-        rb = tirx.Broadcast(red[1], lanes) if lanes > 1 else red[1]
         with T.serial(0, nv) as j:
-            T.buffer_store(y, tirx.BufferLoad(y, vec(j)) * rb, vec(j))
-    for t in range(tail):
-        k = nv * lanes + t
-        T.buffer_store(y, y[(*lead, k)] * red[1], [*lead, k])
+            for i in rows:
+                T.buffer_store(y, ld(y, vec(i, j)) * tirx.Broadcast(red[2 * i + 1], lanes), vec(i, j))
+    for i in rows:
+        for t in range(tail):
+            k = nv * lanes + t
+            T.buffer_store(y, y[(*leads[i], k)] * red[2 * i + 1], [*leads[i], k])
 
 
 __all__ = ["fast_exp", "fast_exp_reference", "make_softmax", "softmax_reference"]

@@ -242,6 +242,46 @@ def test_fast_erf_matches_erf(n: int, scale: float, seed: int) -> None:
 
 
 @SETTINGS
+@given(n=st.integers(1, 300), scale=st.sampled_from([0.01, 1.0, 3.0, 10.0]), seed=st.integers(0, 99))
+def test_erf_reciprocal_matches_fast_erf(n: int, scale: float, seed: int) -> None:
+    """NEON's divide-free erf (Newton reciprocal of Eigen's denominator) against ``topi.fast_erf``:
+    within 4e-7 absolute and relative (a few float32 ulp; built for the host, the same arithmetic)."""
+    from tvm import te, topi
+
+    from bhvit_export.targets.kernels.build import build_kernel
+    from bhvit_export.targets.kernels.erf_reciprocal import fast_erf_reciprocal
+
+    x = (scale * np.random.default_rng(seed).standard_normal(n)).astype("float32")
+
+    def run(fn) -> np.ndarray:  # noqa: ANN001
+        t = te.placeholder((n,), "float32")
+        out = tvm.runtime.tensor(np.zeros_like(x))
+        build_kernel(te.create_prim_func([t, fn(t)]), TARGET)["main"](tvm.runtime.tensor(x), out)
+        return out.numpy()
+
+    want, got = run(topi.fast_erf), run(fast_erf_reciprocal)
+    np.testing.assert_allclose(got, want, rtol=4e-7, atol=4e-7)
+
+
+def test_fast_erf_on_neon_has_no_divide() -> None:
+    """Built for a Cortex-A72, the pass's erf kernel has no divide; for the host (x86), TOPI's."""
+
+    def body(bb, x):
+        return bb.emit(relax.op.erf(x))
+
+    mod = _module(body, (1, 8))
+    with tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}):
+        neon = fast_erf()(mod)
+    host = fast_erf()(mod)
+    kernel = lambda m: m["fast_erf"].script(show_meta=False)  # noqa: E731
+    assert " / " not in kernel(neon) and "reinterpret" in kernel(neon)
+    from bhvit_export.targets.arch import arch_of
+
+    if arch_of(TARGET).name != "neon":  # x86 keeps TOPI's expression
+        assert " / " in kernel(host)
+
+
+@SETTINGS
 @given(rows=st.integers(1, 20), n=st.integers(1, 120), scale=st.sampled_from([0.5, 3.0, 20.0]), seed=st.integers(0, 99))
 def test_fast_softmax_matches_softmax(rows: int, n: int, scale: float, seed: int) -> None:
     """Attention-shaped softmax over the last axis: within 1e-6 relative of numpy's (float64)."""

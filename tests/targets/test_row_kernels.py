@@ -72,9 +72,10 @@ def test_softmax_matches_reference(lead: list[int], n: int, lanes: int, scale: f
 
 
 def test_neon_rows_have_no_divide_per_element() -> None:
-    """BHViT-Tiny's attention rows (53 = 13 vectors + 1): one ``fdiv`` per row, vector exp."""
+    """BHViT-Tiny's attention rows (53 = 13 vectors + 1): one scalar ``fdiv`` per row (two rows
+    side by side, and the single-row path where LLVM keeps it), vector exp."""
     asm = assembly(make_softmax((4, 4, 53, 53), 4), A72)
-    assert asm.count("fdiv") == 1 and "fdiv\tv" not in asm
+    assert 2 <= asm.count("fdiv") <= 3 and "fdiv\tv" not in asm
     assert "fmla\tv" in asm or "fmul\tv" in asm
     assert "frintm\tv" in asm  # the vector floor of fast_exp's range reduction
 
