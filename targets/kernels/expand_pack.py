@@ -109,6 +109,20 @@ def _popc_neon(a: tirx.Buffer, w_t: tirx.Buffer, i: tirx.Expr, col0: tirx.Expr, 
     return tirx.reinterpret(f"int32x{LANES}", joined)
 
 
+def declare_args(m: int, n: int, kw: int, c: int, blocks: int) -> tuple:
+    """The kernel's signature, inside ``T.prim_func`` (shared by the 64-lane and the NEON kernel, whose
+    callers pass the same buffers): ``(a_bits, x, w_t, {scale, bias, b1, slope, b2, next_shift}, bits, pooled)``."""
+    T.func_name("main")
+    a = T.arg("a_bits", T.Buffer((m, kw), "uint64"))
+    x = T.arg("x", T.Buffer((m, c), "float32"))
+    w_t = T.arg("w_t", T.Buffer((kw, n), "uint64"))
+    vecs = {nm: T.arg(nm, T.Buffer((n,), "float32")) for nm in ("scale", "bias", "b1", "slope", "b2", "next_shift")}
+    bits = T.arg("bits", T.Buffer((m, blocks), "uint64"))
+    pooled = T.arg("pooled", T.Buffer((m, c), "float32"))
+    T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+    return a, x, w_t, vecs, bits, pooled
+
+
 def expand_pack_module(m: int, n: int, k: int, ratio: int, target: TargetLike) -> "tvm.IRModule":
     """Scheduled module for ``target``: on aarch64 the per-register NEON kernel
     (:mod:`expand_pack_neon`) for ratios up to 16, else the NEON popcount in the 64-lane kernel."""
@@ -140,14 +154,7 @@ def make_expand_pack(m: int, n: int, k: int, ratio: int, *, neon: bool = False, 
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            T.func_name("main")
-            a = T.arg("a_bits", T.Buffer((m, kw), "uint64"))
-            x = T.arg("x", T.Buffer((m, c), "float32"))
-            w_t = T.arg("w_t", T.Buffer((kw, n), "uint64"))
-            vecs = {nm: T.arg(nm, T.Buffer((n,), "float32")) for nm in ("scale", "bias", "b1", "slope", "b2", "next_shift")}
-            bits = T.arg("bits", T.Buffer((m, blocks), "uint64"))
-            pooled = T.arg("pooled", T.Buffer((m, c), "float32"))
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            a, x, w_t, vecs, bits, pooled = declare_args(m, n, kw, c, blocks)
             with T.parallel(0, m) as i:
                 # One stack buffer per row task: the block's h, stored once and read back for the
                 # sign mask and the channel means (no recomputation of h per use).

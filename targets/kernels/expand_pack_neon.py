@@ -30,6 +30,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
+from .expand_pack import declare_args
 from .neon_sign import sign_word
 from .reference import WORD_BITS, num_words
 
@@ -96,14 +97,7 @@ def make_expand_pack_neon(m: int, n: int, k: int, ratio: int) -> tirx.PrimFunc:
     i32x4 = lambda v: tirx.Broadcast(tirx.const(v, "int32"), VEC)  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            T.func_name("main")
-            a = T.arg("a_bits", T.Buffer((m, kw), "uint64"))
-            x = T.arg("x", T.Buffer((m, c), "float32"))
-            w_t = T.arg("w_t", T.Buffer((kw, n), "uint64"))
-            vecs = {nm: T.arg(nm, T.Buffer((n,), "float32")) for nm in ("scale", "bias", "b1", "slope", "b2", "next_shift")}
-            bits = T.arg("bits", T.Buffer((m, blocks), "uint64"))
-            pooled = T.arg("pooled", T.Buffer((m, c), "float32"))
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            a, x, w_t, vecs, bits, pooled = declare_args(m, n, kw, c, blocks)
             with T.parallel(0, m) as i:
                 with T.serial(0, blocks) as blk:
                     hs, hv = [], []
