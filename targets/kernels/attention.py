@@ -199,8 +199,17 @@ def _row_parallel(sch: tvm.s_tir.Schedule, name: str) -> None:
     sch.parallel(sch.fuse(*loops[:2]))
 
 
-def schedule_scores(func: tirx.PrimFunc, target: TargetLike, *, mr: int = 4, nr: Optional[int] = None) -> tvm.IRModule:
-    """Packs row-parallel, the GEMM register-tiled (vectorised along keys)."""
+def _popcount_rows(target: TargetLike) -> int:
+    """The register rows of the TE popcount GEMM on ``target`` (its architecture record)."""
+    from bhvit_export.targets.arch import arch_of
+
+    return arch_of(target).popcount_rows
+
+
+def schedule_scores(func: tirx.PrimFunc, target: TargetLike, *, mr: Optional[int] = None, nr: Optional[int] = None) -> tvm.IRModule:
+    """Packs row-parallel, the GEMM register-tiled (vectorised along keys; ``mr``: the architecture
+    record's ``popcount_rows`` unless given)."""
+    mr = mr if mr is not None else _popcount_rows(target)
     sch = tvm.s_tir.Schedule(func)
     _row_parallel(sch, Q_BLOCK)
     _row_parallel(sch, K_BLOCK)
@@ -209,9 +218,10 @@ def schedule_scores(func: tirx.PrimFunc, target: TargetLike, *, mr: int = 4, nr:
 
 
 def schedule_qd_context(
-    func: tirx.PrimFunc, target: TargetLike, *, mr: int = 4, nr: Optional[int] = None
+    func: tirx.PrimFunc, target: TargetLike, *, mr: Optional[int] = None, nr: Optional[int] = None
 ) -> tvm.IRModule:
     """Levels/planes/v packs row-parallel; the GEMM tiled along features within one head."""
+    mr = mr if mr is not None else _popcount_rows(target)
     lanes = u64_lanes(target)
     sch = tvm.s_tir.Schedule(func)
     for name in (LEVEL_BLOCK, PLANE0_BLOCK, PLANE1_BLOCK, V_BLOCK):

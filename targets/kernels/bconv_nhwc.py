@@ -23,6 +23,8 @@ operands share it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import tvm
 from tvm import te, tirx
@@ -137,8 +139,12 @@ def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.P
     return te.create_prim_func([pk, *grouped_gemm(g, a_t, w, pat, corr, out_dtype)])
 
 
-def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, out_w: int, *, mr: int = 4) -> tvm.IRModule:
-    """im2col vectorised along output columns (rows parallel), then the tiled popcount GEMM."""
+def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, out_w: int, *, mr: Optional[int] = None) -> tvm.IRModule:
+    """im2col vectorised along output columns (rows parallel), then the tiled popcount GEMM
+    (``mr``: the architecture record's ``popcount_rows`` unless given)."""
+    from bhvit_export.targets.arch import arch_of
+
+    mr = mr if mr is not None else arch_of(target).popcount_rows
     sch = tvm.s_tir.Schedule(func)
     im = sch.get_sblock(IM2COL_BLOCK)
     b, grp, r, s = sch.get_loops(im)
