@@ -106,6 +106,115 @@ def w_columns(w_t: tirx.Buffer) -> WPair:
     return lambda _bi, r, col: _vec(w_t, r, col, 2)
 
 
+@dataclass(frozen=True)
+class _TilePlan:
+    """The loop nest of :func:`emit_tiles`, fixed before any TIR is written."""
+
+    m: int
+    n: int
+    kw: int
+    mr: int
+    nr: int
+    batch: int
+    combine: Combine
+    dotprod: bool
+
+    @property
+    def pairs(self) -> int:
+        """128-bit vectors (2 uint64 columns) per tile row."""
+        return self.nr // 2
+
+    @property
+    def quads(self) -> int:
+        """Widened uint32x4 column sums per tile row."""
+        return self.nr // 4
+
+    @property
+    def m_tiles(self) -> int:
+        return -(-self.m // self.mr)
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.n // self.nr)
+
+    @property
+    def acc_lanes(self) -> int:
+        """Narrow accumulator lanes per 128-bit vector (2 columns): 8 x u16 (uadalp) or 4 x u32 (udot)."""
+        return 4 if self.dotprod else 8
+
+    @property
+    def acc_dtype(self) -> str:
+        return "uint32" if self.dotprod else "uint16"
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        """(first word, words) of each K chunk the narrow lanes sum exactly."""
+        chunk = self.kw if self.dotprod else min(self.kw, U16_CHUNK_WORDS)
+        return [(c0, min(chunk, self.kw - c0)) for c0 in range(0, self.kw, chunk)]
+
+    def acc_index(self, ii: int, jv: int) -> list:
+        return [ii, tirx.Ramp(jv * self.acc_lanes, 1, self.acc_lanes)]
+
+
+def _accumulate_chunk(p: _TilePlan, acc: tirx.Buffer, a_word: AWord, w_pair: WPair, bi: tirx.Expr,
+                      row0: tirx.Expr, col0: tirx.Expr, c0: int, clen: int) -> None:
+    """Zero the narrow accumulators, then one K chunk: ``eor``/``and`` + ``cnt`` + one accumulate
+    (``uadalp``, or ``udot`` with a ones vector) per 128 bits."""
+    zero = tirx.Broadcast(tirx.const(0, p.acc_dtype), p.acc_lanes)
+    ones = tirx.Broadcast(tirx.const(1, "uint8"), 16)
+    for ii in range(p.mr):
+        for jv in range(p.pairs):
+            T.buffer_store(acc, zero, p.acc_index(ii, jv))
+    with T.serial(0, clen) as rr:
+        r = rr + c0
+        a_vecs = [tirx.Broadcast(a_word(bi, row0 + ii, r, col0), 2) for ii in range(p.mr)]
+        w_vecs = [w_pair(bi, r, col0 + 2 * jv) for jv in range(p.pairs)]
+        for ii in range(p.mr):
+            for jv in range(p.pairs):
+                x = a_vecs[ii] ^ w_vecs[jv] if p.combine == "xor" else a_vecs[ii] & w_vecs[jv]
+                cnt = _intrin("uint8x16", "llvm.ctpop.v16i8", tirx.reinterpret("uint8x16", x))
+                idx = p.acc_index(ii, jv)
+                old = tirx.BufferLoad(acc, idx)
+                if p.dotprod:
+                    new = _intrin("uint32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", old, cnt, ones)
+                else:  # add(acc, uaddlp(x)) is selected as uadalp
+                    new = old + _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", cnt)
+                T.buffer_store(acc, new, idx)
+
+
+def _widen(p: _TilePlan, acc: tirx.Buffer, sums: tirx.Buffer, first: bool) -> None:
+    """addp of two pairs' vectors gives 2 lanes per column for columns [j, j+4) (uadalp: u16 lanes,
+    then uaddlp to uint32x4; udot: already the uint32x4 sums), stored (first chunk) or added."""
+    for ii in range(p.mr):
+        for q in range(p.quads):
+            halves = [tirx.BufferLoad(acc, p.acc_index(ii, jv)) for jv in (2 * q, 2 * q + 1)]
+            if p.dotprod:
+                s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
+            else:
+                s16 = _intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", *halves)
+                s32 = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", s16)
+            idx = [ii, tirx.Ramp(4 * q, 1, 4)]
+            T.buffer_store(sums, s32 if first else tirx.BufferLoad(sums, idx) + s32, idx)
+
+
+def _tile_body(p: _TilePlan, tid: tirx.Expr, acc: tirx.Buffer, sums: tirx.Buffer, a_word: AWord,
+               w_pair: WPair, store: Store) -> None:
+    """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, the caller's stores."""
+    per_batch = p.m_tiles * p.n_tiles
+    bi = tid // per_batch if p.batch > 1 else tirx.const(0, "int32")
+    if p.batch > 1:
+        tid = T.Bind(tid % per_batch)
+    row0 = T.Bind(tirx.min((tid // p.n_tiles) * p.mr, p.m - p.mr))
+    col0 = T.Bind(tirx.min((tid % p.n_tiles) * p.nr, p.n - p.nr))
+    for c_idx, (c0, clen) in enumerate(p.chunks):
+        _accumulate_chunk(p, acc, a_word, w_pair, bi, row0, col0, c0, clen)
+        _widen(p, acc, sums, first=c_idx == 0)
+    for ii in range(p.mr):
+        for q in range(p.quads):
+            popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
+            store(bi, row0 + ii, col0 + 4 * q, popc)
+
+
 def emit_tiles(
     m: int, n: int, kw: int, *, a_word: AWord, w_pair: WPair, store: Store, combine: Combine,
     tile: NeonTile, dotprod: bool, batch: int = 1,
@@ -117,74 +226,22 @@ def emit_tiles(
     docstring) inside one batch; a grouped caller picks ``nr`` dividing the group width, so column
     tiles are aligned and stay in one group.
     """
-    mr, nr = tile.mr, tile.nr
-    if nr % 4 or nr < 4:
-        raise ValueError(f"nr={nr} must be a multiple of 4 (4 column sums per widened vector)")
-    pairs, quads = nr // 2, nr // 4
-    m_tiles, n_tiles = -(-m // mr), -(-n // nr)
-    # Narrow accumulator lanes per 128-bit vector (2 columns): 8 x u16 (uadalp) or 4 x u32 (udot).
-    acc_lanes, acc_dtype = (4, "uint32") if dotprod else (8, "uint16")
-    chunk = kw if dotprod else min(kw, U16_CHUNK_WORDS)
-    chunks = [(c0, min(chunk, kw - c0)) for c0 in range(0, kw, chunk)]
-
-    def tile_body(tid: tirx.Expr, acc: tirx.Buffer, sums: tirx.Buffer) -> None:
-        """One ``mr x nr`` output tile: narrow accumulation per K chunk, widening, epilogue."""
-        bi = tid // (m_tiles * n_tiles) if batch > 1 else tirx.const(0, "int32")
-        if batch > 1:
-            tid = T.Bind(tid % (m_tiles * n_tiles))
-        row0 = T.Bind(tirx.min((tid // n_tiles) * mr, m - mr))
-        col0 = T.Bind(tirx.min((tid % n_tiles) * nr, n - nr))
-        zero = tirx.Broadcast(tirx.const(0, acc_dtype), acc_lanes)
-        ones = tirx.Broadcast(tirx.const(1, "uint8"), 16)
-        for c_idx, (c0, clen) in enumerate(chunks):
-            for ii in range(mr):
-                for jv in range(pairs):
-                    T.buffer_store(acc, zero, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)])
-            with T.serial(0, clen) as rr:
-                r = rr + c0
-                a_vecs = [tirx.Broadcast(a_word(bi, row0 + ii, r, col0), 2) for ii in range(mr)]
-                w_vecs = [w_pair(bi, r, col0 + 2 * jv) for jv in range(pairs)]
-                for ii in range(mr):
-                    for jv in range(pairs):
-                        x = a_vecs[ii] ^ w_vecs[jv] if combine == "xor" else a_vecs[ii] & w_vecs[jv]
-                        cnt = _intrin("uint8x16", "llvm.ctpop.v16i8", tirx.reinterpret("uint8x16", x))
-                        idx = [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)]
-                        old = tirx.BufferLoad(acc, idx)
-                        if dotprod:
-                            new = _intrin("uint32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", old, cnt, ones)
-                        else:  # add(acc, uaddlp(x)) is selected as uadalp
-                            new = old + _intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8", cnt)
-                        T.buffer_store(acc, new, idx)
-            # Widen: addp of two pairs' vectors gives 2 lanes per column for columns [j, j+4)
-            # (uadalp: u16 lanes, then uaddlp to uint32x4; udot: already the uint32x4 sums).
-            for ii in range(mr):
-                for q in range(quads):
-                    halves = [tirx.BufferLoad(acc, [ii, tirx.Ramp(jv * acc_lanes, 1, acc_lanes)]) for jv in (2 * q, 2 * q + 1)]
-                    if dotprod:
-                        s32 = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", *halves)
-                    else:
-                        s16 = _intrin("uint16x8", "llvm.aarch64.neon.addp.v8i16", *halves)
-                        s32 = _intrin("uint32x4", "llvm.aarch64.neon.uaddlp.v4i32.v8i16", s16)
-                    idx = [ii, tirx.Ramp(4 * q, 1, 4)]
-                    T.buffer_store(sums, s32 if c_idx == 0 else tirx.BufferLoad(sums, idx) + s32, idx)
-        for ii in range(mr):
-            for q in range(quads):
-                popc = tirx.reinterpret("int32x4", tirx.BufferLoad(sums, [ii, tirx.Ramp(4 * q, 1, 4)]))
-                store(bi, row0 + ii, col0 + 4 * q, popc)
-
-    tiles = batch * m_tiles * n_tiles
+    if tile.nr % 4 or tile.nr < 4:
+        raise ValueError(f"nr={tile.nr} must be a multiple of 4 (4 column sums per widened vector)")
+    p = _TilePlan(m, n, kw, tile.mr, tile.nr, batch, combine, dotprod)
+    tiles = batch * p.m_tiles * p.n_tiles
     tasks = min(tiles, PARALLEL_TASKS)
     per_task = -(-tiles // tasks)
     with T.parallel(0, tasks) as task:
         # Allocated once per task: a local buffer inside the parallel loop's body becomes a
         # TVMBackendAllocWorkspace call per iteration, which costs as much as a small tile.
-        sums = T.alloc_buffer((mr, nr), "uint32", scope="global")
-        acc = T.alloc_buffer((mr, pairs * acc_lanes), acc_dtype, scope="global")
+        sums = T.alloc_buffer((p.mr, p.nr), "uint32", scope="global")
+        acc = T.alloc_buffer((p.mr, p.pairs * p.acc_lanes), p.acc_dtype, scope="global")
         with T.serial(0, per_task) as step:
             tid = task * per_task + step
             with T.If(tid < tiles):
                 with T.Then():
-                    tile_body(tid, acc, sums)
+                    _tile_body(p, tid, acc, sums, a_word, w_pair, store)
 
 
 def neon_popcount_gemm(
