@@ -131,21 +131,17 @@ OP_KERNELS: dict[tuple[str, str], tuple[str, ...]] = {
 
 def architecture(target: tvm.target.Target) -> str:
     """The tables' architecture of ``target`` (see the module docstring)."""
-    from bhvit_export.targets.kernels.target_info import is_aarch64
+    from bhvit_export.targets.arch import arch_for_triple, arch_of
 
     kind = target.kind.name
     if kind == "cuda":
         return "cuda"
     if kind != "llvm":
         return "generic"
-    if is_aarch64(target):
-        return "neon"
     triple = str(target.attrs.get("mtriple", ""))
-    if triple and not triple.startswith("x86_64"):
+    if triple and arch_for_triple(triple) is None:  # an architecture without a record
         return "generic"
-    from bhvit_export.targets.arch import arch_of
-
-    return arch_of(target).name
+    return arch_of(target).name  # its SIMD level: avx512, avx2, sse2 or neon
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,12 @@ PARALLEL_TASKS = 48
 
 
 def has_dotprod(target: TargetLike) -> bool:
-    """True when the (aarch64) target has the ``udot`` instruction (``+dotprod`` in mattr or mcpu)."""
-    from tvm.target import codegen
+    """True when the (aarch64) target has the ``udot`` instruction (``+dotprod`` in mattr or mcpu;
+    the architecture record's dot instruction, ``targets/arch.py``)."""
+    from bhvit_export.targets.arch import arch_of
 
-    return bool(codegen.target_has_features(["dotprod"], as_target(target)))
+    tgt = as_target(target)
+    return tgt.kind.name == "llvm" and arch_of(tgt).dotprod
 
 
 @dataclass(frozen=True)
