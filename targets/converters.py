@@ -228,6 +228,35 @@ def _signs_from_bits(bb: relax.BlockBuilder, bits: relax.Expr, lead: list[int], 
     return bb.normalize(relax.op.subtract(relax.const(1.0, "float32"), relax.op.multiply(f, relax.const(2.0, "float32"))))
 
 
+def _folded_expand_pack(
+    ctx: LoweringContext, bb: relax.BlockBuilder, op: str, args: Args, shape: tuple[int, int, int, int], what: str
+) -> Optional[tuple[relax.Expr, relax.Expr]]:
+    """``(bits [M, N/64], pooled [M, C])`` by the kernel with folded constants
+    (:mod:`bhvit_export.targets.kernels.expand_pack_neon`), or None where it does not apply here: another
+    architecture, a shape it does not take, or per-channel vectors that are not constants."""
+    from .kernels import expand_pack_neon
+
+    m, n, c, ratio = shape
+    names = ("scale", "bias", "rp_shift", "rp_slope", "rp_bias", "next_shift")
+    if not ctx.takes(op, "expand_pack_folded", m, n, c, ratio) or not all(
+        isinstance(args[nm], tvm.ir.GenericConst) for nm in names
+    ):
+        return None
+    scale, bias, b1, slope, b2, nshift = (_const_array(args[nm], f"{what}: {nm}").reshape(-1) for nm in names)
+    params, mb2 = expand_pack_neon.fold_params(scale, bias, b1, slope, b2, nshift, c, ratio)
+    unit = expand_pack_neon.unit_slopes(slope)
+    words = _const_array(args["w_bits"], f"{what}: w_bits")
+    if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
+        raise TargetError(f"{what}: w_bits must be uint64 [{n}, {-(-c // 64)}], got {words.dtype}{list(words.shape)}")
+    x = args["x"]
+    x2 = _rows(bb, x, _shape(x, f"{what}: x"))
+    a_bits = _pack_rows(ctx, bb, x2, _vector(bb, args["shift"], c, f"{what}: shift"), m, c)
+    gv = bb.add_func(ctx.kernel("expand_pack_folded", m, n, c, ratio, unit), f"bhvit_expand_pack_{m}x{n}x{c}")
+    kargs = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), relax.const(params), relax.const(mb2)]
+    out = bb.emit(relax.call_tir(gv, kargs, [relax.TensorType([m, n // 64], "uint64"), relax.TensorType([m, c], "float32")]))
+    return relax.TupleGetItem(out, 0), relax.TupleGetItem(out, 1)
+
+
 class BinaryExpandPack(_BhvitConverter):
     """The MLP expansion (``passes/mlp_expand.py``): packed bits of ``h + next_shift`` and ``h``'s channel means."""
 
@@ -246,6 +275,10 @@ class BinaryExpandPack(_BhvitConverter):
         _f32(x, f"{what}: x")
         m = int(np.prod(lead, dtype=np.int64))
         vecs = [_vector(bb, args[nm], n, f"{what}: {nm}") for nm in ("rp_shift", "rp_slope", "rp_bias", "next_shift")]
+        folded = _folded_expand_pack(ctx, bb, cls.op, args, (m, n, c, ratio), what)
+        if folded is not None:
+            return relax.Tuple([bb.normalize(relax.op.reshape(folded[0], lead + [n // 64])),
+                                bb.normalize(relax.op.reshape(folded[1], lead + [c]))])
         if ctx.uses(cls.op, "expand_pack"):
             words = _const_array(w_bits, f"{what}: w_bits")
             if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):

@@ -86,6 +86,9 @@ _NEON_KERNELS = {k.kind: k for k in (
     # the NEON QD context (kernels/attention_neon.py via qd_context_module) where head dims are whole
     # float32x4 vectors; other shapes keep the float lowering, as on x86
     Kernel("qd_context", _K + "attention:qd_context_module", supports=_K + "attention_neon:qd_supports_shape"),
+    # the expand-pack with its six per-channel constants folded into four (kernels/expand_pack_neon.py),
+    # shape (M, N, K, ratio, unit_slopes); the converter takes it where those vectors are constants
+    Kernel("expand_pack_folded", _K + "expand_pack_neon:folded_module", supports=_K + "expand_pack_neon:supports"),
 )}
 
 #: (kind, architecture) -> the kernel's builder on that architecture.
@@ -109,7 +112,12 @@ _CPU_OPS: dict[str, tuple[str, ...]] = {
 }
 #: On NEON the QD context is packed: Tiny on Cortex-A72 estimated 102.9 -> 97.3 ms (docs/bench.md);
 #: the integer sums are exact in float32, so the result is identical to the float lowering's.
-_NEON_OPS: dict[str, tuple[str, ...]] = {**_CPU_OPS, "QDAttentionContext": ("qd_context",)}
+_NEON_OPS: dict[str, tuple[str, ...]] = {
+    **_CPU_OPS,
+    "QDAttentionContext": ("qd_context",),
+    # the folded NEON kernel where it takes the shape and the constants are constants, else expand_pack
+    "BinaryExpandPack": ("pack", "expand_pack_folded", "expand_pack"),
+}
 _GPU_OPS: dict[str, tuple[str, ...]] = {
     "BinaryLinear": ("pack", "bgemm"),
     "BinaryExpandPack": ("pack", "bgemm"),  # the GPU bgemm, the epilogue in Relax, the GPU sign-pack

@@ -124,18 +124,16 @@ def declare_args(m: int, n: int, kw: int, c: int, blocks: int) -> tuple:
 
 
 def expand_pack_module(m: int, n: int, k: int, ratio: int, target: TargetLike) -> "tvm.IRModule":
-    """Scheduled module for ``target``: on aarch64 the per-register NEON kernel
-    (:mod:`expand_pack_neon`) for ratios up to 16, else the NEON popcount in the 64-lane kernel."""
+    """Scheduled module for ``target`` with the op's six per-channel vectors as arguments. On aarch64
+    the NEON popcount in the 64-lane kernel; where those vectors are constants, aarch64 takes
+    :mod:`expand_pack_neon` instead (the lowering tables' ``expand_pack_folded``)."""
     import tvm
 
     neon = is_aarch64(target)
     dotprod = False
     if neon:
-        from . import expand_pack_neon
         from .neon_gemm import has_dotprod
 
-        if expand_pack_neon.supports(ratio):
-            return tvm.IRModule({"main": expand_pack_neon.make_expand_pack_neon(m, n, k, ratio)})
         dotprod = has_dotprod(target)
     return tvm.IRModule({"main": make_expand_pack(m, n, k, ratio, neon=neon, dotprod=dotprod)})
 

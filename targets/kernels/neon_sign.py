@@ -1,12 +1,16 @@
-"""64 sign bits from 16 NEON compares: the packed word of one row, without 64-lane shuffles.
+"""Sign bits from NEON ``float32x4`` compares: packed words without 64-lane shuffles.
 
-Used by the aarch64 kernels that pack floats on the fly (:mod:`expand_pack_neon`,
-:mod:`attention_neon`). Each ``fcmlt`` mask of 4 channels (a ``float32x4`` compare) is AND-ed with
-its channels' bits ``1 << (c mod 32)`` in 32-bit lanes, the 8 vectors of each half OR-ed (the bits
-are disjoint), and two ``addp .4s`` sum the 4 lanes of each half into ``[lo, hi, lo, hi]``, whose
-first 64 bits are the word (bit ``c`` = channel ``c``, little-endian: ``docs/packing.md``). On
-Cortex-A72 this is cheaper than narrowing the masks to bytes (``uzp1`` of 128-bit registers costs 3
-half-pipe cycles there) or LLVM's lowering of a 64-lane ``<64 x i1>`` bitcast (``addv`` per 16).
+Used by the aarch64 kernels that pack floats on the fly (:mod:`pack_neon`, :mod:`expand_pack_neon`,
+:mod:`attention_neon`). The all-ones/zero masks of 8 compares (32 channels) are merged by a chain of
+shift-left-and-insert, ``acc = sli(mask_q, acc, 4)`` from the last compare down: ``sli`` keeps the
+low 4 bits of ``mask_q`` under ``acc << 4``, so lane ``j`` ends with nibble ``q`` all ones where
+compare ``q`` was true in that lane; one AND with ``0x11111111 << j`` keeps bit ``4q + j`` (channel
+``4q + j``), and two ``addp .4s`` sum the 4 lanes (disjoint bits: sum = OR) into the 32-bit half
+word. Bit ``c`` = channel ``c``, little-endian (``docs/packing.md``). One ``sli`` per compare and one
+constant, where an AND with a per-compare bit vector and an OR took two instructions and 8
+constants (which LLVM rotated through registers with 16 ``mov`` per 32 channels in the
+expand-pack); on Cortex-A72 cheaper than narrowing the masks to bytes (``uzp1`` of 128-bit registers
+costs 3 half-pipe cycles there) or LLVM's lowering of a 64-lane ``<64 x i1>`` bitcast.
 """
 
 from __future__ import annotations
@@ -18,23 +22,40 @@ from tvm import tirx
 QUADS = 16  # float32x4 compares per 64-bit word
 
 
+HALF = QUADS // 2  # compares per 32-bit half word
+
+
+def _intrin(dtype: str, name: str, *args: tirx.Expr) -> tirx.Expr:
+    return tirx.call_llvm_pure_intrin(dtype, name, *args)
+
+
+def half_lanes(negs: Sequence[Optional[tirx.Expr]]) -> tirx.Expr:
+    """uint32x4 whose lanes OR to the half word of 8 compares (``negs[q]``: bool x4 of channels
+    ``4q .. 4q+3``; None: all false, padding)."""
+    if len(negs) != HALF:
+        raise ValueError(f"a 32-bit half word takes {HALF} compares of 4 lanes, got {len(negs)}")
+    u32x4 = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), 4)  # noqa: E731
+    masks = [tirx.Select(n, u32x4(0xFFFFFFFF), u32x4(0)) if n is not None else u32x4(0) for n in negs]
+    acc = masks[-1]
+    for mask in reversed(masks[:-1]):
+        acc = _intrin("uint32x4", "llvm.aarch64.neon.vsli.v4i32", mask, acc, tirx.const(4, "int32"))
+    lane_bits = u32x4(0x11111111) << tirx.Ramp(tirx.const(0, "uint32"), tirx.const(1, "uint32"), 4)
+    return acc & lane_bits
+
+
+def sign_half(negs: Sequence[Optional[tirx.Expr]]) -> tirx.Expr:
+    """The uint32 half word (32 channels) of 8 compares."""
+    lanes = half_lanes(negs)
+    pair = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", lanes, lanes)
+    return tirx.Shuffle([_intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", pair, pair)], [tirx.const(0, "int32")])
+
+
 def sign_word(negs: Sequence[Optional[tirx.Expr]]) -> tirx.Expr:
-    """``negs[q]``: the bool x4 ``value < 0`` of channels ``4q .. 4q+3`` (None: all false, padding)."""
+    """The uint64 word of 16 compares (``negs[q]``: bool x4 ``value < 0`` of channels ``4q .. 4q+3``;
+    None: all false, padding)."""
     if len(negs) != QUADS:
         raise ValueError(f"a 64-bit word takes {QUADS} compares of 4 lanes, got {len(negs)}")
-    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
-    zero = tirx.Broadcast(u32(0), 4)
-    halves = []
-    for half in range(2):
-        acc = None
-        for q in range(8 * half, 8 * half + 8):
-            if negs[q] is None:
-                continue
-            bit = tirx.Broadcast(u32(1), 4) << tirx.Ramp(u32(4 * q % 32), u32(1), 4)
-            term = tirx.Select(negs[q], bit, zero)
-            acc = term if acc is None else acc | term
-        halves.append(zero if acc is None else acc)
-    addp = lambda x, y: tirx.call_llvm_pure_intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", x, y)  # noqa: E731
-    pair = addp(halves[0], halves[1])  # [lo0+lo1, lo2+lo3, hi0+hi1, hi2+hi3]
+    addp = lambda x, y: _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", x, y)  # noqa: E731
+    pair = addp(half_lanes(negs[:HALF]), half_lanes(negs[HALF:]))  # [lo0+lo1, lo2+lo3, hi0+hi1, hi2+hi3]
     word = addp(pair, pair)  # [lo, hi, lo, hi]
     return tirx.Shuffle([tirx.reinterpret("uint64x2", word)], [tirx.const(0, "int32")])

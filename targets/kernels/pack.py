@@ -117,9 +117,16 @@ def schedule_pack(func: tirx.PrimFunc, target: TargetLike) -> tvm.IRModule:
 
 
 def pack_module(m: int, k: int, target: TargetLike, *, shift: bool = False) -> tvm.IRModule:
-    """Scheduled module, ready for :func:`build.build_kernel` (mask form on CPUs, TE form on CUDA)."""
+    """Scheduled module, ready for :func:`build.build_kernel`: mask form on x86, per-register NEON form
+    (:mod:`pack_neon`) on aarch64, TE form on CUDA."""
     from bhvit_export.targets.schedules.gpu.packed import is_cuda
+
+    from .target_info import is_aarch64
 
     if is_cuda(target):
         return schedule_pack(make_pack(m, k, shift=shift), target)
+    if is_aarch64(target):
+        from .pack_neon import make_pack_neon
+
+        return tvm.IRModule({"main": make_pack_neon(m, k, shift=shift)})
     return tvm.IRModule({"main": make_pack_vector(m, k, shift=shift)})

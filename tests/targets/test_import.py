@@ -298,6 +298,28 @@ def test_mlp_expand_pair_matches_function_bodies(packed: bool) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
+@pytest.mark.parametrize("slopes, unit", [(0.25, True), (-0.5, False)])
+def test_mlp_expand_takes_the_folded_kernel_on_aarch64(slopes: float, unit: bool) -> None:
+    """On aarch64 the expansion's constants are folded at import (``expand_pack_neon``): the kernel
+    takes ``params [N/4, 4, 4]`` and ``mb2``, and uses ``fmax`` for the RPReLU only when every slope
+    is in [0, 1]."""
+    from bhvit_export.passes.pipeline import fuse_model
+    from tests.passes.graphs import mlp_graph
+
+    graph = mlp_graph(np.random.default_rng(9), 64, 4)
+    (init,) = [i for i in graph.graph.initializer if i.name == "slope"]
+    init.CopyFrom(numpy_helper.from_array(np.full(256, slopes, np.float32), "slope"))
+    fused = fuse_model(graph)
+    a72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
+    mod = import_fused(fused, batch=2, target=a72)
+    (fn,) = [mod[gv] for gv in mod.get_global_vars() if gv.name_hint.startswith("bhvit_expand_pack_")]
+    assert [str(p.name) for p in fn.params][:5] == ["a_bits", "x", "w_t", "params", "mb2"]
+    assert ("llvm.aarch64.neon.fmax" in fn.script()) == unit
+    x86 = import_fused(fused, batch=2, target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
+    (fn86,) = [x86[gv] for gv in x86.get_global_vars() if gv.name_hint.startswith("bhvit_expand_pack_")]
+    assert "params" not in [str(p.name) for p in fn86.params]
+
+
 def test_mlp_expand_pair_imports_for_cuda() -> None:
     """On CUDA the expansion is the GPU bgemm + Relax epilogue + the GPU sign-pack (no CPU kernel)."""
     from bhvit_export.passes.pipeline import fuse_model
