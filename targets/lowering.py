@@ -66,7 +66,7 @@ _CPU_KERNELS = {k.kind: k for k in (
     Kernel("pack", _K + "pack:pack_module", (("shift", True),)),
     Kernel("bgemm", _K + "bgemm:bgemm_module"),  # the NEON popcount GEMM on aarch64 (udot with dotprod)
     Kernel("expand_pack", _K + "expand_pack:expand_pack_module"),
-    Kernel("sign_pack_nhwc", _K + "bconv_nhwc:sign_pack_module", takes_target=False),
+    Kernel("sign_pack_nhwc", _K + "bconv_nhwc:sign_pack_module"),
     Kernel("bconv_nhwc", _K + "bconv_nhwc:bconv_module"),
     Kernel("bconv", _K + "bconv:bconv_module"),
     Kernel("scores", _K + "attention:scores_module"),

@@ -157,8 +157,14 @@ def schedule_bconv(func: tirx.PrimFunc, target: TargetLike, out_w: int, *, mr: O
     return sch.mod
 
 
-def sign_pack_module(geom: ConvGeometry) -> tvm.IRModule:
-    """Scheduled ``sign_pack`` module, ready for :func:`build.build_kernel`."""
+def sign_pack_module(geom: ConvGeometry, target: Optional[TargetLike] = None) -> tvm.IRModule:
+    """Scheduled ``sign_pack`` module, ready for :func:`build.build_kernel` (the per-register NEON
+    form of :mod:`pack_neon` on aarch64 where ``C/g`` is whole float32x4 compares)."""
+    if target is not None and is_aarch64(target):
+        from . import pack_neon
+
+        if pack_neon.supports_nhwc(geom.cg):
+            return tvm.IRModule({"main": pack_neon.make_sign_pack_nhwc_neon(geom)})
     return tvm.IRModule({"main": make_sign_pack(geom)})
 
 

@@ -30,21 +30,22 @@ def _intrin(dtype: str, name: str, *args: tirx.Expr) -> tirx.Expr:
 
 
 def half_lanes(negs: Sequence[Optional[tirx.Expr]]) -> tirx.Expr:
-    """uint32x4 whose lanes OR to the half word of 8 compares (``negs[q]``: bool x4 of channels
-    ``4q .. 4q+3``; None: all false, padding)."""
-    if len(negs) != HALF:
-        raise ValueError(f"a 32-bit half word takes {HALF} compares of 4 lanes, got {len(negs)}")
+    """uint32x4 whose lanes OR to the bits of up to 8 compares (``negs[q]``: bool x4 of channels
+    ``4q .. 4q+3``; None: all false, padding); bits past ``4 * len(negs)`` are 0."""
+    if not 1 <= len(negs) <= HALF:
+        raise ValueError(f"a 32-bit half word takes 1 to {HALF} compares of 4 lanes, got {len(negs)}")
     u32x4 = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), 4)  # noqa: E731
     masks = [tirx.Select(n, u32x4(0xFFFFFFFF), u32x4(0)) if n is not None else u32x4(0) for n in negs]
     acc = masks[-1]
     for mask in reversed(masks[:-1]):
         acc = _intrin("uint32x4", "llvm.aarch64.neon.vsli.v4i32", mask, acc, tirx.const(4, "int32"))
-    lane_bits = u32x4(0x11111111) << tirx.Ramp(tirx.const(0, "uint32"), tirx.const(1, "uint32"), 4)
+    nibbles = sum(1 << (4 * q) for q in range(len(negs)))  # the first mask's copies above are cut here
+    lane_bits = u32x4(nibbles) << tirx.Ramp(tirx.const(0, "uint32"), tirx.const(1, "uint32"), 4)
     return acc & lane_bits
 
 
 def sign_half(negs: Sequence[Optional[tirx.Expr]]) -> tirx.Expr:
-    """The uint32 half word (32 channels) of 8 compares."""
+    """The uint32 of up to 8 compares (32 channels; fewer: the high bits 0)."""
     lanes = half_lanes(negs)
     pair = _intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", lanes, lanes)
     return tirx.Shuffle([_intrin("uint32x4", "llvm.aarch64.neon.addp.v4i32", pair, pair)], [tirx.const(0, "int32")])

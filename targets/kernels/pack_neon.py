@@ -1,9 +1,10 @@
 """Sign-pack on aarch64 NEON: float32 ``[M, K]`` -> uint64 ``[M, ceil(K/64)]``, bit = ``x (+ shift) < 0``.
 
 The arguments and results of :func:`pack.make_pack_vector` (the activation side of every binary op),
-written per ``float32x4``: per 4 columns one ``fadd`` of the shift and one ``fcmlt``, the masks of
-32 columns merged into a half word by :func:`neon_sign.sign_half` (an ``sli`` each), stored as its
-uint32 (little-endian: the low half first). The generic kernel's 64-lane compare is lowered by LLVM
+written per ``float32x4``: per 4 columns one ``fcmgt`` against the negated shift (``x + shift < 0``
+is ``x < -shift``, exactly; the 8 negated shift vectors of a half word serve :data:`ROWS` rows), the
+masks of 32 columns merged into a half word by :func:`neon_sign.sign_half` (an ``sli`` each), stored
+as its uint32 (little-endian: the low half first). The generic kernel's 64-lane compare is lowered by LLVM
 to ``fcmlt`` + ``uzp1`` narrowing + spills: 0.65 ms for Tiny's 212 x 256 attention input on
 Cortex-A72 (78 cycles per 91 instructions, a third of them stack reloads). Same bits, bit for bit
 (the compare is the same ordered ``<`` on the same sum). A partial last word keeps the scalar form.
@@ -23,8 +24,12 @@ VEC = 4
 HALF_BITS = HALF * VEC  # columns per uint32 store
 
 
+#: Rows per task: the 8 negated shift vectors of a half word are loaded once for this many rows.
+ROWS = 4
+
+
 def make_pack_neon(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
-    """Scheduled PrimFunc ``(x [M,K] f32, [shift [K] f32,] bits [M,Kw] u64)``, rows in parallel."""
+    """Scheduled PrimFunc ``(x [M,K] f32, [shift [K] f32,] bits [M,Kw] u64)``, row blocks in parallel."""
     if min(m, k) < 1:
         raise ValueError(f"pack needs positive M, K; got {(m, k)}")
     kw, full = num_words(k), k // WORD_BITS
@@ -37,17 +42,73 @@ def make_pack_neon(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
             bits = T.arg("bits", T.Buffer((m, kw), "uint64"))
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             halves = T.decl_buffer((m, 2 * kw), "uint32", data=bits.data)
-            with T.parallel(0, m) as i:
+            with T.parallel(0, (m + ROWS - 1) // ROWS) as rb:
                 if full:
                     with T.serial(0, 2 * full) as h:
-                        negs = []
-                        for q in range(HALF):
-                            cols = tirx.Ramp(h * HALF_BITS + VEC * q, 1, VEC)
-                            val = tirx.BufferLoad(x, [i, cols])
-                            if sh is not None:
-                                val = val + tirx.BufferLoad(sh, [cols])
-                            negs.append(val < zero)
-                        T.buffer_store(halves, sign_half(negs), [i, h])
+                        # x + shift < 0 <=> x < -shift, exactly: a rounded sum is never of the other sign,
+                        # and NaN and inf - inf compare false both ways.
+                        limits = [-tirx.BufferLoad(sh, [tirx.Ramp(h * HALF_BITS + VEC * q, 1, VEC)]) if sh is not None
+                                  else zero for q in range(HALF)]
+                        for r in range(ROWS):
+                            i = rb * ROWS + r
+                            with T.If(i < m):
+                                with T.Then():
+                                    negs = [tirx.BufferLoad(x, [i, tirx.Ramp(h * HALF_BITS + VEC * q, 1, VEC)]) < limits[q]
+                                            for q in range(HALF)]
+                                    T.buffer_store(halves, sign_half(negs), [i, h])
                 if kw > full:
-                    T.buffer_store(bits, _tail_word(x, sh, i, full * WORD_BITS, k), [i, full])
+                    with T.serial(0, ROWS) as r:
+                        i = rb * ROWS + r
+                        with T.If(i < m):
+                            with T.Then():
+                                T.buffer_store(bits, _tail_word(x, sh, i, full * WORD_BITS, k), [i, full])
+    return ib.get()
+
+
+def supports_nhwc(cg: int) -> bool:
+    """Channels per group that are whole ``float32x4`` compares of one word: 4, 8, ..., 32 or 64."""
+    return cg % VEC == 0 and (cg <= HALF_BITS or cg == WORD_BITS)
+
+
+def make_sign_pack_nhwc_neon(geom: "ConvGeometry") -> tirx.PrimFunc:
+    """:func:`bconv_nhwc.make_sign_pack` on NEON: ``(x [B,H,W,C] f32, shift [C] f32, pk [B,G,PH,PW] u64)``.
+
+    Per pixel and group, ``C/g / 4`` compares against the negated shift (loaded once per row of the
+    padded grid: loop-invariant along it) merged by :func:`neon_sign.sign_half` (or ``sign_word`` at
+    64 channels). LLVM's lowering of the generic kernel's ``C/g``-lane compare (``uzp1`` narrowing)
+    took ~190 cycles per 64-channel pixel on Cortex-A72."""
+    from .bconv_nhwc import _check
+    from .neon_sign import sign_word
+
+    _check(geom)
+    g = geom
+    if not supports_nhwc(g.cg):
+        raise ValueError(f"the NEON sign-pack needs C/g in 4, 8, ..., 32 or 64; got {g.cg}")
+    ph, pw = g.padded_hw
+    top, left = g.pads[0], g.pads[1]
+    quads = g.cg // VEC
+    with IRBuilder() as ib:
+        with T.prim_func(s_tir=True):
+            T.func_name("main")
+            x = T.arg("x", T.Buffer((g.batch, g.height, g.width, g.channels), "float32"))
+            sh = T.arg("shift", T.Buffer((g.channels,), "float32"))
+            pk = T.arg("pk", T.Buffer((g.batch, g.group, ph, pw), "uint64"))
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            with T.parallel(0, g.batch * ph) as row:
+                b, y = row // ph, row % ph
+                iy = y - top
+                with T.serial(0, pw) as xx:
+                    ix = xx - left
+                    inside = tirx.all(iy >= 0, iy < g.height, ix >= 0, ix < g.width)
+                    # Clamped reads keep the (discarded) padding loads in bounds: no branch.
+                    cy = tirx.max(tirx.min(iy, g.height - 1), 0)
+                    cx = tirx.max(tirx.min(ix, g.width - 1), 0)
+                    for grp in range(g.group):
+                        negs = []
+                        for q in range(quads):
+                            cols = tirx.Ramp(grp * g.cg + VEC * q, 1, VEC)
+                            # x + shift < 0 <=> x < -shift, exactly (see make_pack_neon)
+                            negs.append(tirx.BufferLoad(x, [b, cy, cx, cols]) < -tirx.BufferLoad(sh, [cols]))
+                        word = sign_word(negs) if quads == 2 * HALF else sign_half(negs).astype("uint64")
+                        T.buffer_store(pk, tirx.Select(inside, word, tirx.const(0, "uint64")), [b, grp, y, xx])
     return ib.get()

@@ -310,13 +310,15 @@ def test_pack_neon_random_shapes_under_qemu(device: _Device, m: int, k: int, shi
 
 
 def test_pack_neon_machine_code() -> None:
-    """Per 32 columns: 8 fcmlt merged by 7 sli, one uint32 store; no 64-lane narrowing (uzp1), no spills."""
+    """Per 32 columns and row: 8 fcmgt against the negated shift (loaded once for 4 rows) merged by
+    7 sli, one uint32 store; no fadd, no 64-lane narrowing (uzp1), no spills."""
     from bhvit_export.targets.kernels import pack
 
     asm = assembly(pack.pack_module(212, 256, A72, shift=True), A72)
     body = inner_loop(asm.replace("\tsli\t", "\tcnt\t"), with_store=True)  # the smallest loop with an sli
     ops = [ln.split()[0] for ln in body]
-    assert ops.count("cnt") == 7 and ops.count("fcmlt") == 8 and "uzp1" not in asm
+    assert ops.count("cnt") == 4 * 7 and ops.count("fcmgt") == 4 * 8 and ops.count("fneg") == 8
+    assert "uzp1" not in asm and "fadd" not in ops
     assert not any("[sp" in ln for ln in body), "stack traffic in the loop"
 
 
@@ -325,10 +327,11 @@ def test_pack_neon_machine_code() -> None:
 
 @st.composite
 def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
-    """Small convs the NEON kernel takes: C/g dividing 64, O/g a multiple of 4 (1-3 column tiles)."""
+    """Small convs the NEON kernel takes: C/g dividing 64, O/g a multiple of 4 (1-3 column tiles);
+    C/g = 2 keeps the generic sign-pack, the others take the NEON one."""
     from bhvit_export.targets.kernels.bconv import ConvGeometry
 
-    group, cg = draw(st.integers(1, 3)), draw(st.sampled_from([2, 8, 16, 32]))
+    group, cg = draw(st.integers(1, 3)), draw(st.sampled_from([2, 4, 8, 16, 32, 64]))
     try:
         return ConvGeometry(
             batch=draw(st.integers(1, 2)), channels=group * cg, height=draw(st.integers(1, 8)),
@@ -346,7 +349,7 @@ def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
 def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  # noqa: ANN001
     from bhvit_export.targets.kernels import bconv, bconv_nhwc
     lib = device.load({
-        "pack": bconv_nhwc.sign_pack_module(geom)["main"],
+        "pack": bconv_nhwc.sign_pack_module(geom, target)["main"],  # NEON (pack_neon) where C/g is 4k <= 32 or 64
         "ci": bconv_nhwc.bconv_module(geom, target, out_dtype="int32")["main"],
         "cf": bconv_nhwc.bconv_module(geom, target)["main"],
     }, target)
