@@ -70,64 +70,11 @@ class Counts:
         out = [Block(b.vaddr, b.haddr, b.insns, b.count - before.get(b.key, 0)) for b in self.blocks]
         return Counts([b for b in out if b.count > 0], sorted(set(self.maps) | set(other.maps), key=lambda m: m.start))
 
-    def joined(self, arch: str) -> "Counts":
-        """The same counts with each straight run that qemu cut into several blocks joined again.
-
-        qemu ends a translated block at a guest page boundary and when its buffer of TCG ops is
-        full (~100 NEON instructions), so one basic block of the program can arrive as two or three
-        blocks, each of which llvm-mca would price as a loop of its own, without the overlap with
-        its neighbours' instructions that the core has: a 30-instruction GEMM loop that straddled a
-        page priced 14.7 + 4.1 cycles instead of 16.7, and the estimate moved by 0.5 ms when code
-        layout moved. Block ``B`` is continued by the block ``C`` that starts where ``B`` ends when
-        ``B`` does not end in a jump, call or return, no other block starts at either address and
-        ``C`` ran at least as often as ``B`` (a loop's latch is also entered from its preheader):
-        ``B + C`` runs ``count(B)`` times, ``C`` alone the rest.
-        """
-        from collections import defaultdict
-
-        blocks = sorted(self.blocks, key=lambda b: b.vaddr)
-        at: dict[int, list[Block]] = defaultdict(list)
-        for b in blocks:
-            at[b.vaddr].append(b)
-        left = {id(b): b.count for b in blocks}
-        out = []
-        for b in blocks:
-            n = left[id(b)]
-            if n <= 0:
-                continue
-            insns, c = list(b.insns), b
-            while not _ends_in_jump(c.insns, arch) and len(at[c.vaddr]) == 1:
-                after = at.get(c.vaddr + sum(len(i) for i in c.insns), [])
-                if len(after) != 1 or left[id(after[0])] < n:
-                    break
-                c = after[0]
-                insns += c.insns
-                left[id(c)] -= n
-            out.append(Block(b.vaddr, b.haddr, tuple(insns), n))
-        return Counts(out, list(self.maps))
-
     def mapping_of(self, haddr: int) -> Optional[Mapping]:
         for m in self.maps:
             if m.start <= haddr < m.end:
                 return m
         return None
-
-
-def _ends_in_jump(insns: Sequence[bytes], arch: str) -> bool:
-    """The block's last instruction leaves the straight line for good: an unconditional jump, a call
-    or a return (aarch64 ``b``/``bl``/``br``/``blr``/``ret``; x86-64 ``jmp``/``call``/``ret``)."""
-    if not insns:
-        return True
-    last = insns[-1]
-    if arch == "aarch64":
-        w = int.from_bytes(last, "little")
-        return (w & 0x7C000000) == 0x14000000 or (w & 0xFE000000) == 0xD6000000
-    body = last.lstrip(bytes([0xF2, 0xF3, 0x2E, 0x3E, 0x66]))  # bnd/rep/segment/operand prefixes
-    if not body:
-        return False
-    if body[0] in (0xE8, 0xE9, 0xEB, 0xC2, 0xC3):
-        return True
-    return body[0] == 0xFF and len(body) > 1 and (body[1] >> 3) & 7 in (2, 3, 4, 5)
 
 
 def plugin_path() -> Path:

@@ -2,8 +2,7 @@
 
 ``count_inference`` runs a compiled Relax VM library with the native runner under qemu with the
 block-counting plugin, once with one call of ``main`` and once with two; the difference is one
-steady-state inference at one thread. ``estimate`` joins again the blocks qemu cut out of one
-straight run (:meth:`block_counts.Counts.joined`), prices the hottest blocks (those covering
+steady-state inference at one thread. ``estimate`` prices the hottest blocks (those covering
 ``coverage`` of the dynamic instructions) with llvm-mca for a ``-mcpu``, sums count x cycles, scales
 the rest by the hot blocks' cycles per instruction, and groups the result per function (model.so's
 kernels, the TVM runtime, libc) for the breakdown.
@@ -116,7 +115,6 @@ def estimate(
 
     ``asm``: the hot blocks' disassembly, if done; ``library``: the model's library, shown as ``model.so``.
     """
-    counts = counts.joined(arch)  # qemu's cuts through straight runs undone (Counts.joined)
     hot = hot_blocks(counts, coverage)
     asm = asm if asm is not None else block_cost.disassemble([b.insns for b in hot], arch)
     priced = block_cost.price(asm, arch, mcpu)
