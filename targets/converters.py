@@ -176,8 +176,22 @@ def _pack_rows(ctx: LoweringContext, bb: relax.BlockBuilder, x2: relax.Expr, shi
 
 
 def _bgemm_rows(ctx: LoweringContext, bb: relax.BlockBuilder, a_bits: relax.Expr, w_bits: relax.Expr, scale: relax.Expr,
-                bias: relax.Expr, m: int, n: int, k: int) -> relax.Expr:
-    """The XNOR/popcount GEMM kernel with its scale/bias epilogue on packed ``[M, ceil(K/64)]`` rows."""
+                bias: relax.Expr, m: int, n: int, k: int, op: str) -> relax.Expr:
+    """The XNOR/popcount GEMM kernel with its scale/bias epilogue on packed ``[M, ceil(K/64)]`` rows:
+    the folded kernel (``bgemm.make_bgemm_neon_folded``) where ``op`` takes it here and scale, bias
+    and weights are constants, else ``bgemm``."""
+    consts = all(isinstance(e, tvm.ir.GenericConst) for e in (w_bits, scale, bias))
+    if consts and ctx.takes(op, "bgemm_folded", m, n, k):
+        from .kernels.bgemm import fold_affine
+
+        words = _const_array(w_bits, f"{op}: w_bits")
+        ns2, kb = fold_affine(_const_array(scale, f"{op}: scale"), _const_array(bias, f"{op}: bias"), k)
+        if words.dtype != np.uint64 or words.shape != (n, -(-k // 64)):
+            raise TargetError(f"{op}: w_bits must be uint64 [{n}, {-(-k // 64)}], got {words.dtype}{list(words.shape)}")
+        gv = bb.add_func(ctx.kernel("bgemm_folded", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
+        args = [a_bits, relax.const(np.ascontiguousarray(words.T)), relax.const(ns2), relax.const(kb)]
+        return bb.emit(relax.call_tir(gv, args, relax.TensorType([m, n], "float32")))
+    scale, bias = _vector(bb, scale, n, f"{op}: scale"), _vector(bb, bias, n, f"{op}: bias")
     gv = bb.add_func(ctx.kernel("bgemm", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
     return bb.emit(relax.call_tir(gv, [a_bits, w_bits, scale, bias], relax.TensorType([m, n], "float32")))
 
@@ -205,7 +219,7 @@ class BinaryLinear(_BhvitConverter):
         ) != [n] or x.ty.dtype != "float32":
             raise TargetError(f"{what}: expected float32 x, shift [{k}], scale/bias [{n}]")
         a_bits = _pack_rows(ctx, bb, _rows(bb, x, xshape), shift, m, k)
-        return _unrows(_bgemm_rows(ctx, bb, a_bits, w_bits, scale, bias, m, n, k), xshape[:-1], n)
+        return _unrows(_bgemm_rows(ctx, bb, a_bits, w_bits, scale, bias, m, n, k, row), xshape[:-1], n)
 
 
 def _bits_from_signs(bb: relax.BlockBuilder, v: relax.Expr, lead: list[int], n: int) -> relax.Expr:
@@ -325,8 +339,8 @@ class PackedBinaryLinear(_BhvitConverter):
         m = int(np.prod(lead, dtype=np.int64))
         if not ctx.uses(cls.op, "bgemm"):
             return _float_linear(bb, _signs_from_bits(bb, x_bits, lead, k), w_bits, k, scale, bias, what)
-        scale, bias = _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")
-        return _unrows(_bgemm_rows(ctx, bb, _rows(bb, x_bits, xshape), w_bits, scale, bias, m, n, k), lead, n)
+        _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")  # shapes checked
+        return _unrows(_bgemm_rows(ctx, bb, _rows(bb, x_bits, xshape), w_bits, scale, bias, m, n, k, cls.op), lead, n)
 
 
 class BinaryConv2d(_BhvitConverter):

@@ -89,6 +89,9 @@ _NEON_KERNELS = {k.kind: k for k in (
     # the expand-pack with its six per-channel constants folded into four (kernels/expand_pack_neon.py),
     # shape (M, N, K, ratio, unit_slopes); the converter takes it where those vectors are constants
     Kernel("expand_pack_folded", _K + "expand_pack_neon:folded_module", supports=_K + "expand_pack_neon:supports"),
+    # the binary GEMM with its affine folded and its weights transposed at import (kernels/bgemm.py),
+    # shape (M, N, K); the converters take it where scale, bias and weights are constants
+    Kernel("bgemm_folded", _K + "bgemm:bgemm_folded_module", supports=_K + "neon_gemm:supports_mnk"),
 )}
 
 #: (kind, architecture) -> the kernel's builder on that architecture.
@@ -117,6 +120,8 @@ _NEON_OPS: dict[str, tuple[str, ...]] = {
     "QDAttentionContext": ("qd_context",),
     # the folded NEON kernel where it takes the shape and the constants are constants, else expand_pack
     "BinaryExpandPack": ("pack", "expand_pack_folded", "expand_pack"),
+    "BinaryLinear": ("pack", "bgemm_folded", "bgemm"),
+    "PackedBinaryLinear": ("bgemm_folded", "bgemm"),
 }
 _GPU_OPS: dict[str, tuple[str, ...]] = {
     "BinaryLinear": ("pack", "bgemm"),

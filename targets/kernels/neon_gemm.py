@@ -81,6 +81,11 @@ def arch_tile(target: TargetLike) -> dict[str, int]:
     return {"mr": mr, "nr": nr}
 
 
+def supports_mnk(m: int, n: int, k: int) -> bool:
+    """The shapes (M, N, K) of a GEMM this kernel takes (:func:`supports` on N)."""
+    return min(m, n, k) >= 1 and supports(n)
+
+
 def supports(n: int) -> bool:
     """The NEON loop works on groups of 4 columns; N < 4 uses the generic schedule."""
     return n >= 4

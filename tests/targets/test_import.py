@@ -302,7 +302,7 @@ def test_mlp_expand_pair_matches_function_bodies(packed: bool) -> None:
 def test_mlp_expand_takes_the_folded_kernel_on_aarch64(slopes: float, unit: bool) -> None:
     """On aarch64 the expansion's constants are folded at import (``expand_pack_neon``): the kernel
     takes ``params [N/4, 4, 4]`` and ``mb2``, and uses ``fmax`` for the RPReLU only when every slope
-    is in [0, 1]."""
+    is in [0, 1]; the binary linear after it takes the folded GEMM; x86 keeps the unfolded kernels."""
     from bhvit_export.passes.pipeline import fuse_model
     from tests.passes.graphs import mlp_graph
 
@@ -315,6 +315,9 @@ def test_mlp_expand_takes_the_folded_kernel_on_aarch64(slopes: float, unit: bool
     (fn,) = [mod[gv] for gv in mod.get_global_vars() if gv.name_hint.startswith("bhvit_expand_pack_")]
     assert [str(p.name) for p in fn.params][:5] == ["a_bits", "x", "w_t", "params", "mb2"]
     assert ("llvm.aarch64.neon.fmax" in fn.script()) == unit
+    # the PackedBinaryLinear after it: the folded affine and weights transposed at import (bgemm_folded)
+    (bg,) = [mod[gv] for gv in mod.get_global_vars() if gv.name_hint.startswith("bhvit_bgemm_")]
+    assert [str(p.name) for p in bg.params][:4] == ["a_bits", "w_t_bits", "ns2", "kb"]
     x86 = import_fused(fused, batch=2, target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
     (fn86,) = [x86[gv] for gv in x86.get_global_vars() if gv.name_hint.startswith("bhvit_expand_pack_")]
     assert "params" not in [str(p.name) for p in fn86.params]

@@ -136,6 +136,7 @@ def _check_all(device: _Device, target: dict, m: int, n: int, k: int, seed: int)
             "bi": bgemm.bgemm_module(m, n, k, target, out_dtype="int32")["main"],
             "bf": bgemm.bgemm_module(m, n, k, target)["main"],
             "an": and_popcount.and_popcount_module(m, n, k, target)["main"],
+            **({"fo": bgemm.bgemm_folded_module(m, n, k, target)["main"]} if neon_gemm.supports(n) else {}),
         },
         target,
     )
@@ -149,7 +150,15 @@ def _check_all(device: _Device, target: dict, m: int, n: int, k: int, seed: int)
     bias = rng.standard_normal(n).astype(np.float32)
     got = device.run(lib["bf"], a, w, scale, bias, out=np.zeros((m, n), np.float32))
     magnitude = np.abs(ref.binary_gemm_ref(a, w, k) * scale[None, :]) + np.abs(bias)[None, :]
-    assert np.all(np.abs(got - ref.binary_linear_ref(a, w, k, scale, bias)) <= 1e-5 * magnitude + 1e-30)
+    want = ref.binary_linear_ref(a, w, k, scale, bias)
+    assert np.all(np.abs(got - want) <= 1e-5 * magnitude + 1e-30)
+    if neon_gemm.supports(n):
+        # the folded affine (bgemm_folded): popc * (-2 scale) + (K scale + bias), transposed weights;
+        # its rounding is relative to K |scale| + |bias| (the folded constant's size)
+        ns2, kb = bgemm.fold_affine(scale, bias, k)
+        got = device.run(lib["fo"], a, np.ascontiguousarray(w.T), ns2, kb, out=np.zeros((m, n), np.float32))
+        folded_size = k * np.abs(scale)[None, :] + np.abs(bias)[None, :]
+        assert np.all(np.abs(got - want) <= 2e-7 * folded_size + 1e-5 * magnitude + 1e-30)
 
 
 @pytest.mark.parametrize("variant", ["uadalp", "udot"])
