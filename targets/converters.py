@@ -422,9 +422,18 @@ class BinaryConv2d(_BhvitConverter):
             pack_gv = bb.add_func(ctx.kernel("sign_pack_nhwc", geom), f"bhvit_sign_pack_nhwc_{name}")
             pk = bb.emit(relax.call_tir(pack_gv, [xt, _vector(bb, shift, c, f"{what}: shift")],
                                         relax.TensorType([b, geom.group, ph, pw], "uint64")))
-            args = [pk, relax.const(bconv_nhwc.tap_major_words(geom, words)), relax.const(pat), relax.const(corr),
-                    _vector(bb, scale, o, f"{what}: scale"), _vector(bb, bias, o, f"{what}: bias")]
-            gv = bb.add_func(ctx.kernel("bconv_nhwc", geom), f"bhvit_bconv_nhwc_{name}")
+            taps = bconv_nhwc.tap_major_words(geom, words)
+            consts = isinstance(scale, tvm.ir.GenericConst) and isinstance(bias, tvm.ir.GenericConst)
+            if consts and ctx.takes("BinaryConv2d", "bconv_nhwc_folded", geom):
+                from bhvit_export.targets.kernels.bconv_nhwc_neon import fold_affine
+
+                corr_f, ns2 = fold_affine(corr, _const_array(scale, f"{what}: scale"), _const_array(bias, f"{what}: bias"), geom.k)
+                args = [pk, relax.const(np.ascontiguousarray(taps.T)), relax.const(pat), relax.const(corr_f), relax.const(ns2)]
+                gv = bb.add_func(ctx.kernel("bconv_nhwc_folded", geom), f"bhvit_bconv_nhwc_{name}")
+            else:
+                args = [pk, relax.const(taps), relax.const(pat), relax.const(corr),
+                        _vector(bb, scale, o, f"{what}: scale"), _vector(bb, bias, o, f"{what}: bias")]
+                gv = bb.add_func(ctx.kernel("bconv_nhwc", geom), f"bhvit_bconv_nhwc_{name}")
         else:
             args = [
                 x,

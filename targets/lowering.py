@@ -92,6 +92,8 @@ _NEON_KERNELS = {k.kind: k for k in (
     # the binary GEMM with its affine folded and its weights transposed at import (kernels/bgemm.py),
     # shape (M, N, K); the converters take it where scale, bias and weights are constants
     Kernel("bgemm_folded", _K + "bgemm:bgemm_folded_module", supports=_K + "neon_gemm:supports_mnk"),
+    # the channels-last conv with its affine and border correction folded into one float table
+    Kernel("bconv_nhwc_folded", _K + "bconv_nhwc:bconv_folded_module", supports=_K + "bconv_nhwc_neon:supports_folded"),
 )}
 
 #: (kind, architecture) -> the kernel's builder on that architecture.
@@ -122,6 +124,7 @@ _NEON_OPS: dict[str, tuple[str, ...]] = {
     "BinaryExpandPack": ("pack", "expand_pack_folded", "expand_pack"),
     "BinaryLinear": ("pack", "bgemm_folded", "bgemm"),
     "PackedBinaryLinear": ("bgemm_folded", "bgemm"),
+    "BinaryConv2d": ("sign_pack_nhwc", "bconv_nhwc_folded", "bconv_nhwc", "bconv"),
 }
 _GPU_OPS: dict[str, tuple[str, ...]] = {
     "BinaryLinear": ("pack", "bgemm"),

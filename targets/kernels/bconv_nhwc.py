@@ -168,6 +168,16 @@ def sign_pack_module(geom: ConvGeometry, target: Optional[TargetLike] = None) ->
     return tvm.IRModule({"main": make_sign_pack(geom)})
 
 
+def bconv_folded_module(geom: ConvGeometry, target: TargetLike) -> tvm.IRModule:
+    """The NEON kernel with the affine and border correction folded (``bconv_nhwc_neon.make_bconv_neon(folded=True)``;
+    aarch64 only, the lowering tables' ``bconv_nhwc_folded``)."""
+    from . import bconv_nhwc_neon, neon_gemm
+
+    tile = neon_gemm.NeonTile(**neon_gemm.arch_tile(target))
+    func = bconv_nhwc_neon.make_bconv_neon(geom, tile=tile, dotprod=neon_gemm.has_dotprod(target), folded=True)
+    return tvm.IRModule({"main": func})
+
+
 def bconv_module(geom: ConvGeometry, target: TargetLike, *, out_dtype: OutDType = "float32") -> tvm.IRModule:
     """Scheduled ``bconv`` module (reads ``sign_pack``'s output), ready for :func:`build.build_kernel`.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
@@ -34,11 +35,32 @@ def column_tile(geom: ConvGeometry, nr: int) -> Optional[int]:
     return next((t for t in range(nr - nr % 4, 0, -4) if geom.og % t == 0), None)
 
 
+def supports_folded(geom: ConvGeometry) -> bool:
+    """The shapes the folded kernel takes: ``C/g`` dividing 64 and ``O/g`` a multiple of 4."""
+    return WORD_BITS % geom.cg == 0 and column_tile(geom, 4) is not None
+
+
+def fold_affine(corr: np.ndarray, scale: np.ndarray, bias: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(corr_f [P, O], ns2 [O])`` of the folded kernel: ``K s + b - corr s`` per border pattern
+    and channel, and ``-2 s`` (float64, rounded once to float32)."""
+    s = np.asarray(scale, np.float64).reshape(-1)
+    b = np.asarray(bias, np.float64).reshape(-1)
+    corr_f = (k * s + b)[None, :] - np.asarray(corr, np.float64) * s[None, :]
+    return np.ascontiguousarray(corr_f.astype(np.float32)), (-2.0 * s).astype(np.float32)
+
+
 def make_bconv_neon(
     geom: ConvGeometry, *, out_dtype: OutDType = "float32", tile: neon_gemm.NeonTile = neon_gemm.NeonTile(),
-    dotprod: bool = False,
+    dotprod: bool = False, folded: bool = False,
 ) -> tirx.PrimFunc:
-    """PrimFunc ``(pk, w_bits (tap-major), pat, corr, [scale, bias,] out)`` as :func:`bconv_nhwc.make_bconv`."""
+    """PrimFunc ``(pk, w_bits (tap-major), pat, corr, [scale, bias,] out)`` as :func:`bconv_nhwc.make_bconv`.
+
+    ``folded``: ``(pk, w_t_bits [Kw, O] (tap-major, transposed at import), pat, corr_f [P, O] f32,
+    ns2 [O], out)`` with the affine and the border correction folded into one float table
+    (:func:`fold_affine`): ``out = popc * ns2 + corr_f[pat[s]]``, one ``ucvtf``, one load and one
+    ``fmla`` per 4 channels instead of ``add``, ``add``, ``sub``, ``scvtf``, three loads, ``mov``
+    and ``fmla``; and no transposition of the weights into a workspace on each call. Rounding: the
+    table entry is rounded once, relative to ``K |scale|``."""
     g = geom
     if WORD_BITS % g.cg:
         raise ValueError(f"channels-last bconv needs C/g dividing 64, got C/g = {g.cg}")
@@ -58,19 +80,25 @@ def make_bconv_neon(
         with T.prim_func(s_tir=True):
             T.func_name("main")
             pk = T.arg("pk", T.Buffer((g.batch, g.group, ph, pw), "uint64"))
-            w = T.arg("w_bits", T.Buffer((n, kwords), "uint64"))
+            if folded:
+                w_t = T.arg("w_t_bits", T.Buffer((kwords, n), "uint64"))
+            else:
+                w = T.arg("w_bits", T.Buffer((n, kwords), "uint64"))
             pat = T.arg("pat", T.Buffer((hw,), "int32"))
-            corr = T.arg("corr", T.Buffer((num_border_patterns(g), n), "int32"))
-            if out_dtype == "float32":
+            corr = T.arg("corr_f" if folded else "corr", T.Buffer((num_border_patterns(g), n), "float32" if folded else "int32"))
+            if folded:
+                ns2 = T.arg("ns2", T.Buffer((n,), "float32"))
+            elif out_dtype == "float32":
                 scale = T.arg("scale", T.Buffer((n,), "float32"))
                 bias = T.arg("bias", T.Buffer((n,), "float32"))
-            out = T.arg("out", T.Buffer((g.batch, hw, n), out_dtype))
+            out = T.arg("out", T.Buffer((g.batch, hw, n), "float32" if folded else out_dtype))
             T.func_attr({"tirx.noalias": True})
             a_t = T.alloc_buffer((g.batch, g.group, kwords, hw), "uint64")
-            w_t = T.alloc_buffer((kwords, n), "uint64")
-            with T.parallel(0, kwords) as r:
-                with T.serial(0, n) as j:
-                    T.buffer_store(w_t, w[j, r], [r, j])
+            if not folded:
+                w_t = T.alloc_buffer((kwords, n), "uint64")
+                with T.parallel(0, kwords) as r:
+                    with T.serial(0, n) as j:
+                        T.buffer_store(w_t, w[j, r], [r, j])
             with T.parallel(0, g.batch * g.group * ho) as row:
                 b, grp, oy = row // (g.group * ho), row // ho % g.group, row % ho
                 for r in range(kwords):
@@ -93,6 +121,10 @@ def make_bconv_neon(
             def store(_bi: tirx.Expr, row: tirx.Expr, col: tirx.Expr, popc: tirx.Expr) -> None:
                 b, s = row // hw, row % hw
                 cols = tirx.Ramp(col, 1, 4)
+                if folded:  # ucvtf (popc <= K < 2^24: exact), one fmla onto the pattern's table row
+                    p = tirx.reinterpret("uint32x4", popc).astype("float32x4")
+                    T.buffer_store(out, p * tirx.BufferLoad(ns2, [cols]) + tirx.BufferLoad(corr, [pat[s], cols]), [b, s, cols])
+                    return
                 dot = kk - two * popc - tirx.BufferLoad(corr, [pat[s], cols])
                 if out_dtype == "float32":
                     dot = dot.astype("float32x4") * tirx.BufferLoad(scale, [cols]) + tirx.BufferLoad(bias, [cols])

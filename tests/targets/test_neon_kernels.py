@@ -356,11 +356,12 @@ def nhwc_geometries(draw: st.DrawFn):  # noqa: ANN201
 
 
 def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  # noqa: ANN001
-    from bhvit_export.targets.kernels import bconv, bconv_nhwc
+    from bhvit_export.targets.kernels import bconv, bconv_nhwc, bconv_nhwc_neon
     lib = device.load({
         "pack": bconv_nhwc.sign_pack_module(geom, target)["main"],  # NEON (pack_neon) where C/g is 4k <= 32 or 64
         "ci": bconv_nhwc.bconv_module(geom, target, out_dtype="int32")["main"],
         "cf": bconv_nhwc.bconv_module(geom, target)["main"],
+        **({"fo": bconv_nhwc.bconv_folded_module(geom, target)["main"]} if bconv_nhwc_neon.supports_folded(geom) else {}),
     }, target)
     x, shift, w_bits = _data(geom, seed)
     ph, pw = geom.padded_hw
@@ -383,6 +384,13 @@ def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  
     bias = rng.standard_normal(geom.out_channels).astype(np.float32)
     got = nchw(device.run(lib["cf"], pk, words, pat, corr, scale, bias, out=np.zeros(shape, np.float32)))
     assert_scaled_conv(got, want, scale, bias)
+    if bconv_nhwc_neon.supports_folded(geom):
+        # affine + border correction folded into one float table: rounded relative to K |scale| + |bias|
+        corr_f, ns2 = bconv_nhwc_neon.fold_affine(corr, scale, bias, geom.k)
+        got = nchw(device.run(lib["fo"], pk, np.ascontiguousarray(words.T), pat, corr_f, ns2, out=np.zeros(shape, np.float32)))
+        s4, b4 = scale[None, :, None, None].astype(np.float64), bias[None, :, None, None].astype(np.float64)
+        err = np.abs(got - (want.astype(np.float64) * s4 + b4))
+        assert np.all(err <= 3e-7 * (geom.k * np.abs(s4) + np.abs(b4)) + 1e-30)
 
 
 @pytest.mark.parametrize("variant", ["uadalp", "udot"])
