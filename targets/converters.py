@@ -386,6 +386,30 @@ class BinaryConv2d(_BhvitConverter):
         return relax.op.add(relax.op.multiply(conv, s4), b4)
 
     @staticmethod
+    def _sign_pack(ctx, bb, x, shift, geom, grid, name, what):  # noqa: ANN001, ANN205
+        """The channels-last sign-packed grid of ``x + shift`` (``[B, G, PH, PW]`` uint64), padded by
+        ``grid`` (None: the conv's own padding). A grid already packed in this import for the same
+        ``x``, shift values and grid is reused (the GC block's three convs read one)."""
+        from dataclasses import replace
+
+        b, c = geom.batch, geom.channels
+        pgeom = replace(geom, pads=grid) if grid is not None else geom
+        key = None
+        if grid is not None and isinstance(shift, tvm.ir.GenericConst):
+            key = (_const_array(shift, f"{what}: shift").tobytes(), geom.group, tuple(grid))
+            for seen_x, seen_key, seen_pk in ctx.shared.get("sign_pack_nhwc", []):
+                if seen_key == key and seen_x.same_as(x):
+                    return seen_pk
+        xt = bb.normalize(relax.op.permute_dims(x, [0, 2, 3, 1]))
+        ph, pw = pgeom.padded_hw
+        pack_gv = bb.add_func(ctx.kernel("sign_pack_nhwc", pgeom), f"bhvit_sign_pack_nhwc_{name}")
+        pk = bb.emit(relax.call_tir(pack_gv, [xt, _vector(bb, shift, c, f"{what}: shift")],
+                                    relax.TensorType([b, geom.group, ph, pw], "uint64")))
+        if key is not None:
+            ctx.shared.setdefault("sign_pack_nhwc", []).append((x, key, pk))
+        return pk
+
+    @staticmethod
     def _packed(ctx, bb, x, shift, w_bits, scale, bias, attr, pads, what):  # noqa: ANN001, ANN205
         """The channels-last pair (:mod:`bhvit_export.targets.kernels.bconv_nhwc`) where the op takes it and the
         groups fit, else one ``call_tir`` of :mod:`bhvit_export.targets.kernels.bconv`; NHWC output permuted to NCHW."""
@@ -417,19 +441,17 @@ class BinaryConv2d(_BhvitConverter):
         if ctx.uses("BinaryConv2d", "bconv_nhwc") and bconv_nhwc.supports(geom):
             # Channels-last: the sign-pack reads x as NHWC (a permute FuseOps folds into the
             # token-layout producer) and packs each group's channels into one word per pixel.
-            xt = bb.normalize(relax.op.permute_dims(x, [0, 2, 3, 1]))
-            ph, pw = geom.padded_hw
-            pack_gv = bb.add_func(ctx.kernel("sign_pack_nhwc", geom), f"bhvit_sign_pack_nhwc_{name}")
-            pk = bb.emit(relax.call_tir(pack_gv, [xt, _vector(bb, shift, c, f"{what}: shift")],
-                                        relax.TensorType([b, geom.group, ph, pw], "uint64")))
             taps = bconv_nhwc.tap_major_words(geom, words)
             consts = isinstance(scale, tvm.ir.GenericConst) and isinstance(bias, tvm.ir.GenericConst)
-            if consts and ctx.takes("BinaryConv2d", "bconv_nhwc_folded", geom):
+            grid = ctx.conv_grids.get(_name(attr, ""))
+            folded = consts and ctx.takes("BinaryConv2d", "bconv_nhwc_folded", geom, grid)
+            pk = BinaryConv2d._sign_pack(ctx, bb, x, shift, geom, grid if folded else None, name, what)
+            if folded:
                 from bhvit_export.targets.kernels.bconv_nhwc_neon import fold_affine
 
                 corr_f, ns2 = fold_affine(corr, _const_array(scale, f"{what}: scale"), _const_array(bias, f"{what}: bias"), geom.k)
                 args = [pk, relax.const(np.ascontiguousarray(taps.T)), relax.const(pat), relax.const(corr_f), relax.const(ns2)]
-                gv = bb.add_func(ctx.kernel("bconv_nhwc_folded", geom), f"bhvit_bconv_nhwc_{name}")
+                gv = bb.add_func(ctx.kernel("bconv_nhwc_folded", geom, grid), f"bhvit_bconv_nhwc_{name}")
             else:
                 args = [pk, relax.const(taps), relax.const(pat), relax.const(corr),
                         _vector(bb, scale, o, f"{what}: scale"), _vector(bb, bias, o, f"{what}: bias")]

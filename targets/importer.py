@@ -19,6 +19,7 @@ Every op that is neither a standard op TVM converts nor one of ours is reported 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import warnings
 from typing import Iterator, Mapping, Optional
@@ -50,18 +51,22 @@ def bhvit_converters(
     packed: bool = True,
     overrides: Optional[Mapping[str, tuple[str, ...]]] = None,
     context: Optional[LoweringContext] = None,
+    conv_grids: Optional[Mapping[str, tuple[int, int, int, int]]] = None,
 ) -> Iterator[LoweringContext]:
     """Temporarily add the ``bhvit`` converters, bound to one lowering context, to TVM's ONNX convert map.
 
     The context is ``context``, or :meth:`LoweringContext.for_target` of ``target`` (default: the
     host), ``packed`` (False: every op in plain Relax ops) and ``overrides`` (``{op: kernel kinds}``
-    replacing :data:`bhvit_export.targets.lowering.OP_KERNELS`' choice). Yields the context. Imports are
-    serialised: TVM's convert map is module-global state, restored afterwards.
+    replacing :data:`bhvit_export.targets.lowering.OP_KERNELS`' choice); ``conv_grids``: the shared
+    sign-pack grids of the convs (:func:`shared_conv_grids`). Yields the context of this import (a
+    copy with its own ``shared`` state). Imports are serialised: TVM's convert map is module-global
+    state, restored afterwards.
     """
     if context is None:
         context = LoweringContext.for_target(target, packed=packed, overrides=overrides)
     elif target is not None or not packed or overrides:
         raise TypeError("bhvit_converters: pass either context or target/packed/overrides")
+    context = dataclasses.replace(context, conv_grids=dict(conv_grids or {}), shared={})  # per import
     bound = {op: cls.bind(context) for op, cls in conv.CONVERTERS.items()}
     fe = _frontend()
     with _LOCK:
@@ -77,6 +82,37 @@ def bhvit_converters(
             yield context
         finally:
             fe._get_convert_map = original
+
+
+def shared_conv_grids(model: onnx.ModelProto) -> dict[str, tuple[int, int, int, int]]:
+    """Node name -> the padding of the sign-packed grid each ``BinaryConv2d`` reads.
+
+    BHViT's GC token mixer runs three binary convs (dilations 1, 3, 5; 'same' padding 1, 3, 5) on
+    the same input with the same shift, so the sign bits they pack are the same; only their
+    padded grids differ. Convs of one input, one shift (by value) and one group count share one
+    grid padded by the largest padding of each side, and each reads it at an offset, so the
+    input is packed once instead of three times (Tiny on the Cortex-A72 estimate: two of three
+    sign-packs, ~0.5 ms). A conv that shares with none keeps its own padding.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    groups: dict[tuple, list[tuple[str, tuple[int, ...]]]] = {}
+    for node in model.graph.node:
+        if (node.op_type != "BinaryConv2d" or node.domain != DOMAIN or not node.name or len(node.input) < 2
+                or node.input[1] not in inits):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        pads = tuple(int(v) for v in attrs["pads"].ints) if "pads" in attrs else (0, 0, 0, 0)
+        shift = numpy_helper.to_array(inits[node.input[1]])
+        key = (node.input[0], shift.dtype.str, shift.shape, shift.tobytes(), int(attrs["group"].i) if "group" in attrs else 1)
+        groups.setdefault(key, []).append((node.name, pads))
+    grids: dict[str, tuple[int, int, int, int]] = {}
+    for members in groups.values():
+        if len(members) > 1 and all(len(p) == 4 for _, p in members):
+            grid = tuple(max(p[i] for _, p in members) for i in range(4))
+            grids.update({name: grid for name, _ in members})  # type: ignore[misc]
+    return grids
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -180,7 +216,9 @@ def import_fused(
 
     inp = static.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    with bhvit_converters(target, packed=packed, overrides=overrides, context=context), warnings.catch_warnings():
+    grids = shared_conv_grids(static)
+    with bhvit_converters(target, packed=packed, overrides=overrides, context=context, conv_grids=grids), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx.checker cannot see the bhvit function bodies' types
         mod = from_onnx(static, shape_dict={inp.name: shape}, keep_params_in_input=False)
     return mod

@@ -173,6 +173,11 @@ class LoweringContext:
     packed: bool
     #: op -> the kernel kinds it lowers to here (the :data:`OP_KERNELS` row, after ``packed``/overrides).
     kernels: Mapping[str, tuple[str, ...]] = field(repr=False)
+    #: BinaryConv2d node name -> the padding ``[top, left, bottom, right]`` of the sign-packed grid
+    #: it reads, shared by the convs of one input and shift (:func:`bhvit_export.targets.importer.shared_conv_grids`).
+    conv_grids: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict, repr=False, compare=False)
+    #: Per import: what converters share (the sign-packed grids already emitted), keyed by the converter.
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def for_target(

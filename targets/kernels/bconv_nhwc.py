@@ -168,13 +168,13 @@ def sign_pack_module(geom: ConvGeometry, target: Optional[TargetLike] = None) ->
     return tvm.IRModule({"main": make_sign_pack(geom)})
 
 
-def bconv_folded_module(geom: ConvGeometry, target: TargetLike) -> tvm.IRModule:
+def bconv_folded_module(geom: ConvGeometry, grid: Optional[tuple[int, int, int, int]], target: TargetLike) -> tvm.IRModule:
     """The NEON kernel with the affine and border correction folded (``bconv_nhwc_neon.make_bconv_neon(folded=True)``;
-    aarch64 only, the lowering tables' ``bconv_nhwc_folded``)."""
+    aarch64 only, the lowering tables' ``bconv_nhwc_folded``), reading a grid padded by ``grid`` (None: its own)."""
     from . import bconv_nhwc_neon, neon_gemm
 
     tile = neon_gemm.NeonTile(**neon_gemm.arch_tile(target))
-    func = bconv_nhwc_neon.make_bconv_neon(geom, tile=tile, dotprod=neon_gemm.has_dotprod(target), folded=True)
+    func = bconv_nhwc_neon.make_bconv_neon(geom, tile=tile, dotprod=neon_gemm.has_dotprod(target), folded=True, grid=grid)
     return tvm.IRModule({"main": func})
 
 

@@ -35,9 +35,11 @@ def column_tile(geom: ConvGeometry, nr: int) -> Optional[int]:
     return next((t for t in range(nr - nr % 4, 0, -4) if geom.og % t == 0), None)
 
 
-def supports_folded(geom: ConvGeometry) -> bool:
-    """The shapes the folded kernel takes: ``C/g`` dividing 64 and ``O/g`` a multiple of 4."""
-    return WORD_BITS % geom.cg == 0 and column_tile(geom, 4) is not None
+def supports_folded(geom: ConvGeometry, grid: Optional[tuple[int, int, int, int]] = None) -> bool:
+    """The shapes the folded kernel takes: ``C/g`` dividing 64, ``O/g`` a multiple of 4, and a
+    packed grid (``grid``: its padding) at least as padded as the conv on every side."""
+    fits = grid is None or all(gp >= p for gp, p in zip(grid, geom.pads))
+    return WORD_BITS % geom.cg == 0 and column_tile(geom, 4) is not None and fits
 
 
 def fold_affine(corr: np.ndarray, scale: np.ndarray, bias: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +53,7 @@ def fold_affine(corr: np.ndarray, scale: np.ndarray, bias: np.ndarray, k: int) -
 
 def make_bconv_neon(
     geom: ConvGeometry, *, out_dtype: OutDType = "float32", tile: neon_gemm.NeonTile = neon_gemm.NeonTile(),
-    dotprod: bool = False, folded: bool = False,
+    dotprod: bool = False, folded: bool = False, grid: Optional[tuple[int, int, int, int]] = None,
 ) -> tirx.PrimFunc:
     """PrimFunc ``(pk, w_bits (tap-major), pat, corr, [scale, bias,] out)`` as :func:`bconv_nhwc.make_bconv`.
 
@@ -60,7 +62,11 @@ def make_bconv_neon(
     (:func:`fold_affine`): ``out = popc * ns2 + corr_f[pat[s]]``, one ``ucvtf``, one load and one
     ``fmla`` per 4 channels instead of ``add``, ``add``, ``sub``, ``scvtf``, three loads, ``mov``
     and ``fmla``; and no transposition of the weights into a workspace on each call. Rounding: the
-    table entry is rounded once, relative to ``K |scale|``."""
+    table entry is rounded once, relative to ``K |scale|``.
+
+    ``grid`` (folded only): the padding ``[top, left, bottom, right]`` of the packed grid ``pk``,
+    when it is packed once for several convs (:func:`bhvit_export.targets.importer.shared_conv_grids`);
+    the conv reads it at an offset. Default: the conv's own padding."""
     g = geom
     if WORD_BITS % g.cg:
         raise ValueError(f"channels-last bconv needs C/g dividing 64, got C/g = {g.cg}")
@@ -73,6 +79,12 @@ def make_bconv_neon(
     taps, per_word = kh * kw, WORD_BITS // g.cg
     kwords = num_words(g.k)
     ph, pw = g.padded_hw
+    dy, dx = 0, 0
+    if grid is not None:
+        if not folded or not supports_folded(g, grid):
+            raise ValueError(f"a shared grid needs the folded kernel and pads >= the conv's {g.pads}, got {grid}")
+        ph, pw = g.height + grid[0] + grid[2], g.width + grid[1] + grid[3]
+        dy, dx = grid[0] - g.pads[0], grid[1] - g.pads[1]
     ho, wo = g.out_h, g.out_w
     hw, m, n = ho * wo, g.batch * ho * wo, g.out_channels
     t = neon_gemm.NeonTile(mr=max(1, min(tile.mr, m)), nr=nr)
@@ -109,7 +121,7 @@ def make_bconv_neon(
                             if tap >= taps:
                                 break
                             i, j = tap // kw, tap % kw
-                            v = pk[b, grp, oy * g.strides[0] + i * g.dilations[0], ox * g.strides[1] + j * g.dilations[1]]
+                            v = pk[b, grp, oy * g.strides[0] + i * g.dilations[0] + dy, ox * g.strides[1] + j * g.dilations[1] + dx]
                             terms.append(v << tirx.const(q * g.cg, "uint64") if q else v)
                         T.buffer_store(a_t, _or_tree(terms), [b, grp, r, oy * wo + ox])
 

@@ -117,9 +117,13 @@ def test_two_imports_with_different_targets_do_not_leak() -> None:
 
 
 def test_bhvit_converters_yields_its_context() -> None:
+    """The context's choices, with state of its own per import (the shared sign-packed grids)."""
     ctx = LoweringContext.for_target(AARCH64_CORTEX_A72, packed=False)
     with bhvit_converters(context=ctx) as bound:
-        assert bound is ctx
+        assert bound == ctx and bound.shared == {}  # the same choices; its own per-import state
+        bound.shared["x"] = 1
+    with bhvit_converters(context=ctx) as again:
+        assert again.shared == {} and not ctx.shared
     with bhvit_converters(X86_AVX2) as bound:
         assert bound.arch == "avx2" and bound.packed
     with pytest.raises(TypeError):

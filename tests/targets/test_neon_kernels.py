@@ -361,7 +361,7 @@ def _check_bconv_nhwc(device: _Device, target: dict, geom, seed: int) -> None:  
         "pack": bconv_nhwc.sign_pack_module(geom, target)["main"],  # NEON (pack_neon) where C/g is 4k <= 32 or 64
         "ci": bconv_nhwc.bconv_module(geom, target, out_dtype="int32")["main"],
         "cf": bconv_nhwc.bconv_module(geom, target)["main"],
-        **({"fo": bconv_nhwc.bconv_folded_module(geom, target)["main"]} if bconv_nhwc_neon.supports_folded(geom) else {}),
+        **({"fo": bconv_nhwc.bconv_folded_module(geom, None, target)["main"]} if bconv_nhwc_neon.supports_folded(geom) else {}),
     }, target)
     x, shift, w_bits = _data(geom, seed)
     ph, pw = geom.padded_hw
