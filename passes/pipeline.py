@@ -6,8 +6,10 @@
    chain intact (a model has one quantizer kind or the other).
 3. ``fuse_binary_linear`` and ``fuse_binary_conv``: the weight layers.
 4. ``fold_epilogue``: it extends the binary ops written by 3 with the BN/scale that follows.
-5. ``mlp_expand`` last: it needs 4's folded BN to see the expansion's residual/RPReLU chain, and
+5. ``mlp_expand``: it needs 4's folded BN to see the expansion's residual/RPReLU chain, and
    turns the MLP's expansion into a packed-bit producer feeding a ``PackedBinaryLinear``.
+6. ``fold_residual`` last: the RPReLU's ``- move1`` after a residual add or the conv's token
+   layout into the layer's bias (it would hide the expansion's ``Sub(b1)`` from 5).
 Then cleanup, toposort, function bodies attached, shapes inferred and checked.
 """
 
@@ -25,6 +27,7 @@ from .attention_scores import fuse_attention_scores
 from .binary_conv import fuse_binary_conv
 from .binary_linear import fuse_binary_linear
 from .fold_epilogue import fold_epilogue
+from .fold_residual import fold_residual
 from .mlp_expand import fuse_mlp_expand
 from .op_schema import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, function_protos
 from .gsb_context import fuse_gsb_context
@@ -38,6 +41,7 @@ PASSES: list[tuple[str, Callable[[gs.Graph], int]]] = [
     ("binary_conv", fuse_binary_conv),
     ("fold_epilogue", fold_epilogue),
     ("mlp_expand", fuse_mlp_expand),
+    ("fold_residual", fold_residual),
 ]
 
 
