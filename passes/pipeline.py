@@ -8,8 +8,10 @@
 4. ``fold_epilogue``: it extends the binary ops written by 3 with the BN/scale that follows.
 5. ``mlp_expand``: it needs 4's folded BN to see the expansion's residual/RPReLU chain, and
    turns the MLP's expansion into a packed-bit producer feeding a ``PackedBinaryLinear``.
-6. ``fold_residual`` last: the RPReLU's ``- move1`` after a residual add or the conv's token
+6. ``fold_residual``: the RPReLU's ``- move1`` after a residual add or the conv's token
    layout into the layer's bias (it would hide the expansion's ``Sub(b1)`` from 5).
+7. ``sink_constants`` last: the float remainder's constant adds sink and merge (it would hide
+   the constants 4-6 fold).
 Then cleanup, toposort, function bodies attached, shapes inferred and checked.
 """
 
@@ -30,6 +32,7 @@ from .fold_epilogue import fold_epilogue
 from .fold_residual import fold_residual
 from .mlp_expand import fuse_mlp_expand
 from .op_schema import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, function_protos
+from .sink_constants import sink_constants
 from .gsb_context import fuse_gsb_context
 from .qd_context import fuse_qd_context
 
@@ -42,6 +45,7 @@ PASSES: list[tuple[str, Callable[[gs.Graph], int]]] = [
     ("fold_epilogue", fold_epilogue),
     ("mlp_expand", fuse_mlp_expand),
     ("fold_residual", fold_residual),
+    ("sink_constants", sink_constants),
 ]
 
 
