@@ -1,8 +1,8 @@
 """llvm-mca on the inner loops of every aarch64 binary kernel of BHViT-Tiny, against the NEON limit.
 
 :mod:`bhvit_export.benchmarks.mca` does this for the binary GEMM; here the other binary kernels, at Tiny's
-shapes: the expand-pack (one 64-channel output block: popcount + BN/residual/RPReLU epilogue + sign
-word + channel means), the channels-last conv, the attention scores and the QD context (one output
+shapes: the expand-pack (one 32-channel body of the folded kernel: popcount + RPReLU epilogue + sign
+half word + channel means), the channels-last conv, the attention scores and the QD context (one output
 tile of :func:`bhvit_export.targets.kernels.neon_gemm.emit_tiles`: K words + widening + epilogue). bMAC/cycle =
 128 x ``cnt`` / llvm-mca cycles of that loop; the limit is llvm-mca's eor + cnt + accumulate loop on
 the same CPU model (:func:`bhvit_export.benchmarks.mca.ideal_loop`). The packing stages (sign words of q/k/v,
@@ -34,16 +34,18 @@ def _tile_cnt(rows: int, cols: int, kwords: int) -> Callable[[Any], int]:
 
 
 def cases() -> list[Case]:
-    from bhvit_export.targets.kernels import attention, bconv_nhwc, expand_pack
+    from bhvit_export.targets.kernels import attention, bconv_nhwc, expand_pack_neon
     from bhvit_export.targets.kernels.bconv import ConvGeometry
 
     conv64 = ConvGeometry(1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
     conv128 = ConvGeometry(1, 128, 28, 28, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
     out: list[Case] = []
     for m, n, k, r in ((3136, 512, 64, 8), (784, 1024, 128, 8), (196, 1024, 256, 4), (49, 2048, 512, 4)):
-        out.append(("expand_pack", f"{m}x{n}x{k}", lambda t, s=(m, n, k, r): expand_pack.expand_pack_module(*s, t), lambda t: None))
+        # what aarch64 runs: the folded kernel (constants folded at import, RPReLU slopes in [0, 1])
+        out.append(("expand_pack", f"{m}x{n}x{k}", lambda t, s=(m, n, k, r): expand_pack_neon.folded_module(*s, True, t),
+                    lambda t: None))
     for g in (conv64, conv128):
-        out.append(("bconv_nhwc", f"{g.channels}ch g{g.group}", lambda t, g=g: bconv_nhwc.bconv_module(g, t),
+        out.append(("bconv_nhwc", f"{g.channels}ch g{g.group}", lambda t, g=g: bconv_nhwc.bconv_folded_module(g, None, t),
                     _tile_cnt(g.out_h * g.out_w, g.og, -(-g.k // 64))))
     for b, n, c, h in ((4, 53, 256, 4), (1, 50, 512, 8)):
         d = c // h
