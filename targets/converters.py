@@ -186,6 +186,8 @@ def _bgemm_rows(ctx: LoweringContext, bb: relax.BlockBuilder, a_bits: relax.Expr
 
         words = _const_array(w_bits, f"{op}: w_bits")
         ns2, kb = fold_affine(_const_array(scale, f"{op}: scale"), _const_array(bias, f"{op}: bias"), k)
+        if ns2.size != n or kb.size != n:
+            raise TargetError(f"{op}: expected float32 scale/bias with {n} per-channel values, got {ns2.size}, {kb.size}")
         if words.dtype != np.uint64 or words.shape != (n, -(-k // 64)):
             raise TargetError(f"{op}: w_bits must be uint64 [{n}, {-(-k // 64)}], got {words.dtype}{list(words.shape)}")
         gv = bb.add_func(ctx.kernel("bgemm_folded", m, n, k), f"bhvit_bgemm_{m}x{n}x{k}")
@@ -257,6 +259,8 @@ def _folded_expand_pack(
     ):
         return None
     scale, bias, b1, slope, b2, nshift = (_const_array(args[nm], f"{what}: {nm}").reshape(-1) for nm in names)
+    if any(v.size != n for v in (scale, bias, b1, slope, b2, nshift)):
+        raise TargetError(f"{what}: expected float32 per-channel vectors of {n} values")
     params, mb2 = expand_pack_neon.fold_params(scale, bias, b1, slope, b2, nshift, c, ratio)
     unit = expand_pack_neon.unit_slopes(slope)
     words = _const_array(args["w_bits"], f"{what}: w_bits")
@@ -288,11 +292,11 @@ class BinaryExpandPack(_BhvitConverter):
             raise TargetError(f"{what}: expected x [..., C], N = ratio * C a multiple of 64; got C={c}, N={n}, ratio={ratio}")
         _f32(x, f"{what}: x")
         m = int(np.prod(lead, dtype=np.int64))
-        vecs = [_vector(bb, args[nm], n, f"{what}: {nm}") for nm in ("rp_shift", "rp_slope", "rp_bias", "next_shift")]
         folded = _folded_expand_pack(ctx, bb, cls.op, args, (m, n, c, ratio), what)
         if folded is not None:
             return relax.Tuple([bb.normalize(relax.op.reshape(folded[0], lead + [n // 64])),
                                 bb.normalize(relax.op.reshape(folded[1], lead + [c]))])
+        vecs = [_vector(bb, args[nm], n, f"{what}: {nm}") for nm in ("rp_shift", "rp_slope", "rp_bias", "next_shift")]
         if ctx.uses(cls.op, "expand_pack"):
             words = _const_array(w_bits, f"{what}: w_bits")
             if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
@@ -339,7 +343,6 @@ class PackedBinaryLinear(_BhvitConverter):
         m = int(np.prod(lead, dtype=np.int64))
         if not ctx.uses(cls.op, "bgemm"):
             return _float_linear(bb, _signs_from_bits(bb, x_bits, lead, k), w_bits, k, scale, bias, what)
-        _vector(bb, scale, n, f"{what}: scale"), _vector(bb, bias, n, f"{what}: bias")  # shapes checked
         return _unrows(_bgemm_rows(ctx, bb, _rows(bb, x_bits, xshape), w_bits, scale, bias, m, n, k, cls.op), lead, n)
 
 

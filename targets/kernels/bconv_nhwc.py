@@ -23,7 +23,7 @@ operands share it.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tvm
@@ -77,8 +77,14 @@ def _pixel_word(x: tirx.Buffer, sh: tirx.Buffer, b: tirx.Expr, y: tirx.Expr, xx:
     return _or_tree(terms)
 
 
-def make_sign_pack(geom: ConvGeometry) -> tirx.PrimFunc:
-    """Scheduled PrimFunc ``(x [B,H,W,C] f32, shift [C] f32, pk [B,G,PH,PW] u64)``."""
+#: ``(x, shift, b, y, x_col, group) -> uint64``: the sign word of one pixel and group (clamped reads).
+PixelWord = Callable[[tirx.Buffer, tirx.Buffer, tirx.Expr, tirx.Expr, tirx.Expr, int], tirx.Expr]
+
+
+def sign_pack_grid(geom: ConvGeometry, pixel_word: PixelWord) -> tirx.PrimFunc:
+    """Scheduled PrimFunc ``(x [B,H,W,C] f32, shift [C] f32, pk [B,G,PH,PW] u64)`` on the padded grid:
+    rows of the grid in parallel, ``pixel_word`` per pixel and group inside, 0 in the padding (the
+    generic kernel below; :func:`pack_neon.make_sign_pack_nhwc_neon` per NEON register)."""
     _check(geom)
     g = geom
     ph, pw = g.padded_hw
@@ -100,9 +106,14 @@ def make_sign_pack(geom: ConvGeometry) -> tirx.PrimFunc:
                     cy = tirx.max(tirx.min(iy, g.height - 1), 0)
                     cx = tirx.max(tirx.min(ix, g.width - 1), 0)
                     for grp in range(g.group):
-                        word = _pixel_word(x, sh, b, cy, cx, grp * g.cg, g.cg)
+                        word = pixel_word(x, sh, b, cy, cx, grp)
                         T.buffer_store(pk, tirx.Select(inside, word, tirx.const(0, "uint64")), [b, grp, y, xx])
     return ib.get()
+
+
+def make_sign_pack(geom: ConvGeometry) -> tirx.PrimFunc:
+    """Scheduled PrimFunc ``(x [B,H,W,C] f32, shift [C] f32, pk [B,G,PH,PW] u64)``."""
+    return sign_pack_grid(geom, lambda x, sh, b, cy, cx, grp: _pixel_word(x, sh, b, cy, cx, grp * geom.cg, geom.cg))
 
 
 def make_bconv(geom: ConvGeometry, *, out_dtype: OutDType = "float32") -> tirx.PrimFunc:

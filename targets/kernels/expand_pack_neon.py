@@ -9,19 +9,20 @@ The op (``passes/ops.py``, :mod:`expand_pack`) computes per token row ``i`` and 
 Its six per-channel vectors are constants (initializers), so the converter folds them once, at
 import, into four (:func:`fold_params`)::
 
-    pre  = (K/2 - p) * s2 + c0 + x[i, j mod C]    s2 = 2 scale (exact), c0 = bias - b1
+    pre  = p * ns2 + c0 + x[i, j mod C]           ns2 = -2 scale (exact), c0 = K scale + bias - b1
     u    = prelu(pre, slope)
     bit  = thr > u                                thr = -(b2 + next_shift)
     mean = sum(u over the group) / ratio + mb2    mb2 = the group's mean of b2
 
-which takes per 4 output channels (one ``float32x4``) an integer ``sub``, ``scvtf``, ``fmla``,
-``fadd``, the RPReLU (``fcmlt``, ``fmul``, ``bsl``) and one ``fcmgt`` for the sign, instead of
-``shl``, ``sub``, ``scvtf``, ``fmla``, ``fadd``, ``fsub``, the RPReLU, ``fadd`` (b2), ``fadd``
-(next shift) and ``fcmlt``; the four constants of 4 channels sit side by side in one 64-byte row
-(two ``ldp`` off one pointer with immediate offsets, not six register-offset loads). The folding
-reassociates float sums: the sign bits can differ from the unfolded op only where ``h +
-next_shift`` is within a few ulps of zero, the means by a few ulps (``tests/targets/
-test_neon_kernels.py`` checks both against numpy's unfolded op).
+which takes per 4 output channels (one ``float32x4``) ``ucvtf`` (exact: p <= K), ``fmla``, ``fadd``,
+the RPReLU (``fmul`` + ``fmax`` where every slope is in [0, 1], which is the PReLU exactly; else
+``fcmlt``, ``fmul``, ``bsl``) and one ``fcmgt`` for the sign, instead of ``shl``, ``sub``, ``scvtf``,
+``fmla``, ``fadd``, ``fsub``, the RPReLU, ``fadd`` (b2), ``fadd`` (next shift) and ``fcmlt``; the
+four constants of 4 channels sit side by side in one 64-byte row (two ``ldp`` off one pointer with
+immediate offsets, not six register-offset loads). The folding reassociates float sums (``c0``
+holds ``K scale``, so its rounding is relative to ``K |scale|``): the sign bits can differ from the
+unfolded op only where ``h + next_shift`` is within float rounding of zero, the means by a few
+ulps (``tests/targets/test_neon_kernels.py`` checks both against numpy's unfolded op).
 
 Why NEON-specific code at all: the generic kernel writes each 64-channel block as one 64-lane vector,
 which LLVM splits into 16 registers and lowers the 64-lane shuffles of the sign mask and the channel
@@ -34,8 +35,8 @@ means lane by lane. Here:
 * the work runs 32 channels (8 vectors) at a time, the sign word's half and the channel-mean tree
   built as the vectors come, so that few values are live (the unfolded kernel kept all 16 vectors'
   ``h`` and ``h + next_shift`` live and spilled 20 of them to the stack on Cortex-A72);
-* sign mask: ``fcmgt`` per 4 channels AND-ed with the channels' bits, OR-ed per 32 channels, two
-  ``addp .4s`` to the output word (:mod:`neon_sign`);
+* sign bits: ``fcmgt`` per 4 channels, the 8 masks of a body merged by ``sli`` into a half word
+  (:func:`neon_sign.sign_half`), stored as its uint32;
 * channel means: a ``faddp`` tree (level ``L`` adds neighbours ``2^(L-1)`` apart in channel order),
   then one ``fmla`` by ``1 / ratio`` (a power of two) onto ``mb2``.
 

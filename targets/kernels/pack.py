@@ -77,18 +77,25 @@ def _tail_word(x: tirx.Buffer, sh: "tirx.Buffer | None", row: tirx.Expr, col0: i
     return word
 
 
-def make_pack_vector(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
-    """Scheduled CPU PrimFunc with :func:`make_pack`'s arguments and result, rows in parallel."""
+def declare_pack_args(m: int, k: int, shift: bool) -> tuple[tirx.Buffer, "tirx.Buffer | None", tirx.Buffer]:
+    """The scheduled packs' signature, inside ``T.prim_func`` (shared with :mod:`pack_neon`):
+    ``(x [M,K] f32, [shift [K] f32,] bits [M,ceil(K/64)] u64)``."""
     if min(m, k) < 1:
         raise ValueError(f"pack needs positive M, K; got {(m, k)}")
+    T.func_name("main")
+    x = T.arg("x", T.Buffer((m, k), "float32"))
+    sh = T.arg("shift", T.Buffer((k,), "float32")) if shift else None
+    bits = T.arg("bits", T.Buffer((m, num_words(k)), "uint64"))
+    T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+    return x, sh, bits
+
+
+def make_pack_vector(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
+    """Scheduled CPU PrimFunc with :func:`make_pack`'s arguments and result, rows in parallel."""
     kw, full = num_words(k), k // WORD_BITS
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            T.func_name("main")
-            x = T.arg("x", T.Buffer((m, k), "float32"))
-            sh = T.arg("shift", T.Buffer((k,), "float32")) if shift else None
-            bits = T.arg("bits", T.Buffer((m, kw), "uint64"))
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            x, sh, bits = declare_pack_args(m, k, shift)
             with T.parallel(0, m) as i:
                 if full:
                     with T.serial(0, full) as w:

@@ -17,7 +17,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
 from .neon_sign import HALF, sign_half
-from .pack import _tail_word
+from .pack import _tail_word, declare_pack_args
 from .reference import WORD_BITS, num_words
 
 VEC = 4
@@ -30,17 +30,11 @@ ROWS = 4
 
 def make_pack_neon(m: int, k: int, *, shift: bool = False) -> tirx.PrimFunc:
     """Scheduled PrimFunc ``(x [M,K] f32, [shift [K] f32,] bits [M,Kw] u64)``, row blocks in parallel."""
-    if min(m, k) < 1:
-        raise ValueError(f"pack needs positive M, K; got {(m, k)}")
     kw, full = num_words(k), k // WORD_BITS
     zero = tirx.Broadcast(tirx.const(0.0, "float32"), VEC)
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
-            T.func_name("main")
-            x = T.arg("x", T.Buffer((m, k), "float32"))
-            sh = T.arg("shift", T.Buffer((k,), "float32")) if shift else None
-            bits = T.arg("bits", T.Buffer((m, kw), "uint64"))
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            x, sh, bits = declare_pack_args(m, k, shift)
             halves = T.decl_buffer((m, 2 * kw), "uint32", data=bits.data)
             with T.parallel(0, (m + ROWS - 1) // ROWS) as rb:
                 if full:
@@ -77,38 +71,20 @@ def make_sign_pack_nhwc_neon(geom: "ConvGeometry") -> tirx.PrimFunc:
     padded grid: loop-invariant along it) merged by :func:`neon_sign.sign_half` (or ``sign_word`` at
     64 channels). LLVM's lowering of the generic kernel's ``C/g``-lane compare (``uzp1`` narrowing)
     took ~190 cycles per 64-channel pixel on Cortex-A72."""
-    from .bconv_nhwc import _check
+    from .bconv_nhwc import sign_pack_grid
     from .neon_sign import sign_word
 
-    _check(geom)
     g = geom
     if not supports_nhwc(g.cg):
         raise ValueError(f"the NEON sign-pack needs C/g in 4, 8, ..., 32 or 64; got {g.cg}")
-    ph, pw = g.padded_hw
-    top, left = g.pads[0], g.pads[1]
     quads = g.cg // VEC
-    with IRBuilder() as ib:
-        with T.prim_func(s_tir=True):
-            T.func_name("main")
-            x = T.arg("x", T.Buffer((g.batch, g.height, g.width, g.channels), "float32"))
-            sh = T.arg("shift", T.Buffer((g.channels,), "float32"))
-            pk = T.arg("pk", T.Buffer((g.batch, g.group, ph, pw), "uint64"))
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            with T.parallel(0, g.batch * ph) as row:
-                b, y = row // ph, row % ph
-                iy = y - top
-                with T.serial(0, pw) as xx:
-                    ix = xx - left
-                    inside = tirx.all(iy >= 0, iy < g.height, ix >= 0, ix < g.width)
-                    # Clamped reads keep the (discarded) padding loads in bounds: no branch.
-                    cy = tirx.max(tirx.min(iy, g.height - 1), 0)
-                    cx = tirx.max(tirx.min(ix, g.width - 1), 0)
-                    for grp in range(g.group):
-                        negs = []
-                        for q in range(quads):
-                            cols = tirx.Ramp(grp * g.cg + VEC * q, 1, VEC)
-                            # x + shift < 0 <=> x < -shift, exactly (see make_pack_neon)
-                            negs.append(tirx.BufferLoad(x, [b, cy, cx, cols]) < -tirx.BufferLoad(sh, [cols]))
-                        word = sign_word(negs) if quads == 2 * HALF else sign_half(negs).astype("uint64")
-                        T.buffer_store(pk, tirx.Select(inside, word, tirx.const(0, "uint64")), [b, grp, y, xx])
-    return ib.get()
+
+    def pixel_word(x: tirx.Buffer, sh: tirx.Buffer, b: tirx.Expr, cy: tirx.Expr, cx: tirx.Expr, grp: int) -> tirx.Expr:
+        negs = []
+        for q in range(quads):
+            cols = tirx.Ramp(grp * g.cg + VEC * q, 1, VEC)
+            # x + shift < 0 <=> x < -shift, exactly (see make_pack_neon)
+            negs.append(tirx.BufferLoad(x, [b, cy, cx, cols]) < -tirx.BufferLoad(sh, [cols]))
+        return sign_word(negs) if quads == 2 * HALF else sign_half(negs).astype("uint64")
+
+    return sign_pack_grid(g, pixel_word)

@@ -302,9 +302,14 @@ def schedule_batched_popcount_gpu(
         cache = sch.cache_read(acc, _read_index(sch, acc, name), "shared", consumer_blocks=[acc])
         sch.compute_at(cache, ro, preserve_unit_loops=True)
         sch.storage_align(cache, 0, axis=len(source.shape) - 2, factor=2, offset=1)
-        _, fy, fx = sch.split(sch.fuse(*sch.get_loops(cache)[6:]), [None, ty, tx])
-        sch.bind(fy, "threadIdx.y")
-        sch.bind(fx, "threadIdx.x")
+        fused = sch.fuse(*sch.get_loops(cache)[6:])
+        if isinstance(sch.get(fused).extent, tvm.tirx.IntImm):
+            _, fy, fx = sch.split(fused, [None, ty, tx])
+            sch.bind(fy, "threadIdx.y")
+            sch.bind(fx, "threadIdx.x")
+        # else: a region whose size depends on the block (a grouped conv whose column tile crosses
+        # groups of an odd width: TVM cannot split it, iter_affine_map's padding check); every
+        # thread of the block copies it, which is correct and only slower for such shapes.
     for lp in sch.get_loops(out)[5:]:
         sch.unroll(lp)
     sch.decompose_reduction(acc, ro)
