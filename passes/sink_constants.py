@@ -23,14 +23,12 @@ any broadcastable shape: each rule holds pointwise. The fused graph's elementwis
 from __future__ import annotations
 
 import itertools
+from typing import Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph_utils import only_consumer, split_const_operand
-
-_ids = itertools.count()
-
 
 def _affine(node: gs.Node) -> tuple[str, gs.Tensor, np.ndarray] | None:
     """``("add" | "mul", x, c)`` for ``Add(x, c)``, ``Sub(x, c)`` (c negated) or ``Mul(x, c)`` in float32."""
@@ -45,8 +43,10 @@ def _affine(node: gs.Node) -> tuple[str, gs.Tensor, np.ndarray] | None:
     return ("add" if node.op == "Add" else "mul", x, c)
 
 
-def _const(c: np.ndarray) -> gs.Constant:
-    return gs.Constant(f"sink_constants/c{next(_ids)}", np.ascontiguousarray(c.astype(np.float32)))
+def _const(c: np.ndarray, ids: Iterator[int]) -> gs.Constant:
+    """A new constant; names from the pass's own counter, so a fused file's bytes do not depend on
+    how often the pass ran before in this process."""
+    return gs.Constant(f"sink_constants/c{next(ids)}", np.ascontiguousarray(c.astype(np.float32)))
 
 
 def _single_producer(t: gs.Tensor, outputs: set) -> gs.Node | None:
@@ -56,7 +56,7 @@ def _single_producer(t: gs.Tensor, outputs: set) -> gs.Node | None:
     return t.inputs[0]
 
 
-def _rewrite(graph: gs.Graph, node: gs.Node, outputs: set) -> bool:
+def _rewrite(graph: gs.Graph, node: gs.Node, outputs: set, ids: Iterator[int]) -> bool:
     """Apply the first rule that matches at ``node`` (the consumer); True if the graph changed."""
     me = _affine(node)
     if me is not None:
@@ -68,12 +68,12 @@ def _rewrite(graph: gs.Graph, node: gs.Node, outputs: set) -> bool:
         pkind, x, c1 = inner
         if pkind == kind:  # merge: (x + c1) + c2, (x * c1) * c2
             merged = c1 + c2 if kind == "add" else c1 * c2
-            node.op, node.inputs = ("Add" if kind == "add" else "Mul"), [x, _const(merged)]
+            node.op, node.inputs = ("Add" if kind == "add" else "Mul"), [x, _const(merged, ids)]
             prod.outputs.clear()
             return True
         if pkind == "add" and kind == "mul":  # (x + c1) * c2 -> (x * c2) + c1 c2
-            node.op, node.inputs = "Add", [u, _const(c1 * c2)]
-            prod.op, prod.inputs = "Mul", [x, _const(c2)]
+            node.op, node.inputs = "Add", [u, _const(c1 * c2, ids)]
+            prod.op, prod.inputs = "Mul", [x, _const(c2, ids)]
             return True
         return False
     if node.op != "Add" or len(node.inputs) != 2 or split_const_operand(node) is not None:
@@ -87,10 +87,10 @@ def _rewrite(graph: gs.Graph, node: gs.Node, outputs: set) -> bool:
             continue
         _, x, c1 = inner
         out = node.outputs[0]
-        mid = gs.Variable(f"{out.name}/sink{next(_ids)}", dtype=out.dtype)
+        mid = gs.Variable(f"{out.name}/sink{next(ids)}", dtype=out.dtype)
         node.inputs[i] = x
         node.outputs = [mid]
-        prod.inputs, prod.outputs = [mid, _const(c1)], [out]
+        prod.inputs, prod.outputs = [mid, _const(c1, ids)], [out]
         prod.op = "Add"
         return True
     return False
@@ -100,11 +100,12 @@ def sink_constants(graph: gs.Graph) -> int:
     """Rewrite until no rule matches; return how many rewrites were made."""
     count = 0
     outputs = set(id(t) for t in graph.outputs)
+    ids = itertools.count()
     changed = True
     while changed:
         changed = False
         for node in list(graph.nodes):
-            if node.outputs and _rewrite(graph, node, outputs):
+            if node.outputs and _rewrite(graph, node, outputs, ids):
                 count += 1
                 changed = True
         graph.cleanup().toposort()
