@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -271,7 +272,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_is_refused_before_the_build(small_fs: Path, fused_onnx: Callable[[str], Path], no_load: None) -> None:
     out = small_fs / "b"
     code, _, err = run("compile", str(fused_onnx("micro")), "-o", str(out), "--no-native")
-    one_error(code, err, f"-o {out}: no space left on device (0.2 MiB free in {small_fs}, about 6.6 MiB needed)")
+    line = one_error(code, err, f"-o {out}: no space left on device (0.2 MiB free in {small_fs}, about ")
+    needed = float(re.search(r"about ([\d.]+) MiB needed\)$", line).group(1))
+    assert 4.0 < needed < 10.0, line  # the micro bundle's estimate (its size follows the fused graph)
     assert list(small_fs.iterdir()) == []
 
 
