@@ -19,19 +19,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import bhvit_inputs, const_value, only_consumer, split_const_operand
+from .graph_utils import bhvit_inputs, const_value, last_axis_vector, only_consumer, split_const_operand
 from .op_schema import DOMAIN
 
 FOLDABLE_OPS = ("BinaryLinear", "PackedBinaryLinear", "BinaryConv2d")
-
-
-def _last_axis(c: np.ndarray, n: int) -> np.ndarray | None:
-    """``c`` as an [n] vector if it broadcasts along the last axis only (or is a scalar)."""
-    if c.size == 1:
-        return np.full(n, float(c.reshape(())), np.float32)
-    if c.size == n and c.shape[-1] == n:
-        return c.reshape(n).astype(np.float32)
-    return None
 
 
 def _token_layout(t: gs.Tensor, n: int) -> gs.Tensor | None:
@@ -76,7 +67,7 @@ def fold_residual(graph: gs.Graph) -> int:
                     break
                 residual, t = True, nxt.outputs[0]
                 continue
-            c = _last_axis(split[1], n)
+            c = last_axis_vector(split[1], n)
             if c is None or split[0] is not t or (nxt.op == "Sub" and nxt.inputs[0] is not t):
                 break
             if nxt.op == "Mul":

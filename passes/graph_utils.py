@@ -26,6 +26,17 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def last_axis_vector(c: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``c`` as a float32 ``[n]`` if it broadcasts along the last axis only (or is a scalar), else None."""
+    if c is None:
+        return None
+    if c.size == 1:
+        return np.full(n, float(c.reshape(())), np.float32)
+    if c.size == n and c.shape[-1] == n:
+        return c.reshape(n).astype(np.float32)
+    return None
+
+
 def producer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
     """The node that writes ``t`` (only if its op is ``op``, when given)."""
     if isinstance(t, gs.Constant) or len(t.inputs) != 1:

@@ -23,20 +23,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import bhvit_inputs, bhvit_node, const_value, only_consumer, producer, split_const_operand
+from .graph_utils import (
+    bhvit_inputs, bhvit_node, const_value, last_axis_vector, only_consumer, producer, split_const_operand,
+)
 from .op_schema import DOMAIN
 from .ops import WORD
-
-
-def _per_channel(c: np.ndarray | None, n: int) -> np.ndarray | None:
-    """``c`` as a float32 ``[n]`` if it broadcasts along the last axis only (or is a scalar)."""
-    if c is None:
-        return None
-    if c.size == 1:
-        return np.full(n, float(c.reshape(())), np.float32)
-    if c.size == n and c.shape[-1] == n:
-        return c.reshape(n).astype(np.float32)
-    return None
 
 
 def _repeat_of(t: gs.Tensor, x: gs.Tensor) -> int | None:
@@ -99,11 +90,11 @@ def fuse_mlp_expand(graph: gs.Graph) -> int:
         if ratio is None or ratio * c != n:
             continue
         sub = only_consumer(add.outputs[0])
-        b1 = _per_channel(_const_operand(sub, "Sub", add.outputs[0]), n)
+        b1 = last_axis_vector(_const_operand(sub, "Sub", add.outputs[0]), n)
         prelu = only_consumer(sub.outputs[0], "PRelu") if b1 is not None else None
-        slope = _per_channel(const_value(prelu.inputs[1]), n) if prelu is not None else None
+        slope = last_axis_vector(const_value(prelu.inputs[1]), n) if prelu is not None else None
         add2 = only_consumer(prelu.outputs[0]) if slope is not None else None
-        b2 = _per_channel(_const_operand(add2, "Add", prelu.outputs[0]), n) if add2 is not None else None
+        b2 = last_axis_vector(_const_operand(add2, "Add", prelu.outputs[0]), n) if add2 is not None else None
         if b2 is None:
             continue
         h = add2.outputs[0]

@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 
 from .graph_utils import only_consumer, split_const_operand
 
+
 def _affine(node: gs.Node) -> tuple[str, gs.Tensor, np.ndarray] | None:
     """``("add" | "mul", x, c)`` for ``Add(x, c)``, ``Sub(x, c)`` (c negated) or ``Mul(x, c)`` in float32."""
     if node.op not in ("Add", "Sub", "Mul"):
@@ -56,7 +57,7 @@ def _single_producer(t: gs.Tensor, outputs: set) -> gs.Node | None:
     return t.inputs[0]
 
 
-def _rewrite(graph: gs.Graph, node: gs.Node, outputs: set, ids: Iterator[int]) -> bool:
+def _rewrite(node: gs.Node, outputs: set, ids: Iterator[int]) -> bool:
     """Apply the first rule that matches at ``node`` (the consumer); True if the graph changed."""
     me = _affine(node)
     if me is not None:
@@ -105,7 +106,7 @@ def sink_constants(graph: gs.Graph) -> int:
     while changed:
         changed = False
         for node in list(graph.nodes):
-            if node.outputs and _rewrite(graph, node, outputs, ids):
+            if node.outputs and _rewrite(node, outputs, ids):
                 count += 1
                 changed = True
         graph.cleanup().toposort()

@@ -245,11 +245,11 @@ def _signs_from_bits(bb: relax.BlockBuilder, bits: relax.Expr, lead: list[int], 
 
 
 def _folded_expand_pack(
-    ctx: LoweringContext, bb: relax.BlockBuilder, op: str, args: Args, shape: tuple[int, int, int, int], what: str
-) -> Optional[tuple[relax.Expr, relax.Expr]]:
-    """``(bits [M, N/64], pooled [M, C])`` by the kernel with folded constants
-    (:mod:`bhvit_export.targets.kernels.expand_pack_neon`), or None where it does not apply here: another
-    architecture, a shape it does not take, or per-channel vectors that are not constants."""
+    ctx: LoweringContext, op: str, args: Args, shape: tuple[int, int, int, int], what: str
+) -> Optional[tuple[tvm.tirx.PrimFunc, list[relax.Expr]]]:
+    """The kernel with folded constants (:mod:`bhvit_export.targets.kernels.expand_pack_neon`) and those
+    constants (``params``, ``mb2``), or None where it does not apply here: another architecture, a
+    shape it does not take, or per-channel vectors that are not constants."""
     from .kernels import expand_pack_neon
 
     m, n, c, ratio = shape
@@ -262,17 +262,8 @@ def _folded_expand_pack(
     if any(v.size != n for v in (scale, bias, b1, slope, b2, nshift)):
         raise TargetError(f"{what}: expected float32 per-channel vectors of {n} values")
     params, mb2 = expand_pack_neon.fold_params(scale, bias, b1, slope, b2, nshift, c, ratio)
-    unit = expand_pack_neon.unit_slopes(slope)
-    words = _const_array(args["w_bits"], f"{what}: w_bits")
-    if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
-        raise TargetError(f"{what}: w_bits must be uint64 [{n}, {-(-c // 64)}], got {words.dtype}{list(words.shape)}")
-    x = args["x"]
-    x2 = _rows(bb, x, _shape(x, f"{what}: x"))
-    a_bits = _pack_rows(ctx, bb, x2, _vector(bb, args["shift"], c, f"{what}: shift"), m, c)
-    gv = bb.add_func(ctx.kernel("expand_pack_folded", m, n, c, ratio, unit), f"bhvit_expand_pack_{m}x{n}x{c}")
-    kargs = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), relax.const(params), relax.const(mb2)]
-    out = bb.emit(relax.call_tir(gv, kargs, [relax.TensorType([m, n // 64], "uint64"), relax.TensorType([m, c], "float32")]))
-    return relax.TupleGetItem(out, 0), relax.TupleGetItem(out, 1)
+    kernel = ctx.kernel("expand_pack_folded", m, n, c, ratio, expand_pack_neon.unit_slopes(slope))
+    return kernel, [relax.const(params), relax.const(mb2)]
 
 
 class BinaryExpandPack(_BhvitConverter):
@@ -283,7 +274,7 @@ class BinaryExpandPack(_BhvitConverter):
     @classmethod
     def lower(cls, ctx: LoweringContext, bb: relax.BlockBuilder, args: Args, attr: dict[str, Any]):
         what = f"BinaryExpandPack {_name(attr, 'BinaryExpandPack')}"
-        x, shift, w_bits, scale, bias = (args[k] for k in ("x", "shift", "w_bits", "scale", "bias"))
+        x, shift, w_bits = (args[k] for k in ("x", "shift", "w_bits"))
         xshape = _shape(x, f"{what}: x")
         lead, c = xshape[:-1], xshape[-1]
         ratio = int(attr["ratio"])
@@ -292,24 +283,26 @@ class BinaryExpandPack(_BhvitConverter):
             raise TargetError(f"{what}: expected x [..., C], N = ratio * C a multiple of 64; got C={c}, N={n}, ratio={ratio}")
         _f32(x, f"{what}: x")
         m = int(np.prod(lead, dtype=np.int64))
-        folded = _folded_expand_pack(ctx, bb, cls.op, args, (m, n, c, ratio), what)
-        if folded is not None:
-            return relax.Tuple([bb.normalize(relax.op.reshape(folded[0], lead + [n // 64])),
-                                bb.normalize(relax.op.reshape(folded[1], lead + [c]))])
-        vecs = [_vector(bb, args[nm], n, f"{what}: {nm}") for nm in ("rp_shift", "rp_slope", "rp_bias", "next_shift")]
         if ctx.uses(cls.op, "expand_pack"):
             words = _const_array(w_bits, f"{what}: w_bits")
             if words.dtype != np.uint64 or words.shape != (n, -(-c // 64)):
                 raise TargetError(f"{what}: w_bits must be uint64 [{n}, {-(-c // 64)}], got {words.dtype}{list(words.shape)}")
+            folded = _folded_expand_pack(ctx, cls.op, args, (m, n, c, ratio), what)
+            if folded is not None:  # aarch64 with constant vectors: the kernel with them folded
+                kernel, consts = folded
+            else:
+                kernel = ctx.kernel("expand_pack", m, n, c, ratio)
+                consts = [_vector(bb, args[nm], n, f"{what}: {nm}")
+                          for nm in ("scale", "bias", "rp_shift", "rp_slope", "rp_bias", "next_shift")]
             x2 = _rows(bb, x, xshape)
             a_bits = _pack_rows(ctx, bb, x2, _vector(bb, shift, c, f"{what}: shift"), m, c)
-            gv = bb.add_func(ctx.kernel("expand_pack", m, n, c, ratio), f"bhvit_expand_pack_{m}x{n}x{c}")
-            args = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), _vector(bb, scale, n, f"{what}: scale"),
-                    _vector(bb, bias, n, f"{what}: bias"), *vecs]
+            gv = bb.add_func(kernel, f"bhvit_expand_pack_{m}x{n}x{c}")
+            args = [a_bits, x2, relax.const(np.ascontiguousarray(words.T)), *consts]
             out = bb.emit(relax.call_tir(gv, args, [relax.TensorType([m, n // 64], "uint64"), relax.TensorType([m, c], "float32")]))
             bits = bb.normalize(relax.op.reshape(relax.TupleGetItem(out, 0), lead + [n // 64]))
             pooled = bb.normalize(relax.op.reshape(relax.TupleGetItem(out, 1), lead + [c]))
             return relax.Tuple([bits, pooled])
+        vecs = [_vector(bb, args[nm], n, f"{what}: {nm}") for nm in ("rp_shift", "rp_slope", "rp_bias", "next_shift")]
         d = bb.normalize(BinaryLinear.lower(ctx, bb, args, {**attr, "in_features": c}, row=cls.op))
         res = relax.op.tile(x, [1] * len(lead) + [ratio])
         pre = bb.normalize(relax.op.subtract(relax.op.add(d, res), vecs[0]))

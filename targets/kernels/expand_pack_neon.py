@@ -51,14 +51,10 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
-from .neon_sign import sign_half
+from .neon_sign import HALF, HALF_BITS, VEC, sign_half
 from .reference import WORD_BITS, num_words
 
 LANES = WORD_BITS  # output channels per block: one output word
-VEC = 4  # float32 lanes per NEON register
-QUADS = LANES // VEC
-HALF = QUADS // 2  # vectors per 32-bit half of the output word: the loop body
-HALF_LANES = HALF * VEC
 #: The folded constants per 4 channels, in this order (:func:`fold_params`).
 PARAMS = ("ns2", "c0", "slope", "thr")
 #: K words whose byte counts fit uint8 after one pairwise add: each word adds <= 8 per byte lane,
@@ -146,8 +142,8 @@ def make_expand_pack_neon(m: int, n: int, k: int, ratio: int, unit_slopes: bool 
     if not supports(m, n, k, ratio):
         raise ValueError(f"the NEON expand-pack needs N = ratio * K, N a multiple of 64, ratio in 1..8 (power of 2); "
                          f"got M={m}, N={n}, K={k}, ratio={ratio}")
-    kw, halves, c = num_words(k), n // HALF_LANES, k
-    per_half = HALF_LANES // ratio  # means per 32 channels
+    kw, halves, c = num_words(k), n // HALF_BITS, k
+    per_half = HALF_BITS // ratio  # means per 32 channels
     f32x4 = lambda v: tirx.Broadcast(tirx.const(v, "float32"), VEC)  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func(s_tir=True):
@@ -165,15 +161,15 @@ def make_expand_pack_neon(m: int, n: int, k: int, ratio: int, unit_slopes: bool 
                 with T.serial(0, halves) as hb:
                     negs, us = [], []
                     for q in range(HALF):
-                        col = hb * HALF_LANES + VEC * q
+                        col = hb * HALF_BITS + VEC * q
 
                         def p(nm: str) -> tirx.Expr:
                             return tirx.BufferLoad(params, [hb * HALF + q, PARAMS.index(nm), tirx.Ramp(0, 1, VEC)])
 
                         popc = _popc_quad(a, w_t, i, col, kw).astype("float32x4")  # ucvtf: exact
                         # The residual repeats x every C channels; 4 | C, so 4 channels are contiguous in x.
-                        if c % HALF_LANES == 0:
-                            res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(hb * HALF_LANES, c) + VEC * q, 1, VEC)])
+                        if c % HALF_BITS == 0:
+                            res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(hb * HALF_BITS, c) + VEC * q, 1, VEC)])
                         else:
                             res = tirx.BufferLoad(x, [i, tirx.Ramp(tirx.floormod(col, c), 1, VEC)])
                         pre = popc * p("ns2") + p("c0") + res

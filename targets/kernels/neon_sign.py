@@ -23,6 +23,8 @@ QUADS = 16  # float32x4 compares per 64-bit word
 
 
 HALF = QUADS // 2  # compares per 32-bit half word
+VEC = 4  # float32 lanes per compare (one NEON register)
+HALF_BITS = HALF * VEC  # channels per half word (one uint32 store)
 
 
 def _intrin(dtype: str, name: str, *args: tirx.Expr) -> tirx.Expr:
@@ -34,13 +36,13 @@ def half_lanes(negs: Sequence[Optional[tirx.Expr]]) -> tirx.Expr:
     ``4q .. 4q+3``; None: all false, padding); bits past ``4 * len(negs)`` are 0."""
     if not 1 <= len(negs) <= HALF:
         raise ValueError(f"a 32-bit half word takes 1 to {HALF} compares of 4 lanes, got {len(negs)}")
-    u32x4 = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), 4)  # noqa: E731
+    u32x4 = lambda v: tirx.Broadcast(tirx.const(v, "uint32"), VEC)  # noqa: E731
     masks = [tirx.Select(n, u32x4(0xFFFFFFFF), u32x4(0)) if n is not None else u32x4(0) for n in negs]
     acc = masks[-1]
-    for mask in reversed(masks[:-1]):
-        acc = _intrin("uint32x4", "llvm.aarch64.neon.vsli.v4i32", mask, acc, tirx.const(4, "int32"))
+    for mask in reversed(masks[:-1]):  # each compare's nibble: shift left by VEC bits, insert below
+        acc = _intrin("uint32x4", "llvm.aarch64.neon.vsli.v4i32", mask, acc, tirx.const(VEC, "int32"))
     nibbles = sum(1 << (4 * q) for q in range(len(negs)))  # the first mask's copies above are cut here
-    lane_bits = u32x4(nibbles) << tirx.Ramp(tirx.const(0, "uint32"), tirx.const(1, "uint32"), 4)
+    lane_bits = u32x4(nibbles) << tirx.Ramp(tirx.const(0, "uint32"), tirx.const(1, "uint32"), VEC)
     return acc & lane_bits
 
 

@@ -16,13 +16,9 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
-from .neon_sign import HALF, sign_half
+from .neon_sign import HALF, HALF_BITS, VEC, sign_half
 from .pack import _tail_word, declare_pack_args
 from .reference import WORD_BITS, num_words
-
-VEC = 4
-HALF_BITS = HALF * VEC  # columns per uint32 store
-
 
 #: Rows per task: the 8 negated shift vectors of a half word are loaded once for this many rows.
 ROWS = 4

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import tvm
 from tvm import tirx
@@ -218,13 +219,7 @@ def schedule_popcount_gemm_gpu(
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, tj)
     for idx in (0, 1):  # a, w: stage the K chunk of the block's rows through shared memory
-        cache = sch.cache_read(acc, idx, "shared")
-        sch.compute_at(cache, ro, preserve_unit_loops=True)  # unit K (Kw = 1) keeps its loop
-        sch.storage_align(cache, 0, axis=0, factor=2, offset=1)
-        rows, words = sch.get_loops(cache)[5:]  # under bi, bj, ti, tj, ro
-        _, fy, fx = sch.split(sch.fuse(rows, words), [None, ty, tx])
-        sch.bind(fy, "threadIdx.y")
-        sch.bind(fx, "threadIdx.x")
+        _stage_shared(sch, acc, idx, ro, 5, ty, tx)  # its loops under bi, bj, ti, tj, ro
     for lp in sch.get_loops(out)[4:]:
         sch.unroll(lp)
     sch.decompose_reduction(acc, ro)
@@ -258,6 +253,27 @@ def _read_index(sch: tvm.s_tir.Schedule, blk: "tvm.s_tir.schedule.SBlockRV", nam
     if len(idx) != 1:
         raise ValueError(f"expected one read of {name!r}, got {len(idx)}")
     return idx[0]
+
+
+def _stage_shared(
+    sch: tvm.s_tir.Schedule, acc: Any, read: int, ro: Any, outer: int, ty: int, tx: int,
+    consumer_blocks: Optional[list] = None,
+) -> None:
+    """Stage read ``read`` of ``acc`` through shared memory at the K-chunk loop ``ro``, its rows padded
+    to an odd stride, the copy spread over the block's ``ty x tx`` threads (its loops after the first
+    ``outer`` fused). A region whose size depends on the block (a grouped conv whose column tile
+    crosses groups of an odd width) is not split: TVM's iter_affine_map refuses it, so every thread
+    of the block copies it, which is correct and only slower for such shapes."""
+    source = sch.get(acc).reads[read].source
+    kwargs = {} if consumer_blocks is None else {"consumer_blocks": consumer_blocks}
+    cache = sch.cache_read(acc, read, "shared", **kwargs)
+    sch.compute_at(cache, ro, preserve_unit_loops=True)  # unit K (Kw = 1) keeps its loop
+    sch.storage_align(cache, 0, axis=len(source.shape) - 2, factor=2, offset=1)
+    fused = sch.fuse(*sch.get_loops(cache)[outer:])
+    if isinstance(sch.get(fused).extent, tirx.IntImm):
+        _, fy, fx = sch.split(fused, [None, ty, tx])
+        sch.bind(fy, "threadIdx.y")
+        sch.bind(fx, "threadIdx.x")
 
 
 def schedule_batched_popcount_gpu(
@@ -297,19 +313,8 @@ def schedule_batched_popcount_gpu(
     sch.bind(tj, "threadIdx.x")
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, tj)
-    for name in stage:
-        source = sch.get(acc).reads[_read_index(sch, acc, name)].source
-        cache = sch.cache_read(acc, _read_index(sch, acc, name), "shared", consumer_blocks=[acc])
-        sch.compute_at(cache, ro, preserve_unit_loops=True)
-        sch.storage_align(cache, 0, axis=len(source.shape) - 2, factor=2, offset=1)
-        fused = sch.fuse(*sch.get_loops(cache)[6:])
-        if isinstance(sch.get(fused).extent, tvm.tirx.IntImm):
-            _, fy, fx = sch.split(fused, [None, ty, tx])
-            sch.bind(fy, "threadIdx.y")
-            sch.bind(fx, "threadIdx.x")
-        # else: a region whose size depends on the block (a grouped conv whose column tile crosses
-        # groups of an odd width: TVM cannot split it, iter_affine_map's padding check); every
-        # thread of the block copies it, which is correct and only slower for such shapes.
+    for name in stage:  # loops under b, bi, bj, ti, tj, ro
+        _stage_shared(sch, acc, _read_index(sch, acc, name), ro, 6, ty, tx, consumer_blocks=[acc])
     for lp in sch.get_loops(out)[5:]:
         sch.unroll(lp)
     sch.decompose_reduction(acc, ro)
